@@ -1,0 +1,157 @@
+//! Identifiers and secrets as newtypes, so a token can never be logged or compared by accident.
+//!
+//! Secrets ([`SessionToken`], [`TunnelToken`]) print as a mask in `Debug`. They are looked up by their
+//! SHA-256 [`TokenDigest`]: a map keyed by the digest leaks nothing useful through timing, and the final
+//! comparison of digests is constant-time.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+/// One tunnel: one browser connection and the upstream socket it owns. Shown lower-case and hyphenated,
+/// as the Java servlet's `UUID.randomUUID()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunnelId(Uuid);
+
+impl TunnelId {
+    pub fn from_random_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::try_parse(text).ok().map(Self)
+    }
+}
+
+impl fmt::Display for TunnelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// SHA-256 of a secret; the form in which secrets are stored and looked up.
+#[derive(Clone, Copy, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl TokenDigest {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl PartialEq for TokenDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl std::hash::Hash for TokenDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenDigest({}…)", &self.to_hex()[..8])
+    }
+}
+
+macro_rules! secret {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(secret: impl Into<String>) -> Self {
+                Self(secret.into())
+            }
+
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+
+            pub fn digest(&self) -> TokenDigest {
+                TokenDigest::of(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(****)"))
+            }
+        }
+    };
+}
+
+secret!(
+    /// What a session grants: handed to the browser by the platform's backend, presented on connect.
+    SessionToken
+);
+
+secret!(
+    /// The `Guacamole-Tunnel-Token` of an HTTP tunnel: the only thing that identifies it on read and write.
+    TunnelToken
+);
+
+impl TunnelToken {
+    /// 33 random bytes in standard Base64, as the Java servlet makes them: 44 characters, no padding.
+    pub fn from_random_bytes(bytes: [u8; 33]) -> Self {
+        use base64::Engine;
+        Self(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+}
+
+/// The tenant a session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(String);
+
+impl TenantId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let token = SessionToken::new("hunter2");
+        assert_eq!(format!("{token:?}"), "SessionToken(****)");
+    }
+
+    #[test]
+    fn digests_compare_by_value() {
+        assert_eq!(TokenDigest::of("a"), TokenDigest::of("a"));
+        assert_ne!(TokenDigest::of("a"), TokenDigest::of("b"));
+    }
+
+    #[test]
+    fn tunnel_tokens_look_like_the_servlets() {
+        let token = TunnelToken::from_random_bytes([0xfb; 33]);
+        assert_eq!(token.expose().len(), 44);
+        assert!(token.expose().starts_with("+/v7"));
+        let id = TunnelId::from_random_bytes([7; 16]).to_string();
+        assert_eq!(id.len(), 36);
+        assert_eq!(TunnelId::parse(&id).map(|id| id.to_string()), Some(id));
+    }
+}

@@ -1,0 +1,156 @@
+//! One decoded Guacamole instruction: an opcode and its arguments, with the wire encoding both ways.
+//!
+//! Decoding is for the few instructions deskbroker looks inside (the guacd handshake, the tunnel-internal
+//! messages with the empty opcode); relayed traffic is passed on as bytes, with boundaries found by
+//! [`crate::scanner`]. Lengths are counted in Unicode code points, as every Guacamole implementation since
+//! 1.5.2 does.
+
+use std::fmt::{self, Write};
+
+use crate::scanner::{ParseError, Scanner};
+
+/// The opcode of tunnel-internal messages (`Guacamole.Tunnel.INTERNAL_DATA_OPCODE`): never sent to guacd.
+pub const INTERNAL_OPCODE: &str = "";
+
+/// The end-of-response marker of an HTTP tunnel read: the internal opcode with no arguments.
+pub const END_OF_RESPONSE: &[u8] = b"0.;";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    pub opcode: String,
+    pub args: Vec<String>,
+}
+
+impl Instruction {
+    pub fn new<I, S>(opcode: impl Into<String>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            opcode: opcode.into(),
+            args: args.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Decodes exactly one complete instruction; trailing bytes are an error.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        let end = Scanner::default().next_end(bytes)?;
+        if end != Some(bytes.len()) {
+            return Err(match end {
+                Some(end) => ParseError::BadTerminator(bytes[end]),
+                None => ParseError::BadTerminator(b';'),
+            });
+        }
+        // The scanner checked lead and continuation bytes; this also rejects overlong forms and surrogates.
+        let text = std::str::from_utf8(bytes).map_err(|_| ParseError::BadUtf8)?;
+        let mut elements = Elements { rest: text };
+        let opcode = elements.next().unwrap_or_default().to_owned();
+        let args = elements.map(str::to_owned).collect();
+        Ok(Self { opcode, args })
+    }
+
+    /// True for the tunnel-internal messages (`0.,…;`), which a tunnel server consumes itself.
+    pub fn is_internal(&self) -> bool {
+        self.opcode == INTERNAL_OPCODE
+    }
+
+    /// The wire form, e.g. `4.size,1.0,4.1024,3.768;`.
+    pub fn encode(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Instruction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_element(f, &self.opcode)?;
+        for arg in &self.args {
+            f.write_char(',')?;
+            write_element(f, arg)?;
+        }
+        f.write_char(';')
+    }
+}
+
+fn write_element(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
+    write!(f, "{}.{value}", value.chars().count())
+}
+
+/// True when `bytes` (one whole instruction) has the internal opcode, without decoding it.
+pub fn is_internal(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"0.")
+}
+
+/// The opcode of one whole, already scanned instruction, without decoding the rest. Opcodes are ASCII in
+/// every Guacamole version, so the length in code points is the length in bytes.
+pub fn opcode(bytes: &[u8]) -> &[u8] {
+    let Some(dot) = bytes.iter().position(|&b| b == b'.') else {
+        return b"";
+    };
+    let len = bytes[..dot].iter().fold(0usize, |n, d| {
+        n.saturating_mul(10)
+            .saturating_add(usize::from(d.wrapping_sub(b'0')))
+    });
+    bytes.get(dot + 1..dot + 1 + len).unwrap_or(b"")
+}
+
+/// Iterates over the element values of an instruction already checked by the scanner.
+struct Elements<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let dot = self.rest.find('.')?;
+        let chars: usize = self.rest[..dot].parse().ok()?;
+        let value = &self.rest[dot + 1..];
+        let len = value
+            .char_indices()
+            .nth(chars)
+            .map_or(value.len(), |(at, _)| at);
+        let (value, rest) = value.split_at(len);
+        // Skip the terminator (`,` or `;`).
+        self.rest = rest.get(1..).unwrap_or("");
+        Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_with_code_point_lengths() {
+        let size = Instruction::new("size", ["0", "1024", "768"]);
+        assert_eq!(size.encode(), "4.size,1.0,4.1024,3.768;");
+        let name = Instruction::new("name", ["caf\u{e9} \u{1F600}"]);
+        assert_eq!(name.encode(), "4.name,6.caf\u{e9} \u{1F600};");
+        assert_eq!(Instruction::new("", Vec::<String>::new()).encode(), "0.;");
+    }
+
+    #[test]
+    fn parses_what_it_encodes() {
+        let ping = Instruction::parse(b"0.,4.ping,13.1700000000000;").unwrap();
+        assert!(ping.is_internal());
+        assert_eq!(ping.args, ["ping", "1700000000000"]);
+        let tricky = Instruction::new("x", ["a,b;c.d", "", "\u{1F600}"]);
+        assert_eq!(Instruction::parse(tricky.encode().as_bytes()), Ok(tricky));
+    }
+
+    #[test]
+    fn rejects_partial_or_trailing_input() {
+        assert!(Instruction::parse(b"3.nop").is_err());
+        assert!(Instruction::parse(b"3.nop;3.nop;").is_err());
+        assert!(Instruction::parse(b"").is_err());
+    }
+
+    #[test]
+    fn peeks_opcodes() {
+        assert_eq!(opcode(b"5.mouse,1.1,1.2;"), b"mouse");
+        assert_eq!(opcode(b"0.;"), b"");
+        assert!(is_internal(b"0.,4.ping,1.1;"));
+        assert!(!is_internal(b"3.nop;"));
+    }
+}
