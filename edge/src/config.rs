@@ -1,0 +1,73 @@
+//! Command-line flags, each with a `DESKBROKER_*` environment equivalent. This is the only place the edge
+//! reads its environment; everything after it receives typed values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::defaults;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deskbroker-edge",
+    version,
+    about = "deskbroker's data-plane node"
+)]
+pub struct Args {
+    /// Address for browser connections.
+    #[arg(long, env = "DESKBROKER_LISTEN", default_value = defaults::LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Session file: one `<token>: <target>` per line (docs/sessions.md).
+    #[arg(long, env = "DESKBROKER_SESSIONS")]
+    pub sessions: Option<PathBuf>,
+
+    /// Start the built-in demo desktop on loopback and serve it as the session with token `demo`.
+    #[arg(long, env = "DESKBROKER_DEMO")]
+    pub demo: bool,
+
+    /// Log format.
+    #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Close an HTTP tunnel after this long without a request (e.g. `15s`).
+    #[arg(long, env = "DESKBROKER_HTTP_TUNNEL_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "15s")]
+    pub http_tunnel_timeout: Duration,
+
+    /// On stop, how long to wait for tunnels to end before closing them (e.g. `10s`).
+    #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration,
+          default_value = "10s")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Args {
+    pub fn edge_config(&self) -> crate::Config {
+        crate::Config {
+            http_tunnel_timeout: self.http_tunnel_timeout,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::try_parse_from(["edge", "--demo", "--http-tunnel-timeout", "2s"]).unwrap();
+        assert!(args.demo);
+        assert_eq!(args.http_tunnel_timeout, Duration::from_secs(2));
+        assert_eq!(args.listen.to_string(), defaults::LISTEN);
+        assert!(Args::try_parse_from(["edge", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Every timeout and limit of the edge, each with the reason for its value. Those an operator may need to
+//! change are flags (see `config.rs`); the rest are protocol facts.
+
+use std::time::Duration;
+
+/// Default address to listen on: loopback, so a node exposes nothing until told to.
+pub const LISTEN: &str = "127.0.0.1:8080";
+
+/// How long to wait for a TCP connection to a VNC server or guacd: Java's guacd socket uses 15 s.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the whole guacd handshake may take: guacd itself gives the client 15 s per step.
+pub const GUACD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// guacd sends `nop` after 5 s without output; 15 s of silence (Java's guacd read timeout) means it is gone.
+pub const GUACD_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An HTTP tunnel with no request for this long is closed and its guacd socket released (the Java servlet's
+/// `TUNNEL_TIMEOUT`; clients write a `nop` every 500 ms, so only a vanished client hits it).
+pub const HTTP_TUNNEL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a stopping node waits for tunnels to end by themselves before closing them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After the drain deadline, how long closing the remaining tunnels may take before the process exits.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes read from an upstream socket at a time: big enough for a full-screen update to move in few frames,
+/// small enough that 10,000 idle tunnels hold no such buffer (it is only reserved while reading).
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Largest WebSocket message accepted from a noVNC client: RFB client messages are tiny except
+/// ClientCutText (a pasted clipboard), which this bounds.
+pub const RELAY_MAX_MESSAGE: usize = 4 * 1024 * 1024;
+
+/// Largest WebSocket message accepted from a Guacamole client: one frame holds one instruction, and guacd
+/// accepts none larger than 32 KiB.
+pub const GUAC_MAX_MESSAGE: usize = 64 * 1024;
+
+/// Largest HTTP tunnel `connect` body: connect data is a short form.
+pub const CONNECT_BODY_LIMIT: usize = 16 * 1024;
+
+/// Batches of guacd output queued for an HTTP tunnel's reader: a small bound, so a browser that stops
+/// reading stops guacd (through TCP) instead of growing the node's memory.
+pub const HTTP_OUTPUT_QUEUE: usize = 4;
+
+/// Batches of browser input queued for guacd on an HTTP tunnel.
+pub const HTTP_INPUT_QUEUE: usize = 4;
+
+/// Ping replies waiting to be sent on a Guacamole WebSocket; a client that floods pings loses the excess.
+pub const PING_QUEUE: usize = 4;

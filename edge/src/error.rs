@@ -1,0 +1,158 @@
+//! Why a tunnel could not open or had to end, and which side is to blame.
+//!
+//! Each variant maps to one Guacamole status (for the Guacamole tunnels) and one relay close code (for
+//! `/websockify`); docs/errors.md lists them. Messages name addresses and causes for the logs; what reaches
+//! the browser is only the status and a fixed reason, never an internal address.
+
+use std::fmt;
+use std::io;
+
+use deskbroker_broker::RegistryError;
+use deskbroker_shared::handshake::HandshakeError;
+use deskbroker_shared::session::HostPort;
+use deskbroker_shared::{GuacStatus, ParseError, RelayClose};
+
+/// Which party a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The browser.
+    Downstream,
+    /// The VNC server or guacd.
+    Upstream,
+    /// The registry of sessions.
+    Registry,
+    /// deskbroker itself.
+    Internal,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Downstream => "downstream",
+            Side::Upstream => "upstream",
+            Side::Registry => "registry",
+            Side::Internal => "internal",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("no session token in the request")]
+    MissingToken,
+    #[error("unknown or expired session token")]
+    BadToken,
+    #[error("the session's target is {0}, not what this endpoint serves")]
+    WrongKind(&'static str),
+    #[error("malformed instruction from the browser: {0}")]
+    BadInstruction(ParseError),
+    #[error("the browser sent a frame of the wrong type")]
+    BadFrame,
+    #[error("the browser sent a message over the size limit")]
+    TooLarge,
+    #[error("browser connection failed: {0}")]
+    Downstream(String),
+    #[error("registry lookup failed: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: HostPort, source: io::Error },
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(HostPort),
+    #[error("guacd at {addr}: {source}")]
+    Handshake {
+        addr: HostPort,
+        source: HandshakeError,
+    },
+    #[error("guacd at {0} did not finish the handshake in time")]
+    HandshakeTimeout(HostPort),
+    #[error("malformed instruction from guacd: {0}")]
+    UpstreamProtocol(ParseError),
+    #[error("upstream connection failed: {0}")]
+    UpstreamIo(io::Error),
+    #[error("guacd went silent")]
+    UpstreamSilent,
+    #[error("no request for the tunnel within its idle timeout")]
+    Idle,
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl TunnelError {
+    pub fn side(&self) -> Side {
+        use TunnelError::*;
+        match self {
+            MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
+            | Downstream(_) | Idle => Side::Downstream,
+            Registry(_) => Side::Registry,
+            Connect { .. }
+            | ConnectTimeout(_)
+            | Handshake { .. }
+            | HandshakeTimeout(_)
+            | UpstreamProtocol(_)
+            | UpstreamIo(_)
+            | UpstreamSilent => Side::Upstream,
+            ShuttingDown => Side::Internal,
+        }
+    }
+
+    /// The Guacamole status the browser is told.
+    pub fn status(&self) -> GuacStatus {
+        use TunnelError::*;
+        match self {
+            MissingToken | BadToken => GuacStatus::ClientUnauthorized,
+            WrongKind(_) => GuacStatus::ClientBadRequest,
+            BadInstruction(error) if error.is_overrun() => GuacStatus::ClientOverrun,
+            BadInstruction(_) => GuacStatus::ClientBadRequest,
+            BadFrame => GuacStatus::ClientBadType,
+            TooLarge => GuacStatus::ClientOverrun,
+            Downstream(_) => GuacStatus::ClientBadRequest,
+            Idle => GuacStatus::ClientTimeout,
+            Registry(_) => GuacStatus::ServerBusy,
+            Connect { .. } => GuacStatus::UpstreamNotFound,
+            ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => GuacStatus::UpstreamTimeout,
+            Handshake { source, .. } => source.status(),
+            UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
+            ShuttingDown => GuacStatus::UpstreamUnavailable,
+        }
+    }
+
+    /// How the raw VNC relay closes for this failure.
+    pub fn relay_close(&self) -> RelayClose {
+        use TunnelError::*;
+        match self {
+            MissingToken => RelayClose::MissingToken,
+            BadToken => RelayClose::BadToken,
+            WrongKind(_) => RelayClose::WrongKind,
+            BadFrame => RelayClose::TextFrame,
+            TooLarge => RelayClose::TooLarge,
+            BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
+            Registry(_) | ShuttingDown => RelayClose::Unavailable,
+            Connect { .. } | Handshake { .. } | UpstreamProtocol(_) | UpstreamIo(_) => {
+                RelayClose::UpstreamError
+            }
+            ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => RelayClose::UpstreamTimeout,
+        }
+    }
+
+    /// A short, fixed message for the browser: the status says what happened, the logs say where.
+    pub fn public_message(&self) -> &'static str {
+        use TunnelError::*;
+        match self {
+            MissingToken => "A session token is required.",
+            BadToken => "Unknown or expired session token.",
+            WrongKind(_) => "This session cannot be opened with this tunnel.",
+            BadInstruction(_) => "Malformed instruction.",
+            BadFrame => "Unsupported message type.",
+            TooLarge => "Message too large.",
+            Downstream(_) => "Connection error.",
+            Idle => "Tunnel closed after a period without requests.",
+            Registry(_) => "Session registry unavailable.",
+            Connect { .. } | ConnectTimeout(_) => "Remote desktop server unreachable.",
+            Handshake { .. } | HandshakeTimeout(_) => {
+                "Remote desktop server refused the connection."
+            }
+            UpstreamProtocol(_) | UpstreamIo(_) | UpstreamSilent => "Remote desktop server failed.",
+            ShuttingDown => "Server shutting down.",
+        }
+    }
+}

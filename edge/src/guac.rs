@@ -1,0 +1,77 @@
+//! What the two Guacamole tunnels share: opening a tunnel (token, session kind, guacd handshake), tunnel
+//! ids and tokens from the OS's CSPRNG, and error responses in the servlet's form.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tracing::info;
+
+use deskbroker_shared::GuacStatus;
+use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::ids::{TunnelId, TunnelToken};
+use deskbroker_shared::session::Target;
+
+use crate::error::TunnelError;
+use crate::server::Edge;
+use crate::upstream::{self, Guacd, GuacdRequest};
+
+pub const STATUS_CODE: HeaderName = HeaderName::from_static("guacamole-status-code");
+pub const ERROR_MESSAGE: HeaderName = HeaderName::from_static("guacamole-error-message");
+pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-token");
+
+/// Checks the token, then connects to the session's guacd and runs the handshake.
+pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, Guacd), TunnelError> {
+    let session = edge.session(request.token.as_ref()).await?;
+    let Target::Guacd {
+        addr,
+        protocol,
+        params,
+    } = &session.target
+    else {
+        return Err(TunnelError::WrongKind(session.target.kind()));
+    };
+    let guacd = upstream::guacd(GuacdRequest {
+        addr,
+        protocol,
+        params,
+        client: &request.client,
+    })
+    .await?;
+    let id = TunnelId::from_random_bytes(random());
+    info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
+    Ok((id, guacd))
+}
+
+pub fn new_tunnel_token() -> TunnelToken {
+    TunnelToken::from_random_bytes(random())
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    // The OS's CSPRNG does not fail on any platform we run on; a failure here means no secure tokens at all.
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    bytes
+}
+
+/// An error in the Java servlet's form: the HTTP status of `status`, its code in `Guacamole-Status-Code`,
+/// and the message in `Guacamole-Error-Message` (ASCII only: header values are not UTF-8-safe).
+pub fn error_response(status: GuacStatus, message: &str) -> Response {
+    let http =
+        StatusCode::from_u16(status.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let printable: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let mut response = (http, format!("{printable}\n")).into_response();
+    let headers = response.headers_mut();
+    headers.insert(STATUS_CODE, HeaderValue::from(status.code()));
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        headers.insert(ERROR_MESSAGE, value);
+    }
+    response
+}

@@ -1,0 +1,217 @@
+//! `/tunnel`: the Guacamole HTTP tunnel, as the unmodified `Guacamole.HTTPTunnel` expects it.
+//!
+//! The operation is the raw query string: `connect`, `read:<uuid>:<n>` or `write:<uuid>`. After connect, a
+//! tunnel is found only by its `Guacamole-Tunnel-Token` header; the UUID in the URL is never trusted. A read
+//! streams batches of whole instructions and ends with `0.;` once it has sent something and a newer read is
+//! waiting (the takeover rule), or when guacd has ended. A write queues the body's instructions for guacd
+//! after checking them against guacd's limits. Errors carry `Guacamole-Status-Code` and
+//! `Guacamole-Error-Message`, with the HTTP status of the Java servlet.
+
+mod tunnel;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::ids::TunnelToken;
+use deskbroker_shared::instruction::{self, END_OF_RESPONSE};
+use deskbroker_shared::{GuacStatus, InstructionBuffer, ParseError};
+
+pub use tunnel::{HttpTunnel, HttpTunnels};
+
+use crate::defaults::CONNECT_BODY_LIMIT;
+use crate::error::TunnelError;
+use crate::guac::{self, TUNNEL_TOKEN, error_response};
+use crate::server::Edge;
+
+pub async fn handle(
+    State(edge): State<Edge>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(query) = query else {
+        return error_response(GuacStatus::ClientBadRequest, "No query string provided.");
+    };
+    if query == "connect" {
+        return connect(&edge, body).await;
+    }
+    let read = query.starts_with("read:");
+    if !read && !query.starts_with("write:") {
+        let shown: String = query.chars().take(64).collect();
+        return error_response(
+            GuacStatus::ClientBadRequest,
+            &format!("Invalid tunnel operation: {shown}"),
+        );
+    }
+    let tunnel = match find(&edge, &headers) {
+        Ok(tunnel) => tunnel,
+        Err((status, message)) => return error_response(status, message),
+    };
+    tunnel.touch();
+    if read {
+        read_response(tunnel).await
+    } else {
+        write(tunnel, body).await
+    }
+}
+
+/// The tunnel a read or write is for, found by its token header alone.
+fn find(edge: &Edge, headers: &HeaderMap) -> Result<Arc<HttpTunnel>, (GuacStatus, &'static str)> {
+    let Some(token) = headers.get(TUNNEL_TOKEN).and_then(|v| v.to_str().ok()) else {
+        return Err((
+            GuacStatus::ClientBadRequest,
+            "The HTTP tunnel session token is required for all requests after connecting.",
+        ));
+    };
+    match edge.http_tunnels().get(&TunnelToken::new(token)) {
+        None => Err((GuacStatus::ResourceNotFound, "No such tunnel.")),
+        Some(tunnel) if tunnel.is_closed() => {
+            Err((GuacStatus::ResourceNotFound, "Tunnel is closed."))
+        }
+        Some(tunnel) => Ok(tunnel),
+    }
+}
+
+async fn connect(edge: &Edge, body: Body) -> Response {
+    let Ok(form) = axum::body::to_bytes(body, CONNECT_BODY_LIMIT).await else {
+        return error_response(GuacStatus::ClientOverrun, "Connect data too large.");
+    };
+    let request = ConnectRequest::parse(&form);
+    match guac::open(edge, &request).await {
+        Ok((id, guacd)) => {
+            let (_, token) = HttpTunnel::open(edge, id, guacd);
+            let mut response = id.to_string().into_response();
+            let headers = response.headers_mut();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            // Base64 is always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(token.expose()) {
+                headers.insert(TUNNEL_TOKEN, value);
+            }
+            response
+        }
+        Err(error) => {
+            warn!(side = %error.side(), %error, "tunnel refused");
+            error_response(error.status(), error.public_message())
+        }
+    }
+}
+
+/// Streams guacd's output until the takeover rule or the end of the tunnel says stop, then `0.;`.
+async fn read_response(tunnel: Arc<HttpTunnel>) -> Response {
+    let output = tunnel.lock_output().await;
+    let state = Read {
+        tunnel,
+        output,
+        sent: false,
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, |mut read| async move {
+        let chunk = read.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), read))
+    });
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+struct Read {
+    tunnel: Arc<HttpTunnel>,
+    output: tokio::sync::OwnedMutexGuard<tokio::sync::mpsc::Receiver<Bytes>>,
+    /// At least one instruction went out: only then may a newer read take over.
+    sent: bool,
+    done: bool,
+}
+
+impl Read {
+    async fn next(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.sent && self.tunnel.readers_waiting() {
+                return self.end();
+            }
+            tokio::select! {
+                biased;
+                batch = self.output.recv() => match batch {
+                    Some(batch) => {
+                        self.sent = true;
+                        return Some(batch);
+                    }
+                    None => {
+                        self.tunnel.finish();
+                        return self.end();
+                    }
+                },
+                () = self.tunnel.reader_arrived(), if self.sent => {}
+            }
+        }
+    }
+
+    fn end(&mut self) -> Option<Bytes> {
+        self.done = true;
+        Some(Bytes::from_static(END_OF_RESPONSE))
+    }
+}
+
+/// Checks the body's instructions and queues them for guacd, whole, in order.
+async fn write(tunnel: Arc<HttpTunnel>, body: Body) -> Response {
+    let _turn = tunnel.lock_writer().await;
+    let mut input = InstructionBuffer::default();
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            return error_response(GuacStatus::ClientBadRequest, "Incomplete request body.");
+        };
+        input.extend_from_slice(&chunk);
+        let batch = match whole_instructions(&mut input) {
+            Ok(batch) => batch,
+            Err(error) => {
+                let error = TunnelError::BadInstruction(error);
+                debug!(tunnel = %tunnel.id, %error, "closing tunnel");
+                tunnel.kill();
+                return error_response(error.status(), error.public_message());
+            }
+        };
+        if !batch.is_empty() && !tunnel.is_upstream_done() {
+            tunnel.send(batch).await;
+        }
+    }
+    if !input.is_empty() {
+        tunnel.kill();
+        return error_response(GuacStatus::ClientBadRequest, "Incomplete instruction.");
+    }
+    let mut response = StatusCode::OK.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The whole instructions in `input`, less the tunnel-internal ones, which are never guacd's business.
+fn whole_instructions(input: &mut InstructionBuffer) -> Result<Bytes, ParseError> {
+    let mut batch = BytesMut::new();
+    while let Some(bytes) = input.next_instruction()? {
+        if !instruction::is_internal(&bytes) {
+            batch.extend_from_slice(&bytes);
+        }
+    }
+    Ok(batch.freeze())
+}

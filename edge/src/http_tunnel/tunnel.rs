@@ -1,0 +1,271 @@
+//! One HTTP tunnel and the task that owns its guacd socket, plus the node's map of them by token.
+//!
+//! The owner task is the only holder of the guacd socket. It moves guacd's output, as batches of whole
+//! instructions, into a small bounded queue that read requests drain one at a time (the queue's lock is the
+//! servlet's reader lock), and it writes what write requests queue for guacd. It ends the tunnel on guacd
+//! EOF or error, on the idle timeout, on a stop, or when killed; the socket is released as it returns. After
+//! guacd ends, the tunnel stays registered until a read has delivered everything (then requests get 404/516,
+//! the client's normal end of stream) or until the idle timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
+use deskbroker_shared::instruction::Instruction;
+
+use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE, READ_CHUNK};
+use crate::error::TunnelError;
+use crate::server::Edge;
+use crate::upstream::Guacd;
+
+/// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`.
+#[derive(Default)]
+pub struct HttpTunnels {
+    map: Mutex<HashMap<TokenDigest, Arc<HttpTunnel>>>,
+}
+
+impl HttpTunnels {
+    pub fn get(&self, token: &TunnelToken) -> Option<Arc<HttpTunnel>> {
+        self.lock().get(&token.digest()).cloned()
+    }
+
+    fn insert(&self, digest: TokenDigest, tunnel: Arc<HttpTunnel>) {
+        self.lock().insert(digest, tunnel);
+    }
+
+    fn remove(&self, digest: &TokenDigest) {
+        self.lock().remove(digest);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenDigest, Arc<HttpTunnel>>> {
+        // Only single inserts, removes and lookups happen under this lock; none can leave it half done.
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub struct HttpTunnel {
+    pub id: TunnelId,
+    /// guacd's output; holding this lock is holding the tunnel's one active read.
+    output: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    /// Read requests waiting for the lock: the active read gives way once it has sent something.
+    readers_waiting: AtomicUsize,
+    reader_arrived: Notify,
+    input: mpsc::Sender<Bytes>,
+    /// Write requests take turns, so their instructions reach guacd in request order.
+    writer: tokio::sync::Mutex<()>,
+    last_access: Mutex<Instant>,
+    /// Cancelled when guacd has gone (writes are then dropped) …
+    upstream_done: CancellationToken,
+    /// … and when the tunnel is deregistered (requests then get 404/516).
+    closed: CancellationToken,
+}
+
+impl HttpTunnel {
+    /// Registers a tunnel for `guacd` and starts its owner task; returns the tunnel and its token.
+    pub fn open(edge: &Edge, id: TunnelId, guacd: Guacd) -> (Arc<HttpTunnel>, TunnelToken) {
+        let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
+        let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
+        let token = crate::guac::new_tunnel_token();
+        let tunnel = Arc::new(HttpTunnel {
+            id,
+            output: Arc::new(tokio::sync::Mutex::new(output_rx)),
+            readers_waiting: AtomicUsize::new(0),
+            reader_arrived: Notify::new(),
+            input: input_tx,
+            writer: tokio::sync::Mutex::new(()),
+            last_access: Mutex::new(Instant::now()),
+            upstream_done: CancellationToken::new(),
+            closed: CancellationToken::new(),
+        });
+        let digest = token.digest();
+        edge.http_tunnels().insert(digest, tunnel.clone());
+        let owner = Owner {
+            tunnel: tunnel.clone(),
+            edge: edge.clone(),
+            digest,
+        };
+        edge.spawn_tunnel(owner.run(guacd, output_tx, input_rx));
+        (tunnel, token)
+    }
+
+    pub fn touch(&self) {
+        *self.last_access.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn idle_deadline(&self, timeout: Duration) -> Instant {
+        *self.last_access.lock().unwrap_or_else(|p| p.into_inner()) + timeout
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    pub fn is_upstream_done(&self) -> bool {
+        self.upstream_done.is_cancelled()
+    }
+
+    /// Ends the tunnel now, from any request (a malformed write, for one).
+    pub fn kill(&self) {
+        self.upstream_done.cancel();
+        self.closed.cancel();
+    }
+
+    /// Waits for the reader lock, counted as a waiting reader until it has it.
+    pub async fn lock_output(&self) -> tokio::sync::OwnedMutexGuard<mpsc::Receiver<Bytes>> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.readers_waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.readers_waiting);
+        self.reader_arrived.notify_one();
+        self.output.clone().lock_owned().await
+    }
+
+    pub fn readers_waiting(&self) -> bool {
+        self.readers_waiting.load(Ordering::SeqCst) > 0
+    }
+
+    pub async fn reader_arrived(&self) {
+        self.reader_arrived.notified().await;
+    }
+
+    /// The read has seen the end of guacd's output: deregister.
+    pub fn finish(&self) {
+        self.closed.cancel();
+    }
+
+    /// Queues instructions for guacd; false once guacd is gone (the data is dropped, as Java does).
+    pub async fn send(&self, instructions: Bytes) -> bool {
+        self.input.send(instructions).await.is_ok()
+    }
+
+    pub async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
+    }
+}
+
+struct Owner {
+    tunnel: Arc<HttpTunnel>,
+    edge: Edge,
+    digest: TokenDigest,
+}
+
+impl Owner {
+    async fn run(self, guacd: Guacd, output: mpsc::Sender<Bytes>, input: mpsc::Receiver<Bytes>) {
+        let tunnel = &self.tunnel;
+        let stop = self.edge.closing();
+        let end = tokio::select! {
+            end = relay(guacd, &output, input) => end,
+            () = self.idle() => Err(TunnelError::Idle),
+            () = tunnel.closed.cancelled() => Ok(()),
+            () = stop.cancelled() => Err(TunnelError::ShuttingDown),
+        };
+        // The guacd socket was dropped with `relay`.
+        tunnel.upstream_done.cancel();
+        match &end {
+            Ok(()) => debug!(tunnel = %tunnel.id, "guacd closed the tunnel"),
+            Err(error) => {
+                debug!(tunnel = %tunnel.id, side = %error.side(), %error, "tunnel ended");
+                let status = error.status();
+                let notice = Instruction::new(
+                    "error",
+                    [error.public_message().to_owned(), status.code().to_string()],
+                );
+                // If the queue is full the reader is gone or slow; the status still ends the client's stream.
+                let _ = output.try_send(Bytes::from(notice.encode()));
+            }
+        }
+        drop(output);
+        if !tunnel.is_closed() && !stop.is_cancelled() {
+            // Let a reader drain what guacd said last, but no longer than an idle tunnel may live.
+            tokio::select! {
+                () = tunnel.closed.cancelled() => {}
+                () = self.idle() => {}
+                () = stop.cancelled() => {}
+            }
+        }
+        tunnel.closed.cancel();
+        self.edge.http_tunnels().remove(&self.digest);
+        debug!(tunnel = %tunnel.id, "tunnel deregistered");
+    }
+
+    /// Returns once no request has touched the tunnel for the idle timeout.
+    async fn idle(&self) {
+        loop {
+            let deadline = self
+                .tunnel
+                .idle_deadline(self.edge.config().http_tunnel_timeout);
+            if deadline <= Instant::now() {
+                return;
+            }
+            sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Moves bytes both ways until guacd ends (`Ok`) or fails.
+async fn relay(
+    guacd: Guacd,
+    output: &mpsc::Sender<Bytes>,
+    mut input: mpsc::Receiver<Bytes>,
+) -> Result<(), TunnelError> {
+    let Guacd {
+        stream, mut buffer, ..
+    } = guacd;
+    let (mut from_guacd, mut to_guacd) = stream.into_split();
+    let downstream = async {
+        loop {
+            let batch = buffer
+                .take_instructions()
+                .map_err(TunnelError::UpstreamProtocol)?;
+            if let Some(batch) = batch
+                && output.send(batch).await.is_err()
+            {
+                return Ok(());
+            }
+            let deadline = Instant::now() + GUACD_SILENCE_TIMEOUT;
+            let read = timeout_at(deadline, from_guacd.read_buf(buffer.read_buf(READ_CHUNK)))
+                .await
+                .map_err(|_| TunnelError::UpstreamSilent)?
+                .map_err(TunnelError::UpstreamIo)?;
+            if read == 0 {
+                return Ok(());
+            }
+        }
+    };
+    let upstream = async {
+        while let Some(instructions) = input.recv().await {
+            to_guacd
+                .write_all(&instructions)
+                .await
+                .map_err(TunnelError::UpstreamIo)?;
+        }
+        Ok(())
+    };
+    tokio::select! {
+        end = downstream => end,
+        end = upstream => end,
+    }
+}

@@ -1,0 +1,161 @@
+//! The edge node: one listener serving the three browser-facing tunnels, and the order in which it stops.
+//!
+//! [`Edge`] is the shared state, a cheap `Clone` handle. Tunnels run as tasks on a [`TaskTracker`] of
+//! their own, because axum's graceful shutdown does not wait for upgraded WebSockets; every tunnel also
+//! watches the `close_tunnels` token, which ends it with a status the browser understands. docs/lifecycle.md
+//! describes the stop sequence.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::routing::{any, get};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use deskbroker_broker::Registry;
+use deskbroker_shared::ids::SessionToken;
+use deskbroker_shared::session::Session;
+
+use crate::defaults::CLOSE_TIMEOUT;
+use crate::error::TunnelError;
+use crate::http_tunnel::{self, HttpTunnels};
+use crate::{websockify, ws_tunnel};
+
+/// What the edge needs to know beyond its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP tunnels without a request for this long are closed.
+    pub http_tunnel_timeout: Duration,
+    /// How long a stop waits for tunnels to end by themselves.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_tunnel_timeout: crate::defaults::HTTP_TUNNEL_TIMEOUT,
+            drain_timeout: crate::defaults::DRAIN_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<dyn Registry>,
+    config: Config,
+    tunnels: TaskTracker,
+    close_tunnels: CancellationToken,
+    http_tunnels: HttpTunnels,
+}
+
+impl Edge {
+    pub fn new(registry: Arc<dyn Registry>, config: Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                config,
+                tunnels: TaskTracker::new(),
+                close_tunnels: CancellationToken::new(),
+                http_tunnels: HttpTunnels::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Cancelled when the node closes its remaining tunnels.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.inner.close_tunnels
+    }
+
+    pub fn http_tunnels(&self) -> &HttpTunnels {
+        &self.inner.http_tunnels
+    }
+
+    /// Runs a tunnel as a tracked task, so that a stop waits for it.
+    pub fn spawn_tunnel<F>(&self, tunnel: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tunnels.spawn(tunnel);
+    }
+
+    /// Wraps a tunnel future that something else spawns (axum spawns WebSocket upgrades).
+    pub fn track_tunnel<F: Future>(
+        &self,
+        tunnel: F,
+    ) -> tokio_util::task::task_tracker::TrackedFuture<F> {
+        self.inner.tunnels.track_future(tunnel)
+    }
+
+    /// The live session a connect request's token grants.
+    pub async fn session(&self, token: Option<&SessionToken>) -> Result<Session, TunnelError> {
+        if self.inner.close_tunnels.is_cancelled() {
+            return Err(TunnelError::ShuttingDown);
+        }
+        let token = token.ok_or(TunnelError::MissingToken)?;
+        let session = self.inner.registry.session(token).await?;
+        session
+            .filter(|session| !session.is_expired(SystemTime::now()))
+            .ok_or(TunnelError::BadToken)
+    }
+}
+
+pub fn router(edge: Edge) -> Router {
+    Router::new()
+        .route("/websockify", any(websockify::handle))
+        .route("/websocket-tunnel", any(ws_tunnel::handle))
+        .route("/tunnel", any(http_tunnel::handle))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(edge)
+}
+
+/// Serves until `shutdown` is cancelled, then stops: no new connections, tunnels get the drain timeout to
+/// end by themselves, the rest are closed with a status, and the function returns.
+pub async fn run(
+    listener: TcpListener,
+    edge: Edge,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(edge.clone());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(server.into_future());
+
+    shutdown.cancelled().await;
+    let tunnels = &edge.inner.tunnels;
+    tunnels.close();
+    info!(open = tunnels.len(), "draining tunnels");
+    if tokio::time::timeout(edge.config().drain_timeout, tunnels.wait())
+        .await
+        .is_err()
+    {
+        info!(
+            open = tunnels.len(),
+            "drain deadline passed, closing tunnels"
+        );
+        edge.inner.close_tunnels.cancel();
+        if tokio::time::timeout(CLOSE_TIMEOUT, tunnels.wait())
+            .await
+            .is_err()
+        {
+            warn!(open = tunnels.len(), "tunnels still open at exit");
+        }
+    }
+    edge.inner.close_tunnels.cancel();
+    match tokio::time::timeout(CLOSE_TIMEOUT, server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(std::io::Error::other(panic)),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,125 @@
+//! Opening upstream sockets: to a VNC server for the relay, or to guacd followed by its handshake.
+//!
+//! Targets come only from session records, never from the browser. Every step has a deadline, and the
+//! bytes guacd sends right after `ready` stay in the returned buffer so that none are lost.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use deskbroker_shared::InstructionBuffer;
+use deskbroker_shared::connect::ClientInfo;
+use deskbroker_shared::handshake::{self, Args};
+use deskbroker_shared::instruction::Instruction;
+use deskbroker_shared::session::HostPort;
+
+use crate::defaults::{GUACD_HANDSHAKE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT};
+use crate::error::TunnelError;
+
+/// Connects to `addr` with the connect deadline; Nagle is off, since remote desktop input is latency-bound.
+pub async fn connect(addr: &HostPort) -> Result<TcpStream, TunnelError> {
+    let connecting = TcpStream::connect((addr.host.as_str(), addr.port));
+    let stream = timeout(UPSTREAM_CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| TunnelError::ConnectTimeout(addr.clone()))?
+        .map_err(|source| TunnelError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+    stream.set_nodelay(true).map_err(TunnelError::UpstreamIo)?;
+    Ok(stream)
+}
+
+/// A guacd connection past its handshake.
+pub struct Guacd {
+    pub stream: TcpStream,
+    /// What guacd sent after `ready`, not yet relayed.
+    pub buffer: InstructionBuffer,
+    /// guacd's connection id (`$` and a UUID), which other users join with.
+    pub connection_id: String,
+}
+
+/// What to ask guacd for: `protocol` is a protocol name, or a connection id to join.
+pub struct GuacdRequest<'a> {
+    pub addr: &'a HostPort,
+    pub protocol: &'a str,
+    pub params: &'a std::collections::BTreeMap<String, String>,
+    pub client: &'a ClientInfo,
+}
+
+/// Connects to guacd and runs the handshake, as Guacamole's `ConfiguredGuacamoleSocket` does.
+pub async fn guacd(request: GuacdRequest<'_>) -> Result<Guacd, TunnelError> {
+    let addr = request.addr;
+    let stream = connect(addr).await?;
+    timeout(GUACD_HANDSHAKE_TIMEOUT, handshake(stream, &request))
+        .await
+        .map_err(|_| TunnelError::HandshakeTimeout(addr.clone()))?
+}
+
+async fn handshake(
+    mut stream: TcpStream,
+    request: &GuacdRequest<'_>,
+) -> Result<Guacd, TunnelError> {
+    let mut buffer = InstructionBuffer::with_capacity(READ_CHUNK);
+    let select = Instruction::new("select", [request.protocol]);
+    send(&mut stream, &[select]).await?;
+
+    let args = Args::from_instruction(receive(&mut stream, &mut buffer, request.addr).await?)
+        .map_err(|source| handshake_error(request.addr, source))?;
+    let mut reply = handshake::client_info(args.negotiated(), request.client, None);
+    reply.push(args.connect(request.params));
+    send(&mut stream, &reply).await?;
+
+    let ready = receive(&mut stream, &mut buffer, request.addr).await?;
+    let connection_id =
+        handshake::ready(ready).map_err(|source| handshake_error(request.addr, source))?;
+    Ok(Guacd {
+        stream,
+        buffer,
+        connection_id,
+    })
+}
+
+async fn send(stream: &mut TcpStream, instructions: &[Instruction]) -> Result<(), TunnelError> {
+    let wire: String = instructions.iter().map(Instruction::encode).collect();
+    stream
+        .write_all(wire.as_bytes())
+        .await
+        .map_err(TunnelError::UpstreamIo)
+}
+
+/// Reads the next whole instruction, skipping the `nop`s guacd may send at any time.
+async fn receive(
+    stream: &mut TcpStream,
+    buffer: &mut InstructionBuffer,
+    addr: &HostPort,
+) -> Result<Instruction, TunnelError> {
+    loop {
+        while let Some(bytes) = buffer
+            .next_instruction()
+            .map_err(TunnelError::UpstreamProtocol)?
+        {
+            let instruction = Instruction::parse(&bytes).map_err(TunnelError::UpstreamProtocol)?;
+            if instruction.opcode != "nop" {
+                return Ok(instruction);
+            }
+        }
+        let read = stream
+            .read_buf(buffer.read_buf(READ_CHUNK))
+            .await
+            .map_err(TunnelError::UpstreamIo)?;
+        if read == 0 {
+            return Err(handshake_error(
+                addr,
+                handshake::HandshakeError::Disconnected,
+            ));
+        }
+    }
+}
+
+fn handshake_error(addr: &HostPort, source: handshake::HandshakeError) -> TunnelError {
+    TunnelError::Handshake {
+        addr: addr.clone(),
+        source,
+    }
+}

@@ -1,0 +1,135 @@
+//! `GET /websockify?token=T`: the WebSocket-to-TCP relay noVNC expects, as websockify does it.
+//!
+//! The `binary` subprotocol is echoed when offered; a client offering only other subprotocols is refused
+//! (websockify does the same). The upgrade is accepted before the token is checked, so a refusal reaches
+//! the browser as a close code and reason instead of an undiagnosable 1006. The VNC address comes from the
+//! session, never from the request. Bytes are relayed as they come, one read per binary frame, with one
+//! bounded buffer per direction: a browser that stops reading stops the relay reading from VNC.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{Instrument, debug, info_span, warn};
+
+use deskbroker_shared::RelayClose;
+use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::session::Target;
+
+use crate::defaults::{READ_CHUNK, RELAY_MAX_MESSAGE};
+use crate::error::TunnelError;
+use crate::server::Edge;
+use crate::upstream;
+use crate::ws::{downstream_error, offered_protocols};
+
+pub async fn handle(
+    State(edge): State<Edge>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let offered = offered_protocols(&headers);
+    if !offered.is_empty() && !offered.contains(&"binary") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the only supported subprotocol is \"binary\"\n",
+        )
+            .into_response();
+    }
+    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let tunnel = edge.clone();
+    upgrade
+        .protocols(["binary"])
+        .max_message_size(RELAY_MAX_MESSAGE)
+        .max_frame_size(RELAY_MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let span = info_span!("websockify", tunnel = tracing::field::Empty);
+            edge.track_tunnel(run(tunnel, socket, request).instrument(span))
+        })
+}
+
+async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
+    let upstream = match open(&edge, &request).await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            warn!(side = %error.side(), %error, "relay refused");
+            close(&mut socket, error.relay_close()).await;
+            return;
+        }
+    };
+    let end = tokio::select! {
+        end = relay(&mut socket, upstream) => end,
+        () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+    };
+    match end {
+        Ok(()) => debug!("relay ended"),
+        Err(ref error) => debug!(side = %error.side(), %error, "relay ended"),
+    }
+    close(
+        &mut socket,
+        end.map_or_else(|error| error.relay_close(), |()| RelayClose::Normal),
+    )
+    .await;
+}
+
+async fn open(edge: &Edge, request: &ConnectRequest) -> Result<TcpStream, TunnelError> {
+    let session = edge.session(request.token.as_ref()).await?;
+    let Target::Vnc { addr } = &session.target else {
+        return Err(TunnelError::WrongKind(session.target.kind()));
+    };
+    tracing::Span::current().record("tunnel", tracing::field::display(addr));
+    upstream::connect(addr).await
+}
+
+/// Pumps both directions until either side ends. `Ok` is a normal end by either side.
+async fn relay(socket: &mut WebSocket, upstream: TcpStream) -> Result<(), TunnelError> {
+    let (mut from_vnc, mut to_vnc) = upstream.into_split();
+    let (mut to_browser, mut from_browser) = socket.split();
+
+    let downstream = async {
+        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            buffer.reserve(READ_CHUNK);
+            let read = from_vnc
+                .read_buf(&mut buffer)
+                .await
+                .map_err(TunnelError::UpstreamIo)?;
+            if read == 0 {
+                return Ok(());
+            }
+            let frame = Message::Binary(buffer.split().freeze());
+            to_browser.send(frame).await.map_err(downstream_error)?;
+        }
+    };
+    let upstream = async {
+        while let Some(message) = from_browser.next().await {
+            match message.map_err(downstream_error)? {
+                Message::Binary(bytes) => to_vnc
+                    .write_all(&bytes)
+                    .await
+                    .map_err(TunnelError::UpstreamIo)?,
+                Message::Text(_) => return Err(TunnelError::BadFrame),
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        end = downstream => end,
+        end = upstream => end,
+    }
+}
+
+async fn close(socket: &mut WebSocket, close: RelayClose) {
+    let frame = CloseFrame {
+        code: close.code(),
+        reason: close.reason().into(),
+    };
+    // The browser may be gone already; there is nobody left to tell.
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}

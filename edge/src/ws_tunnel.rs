@@ -1,0 +1,181 @@
+//! `GET /websocket-tunnel?token=T&GUAC_WIDTH=…`: the Guacamole WebSocket tunnel, as the unmodified
+//! `Guacamole.WebSocketTunnel` expects it.
+//!
+//! The upgrade is accepted first (subprotocol `guacamole`), then the token is checked and the guacd handshake
+//! run; a failure is a close frame whose reason is the decimal Guacamole status, so the client can tell the
+//! user why, and ChainedTunnel does not retry the same token over HTTP after an undiagnosable 1006. On
+//! success the first frame is `0.,36.<uuid>;`. After that guacd's output goes out as text frames of whole
+//! instructions; the browser's instructions go to guacd, except the tunnel-internal ones: pings are answered
+//! here, ahead of guacd's output, and the rest are dropped.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
+use tracing::{Instrument, debug, info_span, warn};
+
+use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::instruction::{self, Instruction};
+use deskbroker_shared::{GuacStatus, InstructionBuffer};
+
+use crate::defaults::{GUAC_MAX_MESSAGE, GUACD_SILENCE_TIMEOUT, PING_QUEUE, READ_CHUNK};
+use crate::error::TunnelError;
+use crate::guac;
+use crate::server::Edge;
+use crate::upstream::Guacd;
+use crate::ws::{downstream_error, offered_protocols};
+
+pub async fn handle(
+    State(edge): State<Edge>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !offered_protocols(&headers).contains(&"guacamole") {
+        return guac::error_response(
+            GuacStatus::ClientBadRequest,
+            "The \"guacamole\" WebSocket subprotocol is required.",
+        );
+    }
+    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let tunnel = edge.clone();
+    upgrade
+        .protocols(["guacamole"])
+        .max_message_size(GUAC_MAX_MESSAGE)
+        .max_frame_size(GUAC_MAX_MESSAGE)
+        .on_upgrade(move |socket| {
+            let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
+            edge.track_tunnel(run(tunnel, socket, request).instrument(span))
+        })
+}
+
+async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
+    let (id, guacd) = match guac::open(&edge, &request).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            warn!(side = %error.side(), %error, "tunnel refused");
+            close(&mut socket, error.status()).await;
+            return;
+        }
+    };
+    tracing::Span::current().record("tunnel", tracing::field::display(id));
+    let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let end = tokio::select! {
+        end = relay(&mut socket, guacd) => end,
+        () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+    };
+    let status = match end {
+        Ok(()) => GuacStatus::Success,
+        Err(error) => {
+            debug!(side = %error.side(), %error, "tunnel failed");
+            error.status()
+        }
+    };
+    debug!(status = status.code(), "tunnel closed");
+    close(&mut socket, status).await;
+}
+
+/// Pumps both directions until either side ends; `Ok` is a normal end by either side.
+async fn relay(socket: &mut WebSocket, guacd: Guacd) -> Result<(), TunnelError> {
+    let Guacd {
+        stream, mut buffer, ..
+    } = guacd;
+    let (mut from_guacd, mut to_guacd) = stream.into_split();
+    let (mut to_browser, mut from_browser) = socket.split();
+    let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
+
+    let downstream = async {
+        let mut silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT;
+        loop {
+            while let Ok(reply) = ping_replies.try_recv() {
+                to_browser
+                    .send(text(reply)?)
+                    .await
+                    .map_err(downstream_error)?;
+            }
+            if let Some(batch) = buffer
+                .take_instructions()
+                .map_err(TunnelError::UpstreamProtocol)?
+            {
+                to_browser
+                    .send(text(batch)?)
+                    .await
+                    .map_err(downstream_error)?;
+            }
+            tokio::select! {
+                biased;
+                Some(reply) = ping_replies.recv() => {
+                    to_browser.send(text(reply)?).await.map_err(downstream_error)?;
+                }
+                read = timeout_at(silent_until, from_guacd.read_buf(buffer.read_buf(READ_CHUNK))) => {
+                    match read.map_err(|_| TunnelError::UpstreamSilent)? {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT,
+                        Err(error) => return Err(TunnelError::UpstreamIo(error)),
+                    }
+                }
+            }
+        }
+    };
+    let upstream = async {
+        let mut input = InstructionBuffer::default();
+        while let Some(message) = from_browser.next().await {
+            match message.map_err(downstream_error)? {
+                Message::Text(text) => input.extend_from_slice(text.as_bytes()),
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Binary(_) => return Err(TunnelError::BadFrame),
+            }
+            while let Some(bytes) = input
+                .next_instruction()
+                .map_err(TunnelError::BadInstruction)?
+            {
+                if instruction::is_internal(&bytes) {
+                    if is_ping(&bytes) {
+                        // A flood of pings beyond the queue loses its excess; the client only times them.
+                        let _ = pings.try_send(bytes);
+                    }
+                    continue;
+                }
+                to_guacd
+                    .write_all(&bytes)
+                    .await
+                    .map_err(TunnelError::UpstreamIo)?;
+            }
+        }
+        Ok(())
+    };
+    tokio::select! {
+        end = downstream => end,
+        end = upstream => end,
+    }
+}
+
+/// `0.,4.ping,<timestamp>;`: answered with itself, as the Java endpoint does.
+fn is_ping(bytes: &[u8]) -> bool {
+    Instruction::parse(bytes).is_ok_and(|ping| ping.args.len() >= 2 && ping.args[0] == "ping")
+}
+
+/// Whole instructions as a text frame; guacd must send UTF-8, and a text frame must be UTF-8.
+fn text(bytes: Bytes) -> Result<Message, TunnelError> {
+    Utf8Bytes::try_from(bytes)
+        .map(Message::Text)
+        .map_err(|_| TunnelError::UpstreamProtocol(deskbroker_shared::ParseError::BadUtf8))
+}
+
+async fn close(socket: &mut WebSocket, status: GuacStatus) {
+    let frame = CloseFrame {
+        code: status.ws_close_code(),
+        reason: status.ws_close_reason().into(),
+    };
+    // The browser may be gone already; there is nobody left to tell.
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
