@@ -1,0 +1,13 @@
+//! Fixtures for deskbroker's black-box tests: real processes on real sockets. Edges are the built
+//! `deskbroker-edge` binary, guacd is the project's `test-guacd`, VNC servers are the demo desktop or
+//! Debian's Xvnc. Clients speak what noVNC and guacamole-common-js speak, from their sources.
+//!
+//! Processes are killed when their handle drops. A missing tool is a loud failure with the install hint
+//! when `CI` is set, and a skip with the same hint otherwise.
+
+pub mod clients;
+pub mod flood;
+pub mod process;
+pub mod upstreams;
+
+pub use process::{Edge, TestGuacd, Xvnc};

@@ -1,0 +1,232 @@
+//! Starting the real processes a test needs, and knowing when they are ready: each prints its bound
+//! address, so nothing waits on a sleep or races for a port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to say it is listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A built binary of this workspace, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed on drop, whose output is kept for the failure message.
+pub struct Process {
+    child: Child,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Spawns `command` and waits until a line of its stdout yields an address through `ready`.
+    async fn start(
+        mut command: Command,
+        ready: impl Fn(&str) -> Option<SocketAddr>,
+    ) -> anyhow::Result<(Self, SocketAddr)> {
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().context("stderr")?;
+        tokio::spawn(keep_lines(BufReader::new(stderr), output.clone()));
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let addr = tokio::time::timeout(READY_TIMEOUT, async {
+            while let Some(line) = stdout.next_line().await? {
+                output.lock().unwrap().push(line.clone());
+                if let Some(addr) = ready(&line) {
+                    return Ok(addr);
+                }
+            }
+            bail!("exited before it was ready: {:?}", output.lock().unwrap())
+        })
+        .await
+        .context("not ready in time")??;
+        let rest = output.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                rest.lock().unwrap().push(line);
+            }
+        });
+        Ok((Self { child, output }, addr))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.pid().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().await?;
+        Ok(self.child.wait().await?)
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+async fn keep_lines(
+    reader: BufReader<impl tokio::io::AsyncRead + Unpin>,
+    output: Arc<Mutex<Vec<String>>>,
+) {
+    let mut lines = reader.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        output.lock().unwrap().push(line);
+    }
+}
+
+/// A running `deskbroker-edge`.
+pub struct Edge {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Edge {
+    /// Starts an edge on a free loopback port with `args` added to the defaults.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary("deskbroker-edge"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .env("DESKBROKER_LOG", "debug");
+        let (process, addr) = Process::start(command, |line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "listening").then(|| event["addr"].as_str()?.parse().ok())?
+        })
+        .await?;
+        Ok(Self { process, addr })
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{path_and_query}", self.addr)
+    }
+
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+}
+
+/// A running `test-guacd`.
+pub struct TestGuacd {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl TestGuacd {
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary("test-guacd"));
+        command.args(args);
+        let (process, addr) = Process::start(command, |line| {
+            line.strip_prefix("listening ")?.parse().ok()
+        })
+        .await?;
+        Ok(Self { process, addr })
+    }
+}
+
+/// Debian's Xvnc (tigervnc-standalone-server) on a free loopback port, without authentication.
+pub struct Xvnc {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Xvnc {
+    /// Starts Xvnc, or returns `None` (outside CI) when it is not installed.
+    pub async fn start() -> anyhow::Result<Option<Self>> {
+        if which("Xvnc").is_none() {
+            let hint = "Xvnc not found: apt-get install tigervnc-standalone-server";
+            if std::env::var_os("CI").is_some() {
+                bail!("{hint}");
+            }
+            eprintln!("skipping: {hint}");
+            return Ok(None);
+        }
+        let port = free_port()?;
+        let display = format!(":{}", 100 + port % 800);
+        let mut command = Command::new("Xvnc");
+        command.args([
+            &display,
+            "-rfbport",
+            &port.to_string(),
+            "-interface",
+            "127.0.0.1",
+            "-SecurityTypes",
+            "None",
+            "-geometry",
+            "640x480",
+            "-depth",
+            "24",
+            "-nolisten",
+            "tcp",
+        ]);
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().context("spawning Xvnc")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        // Xvnc announces readiness on stderr in a version-dependent way: wait for the port instead.
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                let process = Process {
+                    child,
+                    output: Arc::default(),
+                };
+                return Ok(Some(Self { process, addr }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("Xvnc did not open {addr}")
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(program))
+        .find(|path| path.exists())
+}
+
+/// A port free right now; only for programs that cannot report the port they bound.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Writes a session file into a fresh temporary directory and returns its path.
+pub fn session_file(contents: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("sessions");
+    std::fs::write(&path, contents)?;
+    Ok((dir, path))
+}

@@ -1,0 +1,295 @@
+//! `/tunnel`: guacamole-common-js's HTTPTunnel against the test guacd, with two reads in flight as the JS
+//! keeps them, so every response must give way to its successor.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use deskbroker_shared::instruction::Instruction;
+use deskbroker_tests::clients::{HttpError, HttpTunnel, ReadEvent, STEP, connect_data};
+use deskbroker_tests::flood;
+use deskbroker_tests::upstreams::sockets;
+
+use crate::guacd_node;
+use crate::websockify::wait_for;
+
+async fn next(events: &mut mpsc::Receiver<ReadEvent>) -> Instruction {
+    loop {
+        let event = tokio::time::timeout(STEP, events.recv())
+            .await
+            .expect("read in time")
+            .expect("reading");
+        match event {
+            ReadEvent::Instruction(bytes) => {
+                let instruction = Instruction::parse(&bytes).unwrap();
+                if instruction.opcode != "nop" {
+                    return instruction;
+                }
+            }
+            other => panic!("reading failed: {other:?}"),
+        }
+    }
+}
+
+async fn until(events: &mut mpsc::Receiver<ReadEvent>, opcode: &str) -> Instruction {
+    loop {
+        let instruction = next(events).await;
+        if instruction.opcode == opcode {
+            return instruction;
+        }
+    }
+}
+
+/// Reads until the tunnel's reading ends, and returns how it ended.
+async fn end(events: &mut mpsc::Receiver<ReadEvent>) -> (Vec<Instruction>, ReadEvent) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(STEP, events.recv())
+            .await
+            .expect("end in time")
+            .expect("an end")
+        {
+            ReadEvent::Instruction(bytes) => seen.push(Instruction::parse(&bytes).unwrap()),
+            other => return (seen, other),
+        }
+    }
+}
+
+fn not_found() -> HttpError {
+    HttpError {
+        http: 404,
+        guac: Some(516),
+        message: Some("No such tunnel.".into()),
+    }
+}
+
+#[tokio::test]
+async fn connect_read_write_with_takeover_byte_exact() {
+    let (_guacd, node) = guacd_node(&[], &[]).await;
+    let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    assert_eq!(tunnel.uuid.len(), 36, "the body is the bare UUID");
+    assert_eq!(tunnel.token.len(), 44, "33 random bytes in Base64");
+    let mut events = tunnel.read(vec![node.http()]);
+    let connect = until(&mut events, "echo").await;
+    assert_eq!(connect.args[0], "select");
+    until(&mut events, "sync").await;
+
+    // Output: a flood, read through many responses that take over from each other.
+    let (count, size, seed) = (3000u64, 2000usize, 11u64);
+    let command = Instruction::new(
+        "x-flood",
+        [count.to_string(), size.to_string(), seed.to_string()],
+    );
+    tunnel.write(command.encode()).await.unwrap();
+    let mut expected = Sha256::new();
+    flood::instructions(count, size, seed).for_each(|i| expected.update(i.as_bytes()));
+    let mut received = Sha256::new();
+    let mut got = 0;
+    // Writes go on while the reads stream.
+    let writer = async {
+        for i in 0..200 {
+            let key = Instruction::new("key", [i.to_string(), "1".into()]);
+            tunnel
+                .write(format!("3.nop;{}", key.encode()))
+                .await
+                .unwrap();
+        }
+    };
+    let reader = async {
+        let mut keys = 0;
+        while got < count || keys < 200 {
+            let instruction = next(&mut events).await;
+            match instruction.opcode.as_str() {
+                "x-data" => {
+                    received.update(instruction.encode().as_bytes());
+                    got += 1;
+                }
+                "echo" if instruction.args[0] == "key" => {
+                    assert_eq!(
+                        instruction.args[1],
+                        keys.to_string(),
+                        "writes arrive in order"
+                    );
+                    keys += 1;
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::join!(writer, reader);
+    assert_eq!(
+        received.finalize(),
+        expected.finalize(),
+        "output arrived whole and in order"
+    );
+    assert!(
+        tunnel.responses.load(Ordering::SeqCst) > 2,
+        "reads took over from each other"
+    );
+
+    // A big instruction that guacd writes a few bytes at a time.
+    tunnel
+        .write(Instruction::new("x-big", ["8192"]).encode())
+        .await
+        .unwrap();
+    assert_eq!(
+        until(&mut events, "x-big").await.args[0].chars().count(),
+        8192
+    );
+
+    // guacd ends the connection: its last word arrives, then reads end the normal way (404/516).
+    tunnel
+        .write(Instruction::new("x-disconnect", Vec::<String>::new()).encode())
+        .await
+        .unwrap();
+    let (seen, ending) = end(&mut events).await;
+    assert!(seen.iter().any(|i| i.opcode == "disconnect"), "{seen:?}");
+    assert!(
+        matches!(ending, ReadEvent::Failed(ref e) if *e == not_found()),
+        "{ending:?}"
+    );
+    assert_eq!(tunnel.write("3.nop;").await, Err(not_found()));
+}
+
+#[tokio::test]
+async fn the_token_identifies_the_tunnel_not_the_url() {
+    let (_guacd, node) = guacd_node(&[], &[]).await;
+    let mut tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    let other = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    tunnel.uuid = other.uuid.clone(); // the URL names the other tunnel; the token still says which
+    let mut events = tunnel.read(vec![node.http()]);
+    tunnel
+        .write(Instruction::new("key", ["1", "1"]).encode())
+        .await
+        .unwrap();
+    assert_eq!(until(&mut events, "echo").await.args[0], "select");
+    loop {
+        let echo = until(&mut events, "echo").await;
+        if echo.args[0] == "key" {
+            break;
+        }
+    }
+    let forged = HttpTunnel {
+        token: "A".repeat(44),
+        ..tunnel
+    };
+    assert_eq!(forged.write("3.nop;").await, Err(not_found()));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_the_servlets_errors() {
+    let (_guacd, node) = guacd_node(&[], &[]).await;
+    let http = reqwest::Client::new();
+    let status = |response: reqwest::Response| {
+        let code = response
+            .headers()
+            .get("guacamole-status-code")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), code)
+    };
+    let get = |query: &str| http.get(format!("{}/tunnel{query}", node.http())).send();
+    assert_eq!(status(get("").await.unwrap()), (400, Some("768".into())));
+    assert_eq!(
+        status(get("?frobnicate").await.unwrap()),
+        (400, Some("768".into()))
+    );
+    assert_eq!(
+        status(get("?read:x:0").await.unwrap()),
+        (400, Some("768".into())),
+        "no token header"
+    );
+    let unknown = http
+        .get(format!("{}/tunnel?read:x:0", node.http()))
+        .header("guacamole-tunnel-token", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(unknown), (404, Some("516".into())));
+
+    for (data, expected) in [
+        ("GUAC_WIDTH=1".to_owned(), (403, 769)),
+        (connect_data("nope"), (403, 769)),
+        (connect_data("raw"), (400, 768)),
+        (connect_data("bogus"), (502, 515)),
+    ] {
+        let error = HttpTunnel::connect(&node.http(), &data)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            (error.http, error.guac),
+            (expected.0, Some(expected.1)),
+            "{data}"
+        );
+        assert!(error.message.is_some());
+    }
+
+    // Bad instructions end that tunnel, with the status that says why; other tunnels carry on.
+    let survivor = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    let mut survivor_events = survivor.read(vec![node.http()]);
+    for (body, expected) in [
+        ("banana;".to_owned(), (400, 768)),
+        ("3.key,1.a".to_owned(), (400, 768)),
+        (
+            format!(
+                "4.blob,8192.{},8192.{};",
+                "\u{4e2d}".repeat(8192),
+                "a".repeat(8192)
+            ),
+            (413, 781),
+        ),
+    ] {
+        let victim = HttpTunnel::connect(&node.http(), &connect_data("g"))
+            .await
+            .unwrap();
+        let error = victim.write(body).await.expect_err("refused");
+        assert_eq!((error.http, error.guac), (expected.0, Some(expected.1)));
+        assert_eq!(
+            victim.write("3.nop;").await.err().map(|e| e.http),
+            Some(404),
+            "the tunnel is closed"
+        );
+    }
+    survivor
+        .write(Instruction::new("key", ["7", "1"]).encode())
+        .await
+        .unwrap();
+    loop {
+        if until(&mut survivor_events, "echo").await.args[0] == "key" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unused_tunnel_is_closed_and_its_guacd_socket_released() {
+    let (_guacd, node) = guacd_node(&[], &["--http-tunnel-timeout", "1s"]).await;
+    let pid = node.edge.process.pid();
+    let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    // The edge holds the guacd socket (and the client's keep-alive connection).
+    let open = sockets(pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for(|| sockets(pid) == open - 1, "the guacd socket is released").await;
+    assert_eq!(tunnel.write("3.nop;").await, Err(not_found()));
+
+    // A tunnel that is used stays open past the timeout.
+    let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tunnel.write("3.nop;").await.unwrap();
+    }
+}

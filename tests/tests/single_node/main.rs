@@ -1,0 +1,49 @@
+//! One edge, no Redis: the three browser-facing tunnels end to end, with real processes on real sockets.
+
+mod http_tunnel;
+mod lifecycle;
+mod websockify;
+mod ws_tunnel;
+
+use deskbroker_tests::{Edge, TestGuacd};
+use tempfile::TempDir;
+
+/// An edge serving sessions written to a file, kept alive as long as this value.
+pub struct Node {
+    pub edge: Edge,
+    _dir: TempDir,
+}
+
+impl Node {
+    pub async fn start(sessions: &str, args: &[&str]) -> Node {
+        let (dir, path) = deskbroker_tests::process::session_file(sessions).expect("session file");
+        let mut all = vec!["--sessions", path.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let edge = Edge::start(&all).await.expect("edge starts");
+        Node { edge, _dir: dir }
+    }
+
+    pub fn ws(&self) -> String {
+        self.edge.ws_url("")
+    }
+
+    pub fn http(&self) -> String {
+        self.edge.http_url("")
+    }
+}
+
+/// A test guacd and an edge with the session `g` (VNC through guacd) pointing at it.
+pub async fn guacd_node(guacd_args: &[&str], edge_args: &[&str]) -> (TestGuacd, Node) {
+    let guacd = TestGuacd::start(guacd_args)
+        .await
+        .expect("test guacd starts");
+    let sessions = format!(
+        "g: guacd://{}/vnc?hostname=desk-1&port=5901&password=s%3Dcret\n\
+         r: guacd://{}/rdp?hostname=win-1\n\
+         bogus: guacd://{}/telepathy\n\
+         raw: 127.0.0.1:1\n",
+        guacd.addr, guacd.addr, guacd.addr
+    );
+    let node = Node::start(&sessions, edge_args).await;
+    (guacd, node)
+}
