@@ -3,8 +3,12 @@
 //! Targets come only from session records, never from the browser. Every step has a deadline, and the
 //! bytes guacd sends right after `ready` stay in the returned buffer so that none are lost.
 
+use std::io;
+
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::timeout;
 
 use deskbroker_shared::InstructionBuffer;
@@ -15,6 +19,24 @@ use deskbroker_shared::session::HostPort;
 
 use crate::defaults::{GUACD_HANDSHAKE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT};
 use crate::error::TunnelError;
+
+/// Reads what the socket has into `buffer`, holding no buffer memory while the socket is idle: the buffer
+/// is kept while data flows, and released (if it holds nothing) when a read would wait. Ten thousand idle
+/// tunnels then cost no read buffers at all. Returns 0 at EOF.
+pub async fn read_some(stream: &OwnedReadHalf, buffer: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        buffer.reserve(READ_CHUNK);
+        match stream.try_read_buf(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if buffer.is_empty() {
+                    *buffer = BytesMut::new();
+                }
+                stream.readable().await?;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// Connects to `addr` with the connect deadline; Nagle is off, since remote desktop input is latency-bound.
 pub async fn connect(addr: &HostPort) -> Result<TcpStream, TunnelError> {

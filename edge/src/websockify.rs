@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -20,7 +20,7 @@ use deskbroker_shared::RelayClose;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::session::Target;
 
-use crate::defaults::{READ_CHUNK, RELAY_MAX_MESSAGE};
+use crate::defaults::RELAY_MAX_MESSAGE;
 use crate::error::TunnelError;
 use crate::server::Edge;
 use crate::upstream;
@@ -53,8 +53,8 @@ pub async fn handle(
 }
 
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
-    let upstream = match open(&edge, &request).await {
-        Ok(upstream) => upstream,
+    let vnc = match open(&edge, &request).await {
+        Ok(vnc) => vnc,
         Err(error) => {
             warn!(side = %error.side(), %error, "relay refused");
             close(&mut socket, error.relay_close()).await;
@@ -62,7 +62,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
         }
     };
     let end = tokio::select! {
-        end = relay(&mut socket, upstream) => end,
+        end = relay(&mut socket, vnc) => end,
         () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
     };
     match end {
@@ -86,16 +86,14 @@ async fn open(edge: &Edge, request: &ConnectRequest) -> Result<TcpStream, Tunnel
 }
 
 /// Pumps both directions until either side ends. `Ok` is a normal end by either side.
-async fn relay(socket: &mut WebSocket, upstream: TcpStream) -> Result<(), TunnelError> {
-    let (mut from_vnc, mut to_vnc) = upstream.into_split();
+async fn relay(socket: &mut WebSocket, vnc: TcpStream) -> Result<(), TunnelError> {
+    let (from_vnc, mut to_vnc) = vnc.into_split();
     let (mut to_browser, mut from_browser) = socket.split();
 
     let downstream = async {
-        let mut buffer = BytesMut::with_capacity(READ_CHUNK);
+        let mut buffer = BytesMut::new();
         loop {
-            buffer.reserve(READ_CHUNK);
-            let read = from_vnc
-                .read_buf(&mut buffer)
+            let read = upstream::read_some(&from_vnc, &mut buffer)
                 .await
                 .map_err(TunnelError::UpstreamIo)?;
             if read == 0 {
@@ -105,7 +103,7 @@ async fn relay(socket: &mut WebSocket, upstream: TcpStream) -> Result<(), Tunnel
             to_browser.send(frame).await.map_err(downstream_error)?;
         }
     };
-    let upstream = async {
+    let to_upstream = async {
         while let Some(message) = from_browser.next().await {
             match message.map_err(downstream_error)? {
                 Message::Binary(bytes) => to_vnc
@@ -121,7 +119,7 @@ async fn relay(socket: &mut WebSocket, upstream: TcpStream) -> Result<(), Tunnel
     };
     tokio::select! {
         end = downstream => end,
-        end = upstream => end,
+        end = to_upstream => end,
     }
 }
 

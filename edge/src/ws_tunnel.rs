@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
@@ -23,11 +23,11 @@ use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::instruction::{self, Instruction};
 use deskbroker_shared::{GuacStatus, InstructionBuffer};
 
-use crate::defaults::{GUAC_MAX_MESSAGE, GUACD_SILENCE_TIMEOUT, PING_QUEUE, READ_CHUNK};
+use crate::defaults::{GUAC_MAX_MESSAGE, GUACD_SILENCE_TIMEOUT, PING_QUEUE};
 use crate::error::TunnelError;
 use crate::guac;
 use crate::server::Edge;
-use crate::upstream::Guacd;
+use crate::upstream::{self, Guacd};
 use crate::ws::{downstream_error, offered_protocols};
 
 pub async fn handle(
@@ -88,7 +88,7 @@ async fn relay(socket: &mut WebSocket, guacd: Guacd) -> Result<(), TunnelError> 
     let Guacd {
         stream, mut buffer, ..
     } = guacd;
-    let (mut from_guacd, mut to_guacd) = stream.into_split();
+    let (from_guacd, mut to_guacd) = stream.into_split();
     let (mut to_browser, mut from_browser) = socket.split();
     let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
 
@@ -115,7 +115,7 @@ async fn relay(socket: &mut WebSocket, guacd: Guacd) -> Result<(), TunnelError> 
                 Some(reply) = ping_replies.recv() => {
                     to_browser.send(text(reply)?).await.map_err(downstream_error)?;
                 }
-                read = timeout_at(silent_until, from_guacd.read_buf(buffer.read_buf(READ_CHUNK))) => {
+                read = timeout_at(silent_until, upstream::read_some(&from_guacd, buffer.bytes_mut())) => {
                     match read.map_err(|_| TunnelError::UpstreamSilent)? {
                         Ok(0) => return Ok(()),
                         Ok(_) => silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT,

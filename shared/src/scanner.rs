@@ -230,6 +230,12 @@ impl InstructionBuffer {
         &mut self.buf
     }
 
+    /// The underlying buffer, for readers that manage its capacity themselves. Only append to it; an empty
+    /// buffer may be replaced (to release its memory) since it holds no partial instruction.
+    pub fn bytes_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
     /// Appends bytes that arrived some other way (a WebSocket frame, a body chunk).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -22,10 +22,10 @@ use tracing::debug;
 use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
 use deskbroker_shared::instruction::Instruction;
 
-use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE, READ_CHUNK};
+use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
 use crate::server::Edge;
-use crate::upstream::Guacd;
+use crate::upstream::{self, Guacd};
 
 /// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`.
 #[derive(Default)]
@@ -234,7 +234,7 @@ async fn relay(
     let Guacd {
         stream, mut buffer, ..
     } = guacd;
-    let (mut from_guacd, mut to_guacd) = stream.into_split();
+    let (from_guacd, mut to_guacd) = stream.into_split();
     let downstream = async {
         loop {
             let batch = buffer
@@ -246,10 +246,13 @@ async fn relay(
                 return Ok(());
             }
             let deadline = Instant::now() + GUACD_SILENCE_TIMEOUT;
-            let read = timeout_at(deadline, from_guacd.read_buf(buffer.read_buf(READ_CHUNK)))
-                .await
-                .map_err(|_| TunnelError::UpstreamSilent)?
-                .map_err(TunnelError::UpstreamIo)?;
+            let read = timeout_at(
+                deadline,
+                upstream::read_some(&from_guacd, buffer.bytes_mut()),
+            )
+            .await
+            .map_err(|_| TunnelError::UpstreamSilent)?
+            .map_err(TunnelError::UpstreamIo)?;
             if read == 0 {
                 return Ok(());
             }

@@ -1,5 +1,6 @@
 //! One edge, no Redis: the three browser-facing tunnels end to end, with real processes on real sockets.
 
+mod back_pressure;
 mod http_tunnel;
 mod lifecycle;
 mod websockify;

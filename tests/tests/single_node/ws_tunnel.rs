@@ -282,3 +282,30 @@ async fn bad_input_closes_only_its_own_tunnel() {
     survivor.send(&still).await.unwrap();
     assert_eq!(survivor.until("echo").await.unwrap(), echo_of(&still));
 }
+
+#[tokio::test]
+async fn an_expired_token_is_refused_before_any_guacd_connection() {
+    let echo = deskbroker_tests::upstreams::Echo::start().await.unwrap();
+    let sessions = format!(
+        "old: guacd://{}/vnc expires=2000-01-01T00:00:00Z\n",
+        echo.addr
+    );
+    let node = crate::Node::start(&sessions, &[]).await;
+    let url = format!("{}/websocket-tunnel?{}", node.ws(), connect_data("old"));
+    let (mut socket, _) = ws_connect(&url, &["guacamole"]).await.unwrap();
+    assert_eq!(
+        close_frame(&mut socket).await.unwrap(),
+        (1008, "769".into())
+    );
+    let refused =
+        deskbroker_tests::clients::HttpTunnel::connect(&node.http(), &connect_data("old")).await;
+    assert_eq!(
+        refused.err().map(|e| (e.http, e.guac)),
+        Some((403, Some(769)))
+    );
+    assert_eq!(
+        echo.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "guacd was never dialled"
+    );
+}
