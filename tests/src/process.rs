@@ -112,11 +112,18 @@ pub struct Edge {
 impl Edge {
     /// Starts an edge on a free loopback port with `args` added to the defaults.
     pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// Starts an edge with flags and `DESKBROKER_*` environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut command = Command::new(binary("deskbroker-edge"));
         command
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .env("DESKBROKER_LOG", "debug");
+            .env("DESKBROKER_LISTEN", "127.0.0.1:0")
+            .env("DESKBROKER_LOG_FORMAT", "json")
+            .env("DESKBROKER_LOG", "debug")
+            .envs(env.iter().copied())
+            .args(args);
         let (process, addr) = Process::start(command, |line| {
             let event: serde_json::Value = serde_json::from_str(line).ok()?;
             (event["message"] == "listening").then(|| event["addr"].as_str()?.parse().ok())?

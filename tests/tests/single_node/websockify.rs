@@ -87,7 +87,10 @@ async fn rfb_handshake(socket: &mut Ws) -> (u16, u16, String) {
 
 #[tokio::test]
 async fn demo_desktop_answers_with_its_rfb_banner_and_frames() {
-    let edge = Edge::start(&["--demo"]).await.unwrap();
+    // Configured through the environment alone, as a container would be.
+    let edge = Edge::start_with_env(&[], &[("DESKBROKER_DEMO", "true")])
+        .await
+        .unwrap();
     let (mut socket, protocol) = ws_connect(&edge.ws_url("/websockify?token=demo"), &["binary"])
         .await
         .unwrap();
