@@ -1,35 +1,89 @@
-//! deskbroker's registry: where sessions (what a token grants) are kept and looked up.
+//! deskbroker's registry: sessions (what a token grants), nodes with their leases, and tunnels with their
+//! owners.
 //!
 //! The edge talks to the registry through the [`Registry`] trait only. Single-node mode uses the embedded
-//! [`MemoryRegistry`], filled from a session file ([`session_file`]) and the demo session; the Redis
-//! implementation that lets many edges share sessions and tunnel owners arrives with the cluster. This crate
-//! reads no files and no environment: callers hand it text and values.
+//! [`MemoryRegistry`]; a cluster shares a [`RedisRegistry`] (Redis or Redis Cluster). [`Membership`] runs
+//! a node's side of the lease rules on top of either. This crate reads no files and no environment:
+//! callers hand it text and values.
 
+pub mod membership;
 pub mod memory;
+pub mod redis;
 pub mod session_file;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
-use deskbroker_shared::ids::SessionToken;
+use deskbroker_shared::cluster::{NodeId, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TokenDigest};
 use deskbroker_shared::session::Session;
 
+pub use membership::Membership;
 pub use memory::MemoryRegistry;
+pub use redis::RedisRegistry;
 
 /// A boxed future, so that the edge can hold any registry as `Arc<dyn Registry>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The registry could not answer (as opposed to answering "no such session").
+/// The registry could not answer (as opposed to answering "no such thing").
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    #[error("registry holds a record that does not parse: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Whether a lease renewal found the node's record in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The record was there and is renewed.
+    Renewed,
+    /// The registry did not know the node (first start, or it lost its data): the node must register its
+    /// tunnels again.
+    Fresh,
 }
 
 pub trait Registry: Send + Sync + 'static {
     /// The live session a token grants: `None` when the token is unknown, expired or revoked.
-    fn session<'a>(
+    fn session<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Option<Session>>>;
+
+    /// Grants a session to a token, until the session's expiry.
+    fn put_session<'a>(
         &'a self,
         token: &'a SessionToken,
-    ) -> BoxFuture<'a, Result<Option<Session>, RegistryError>>;
+        session: &'a Session,
+    ) -> BoxFuture<'a, Result<()>>;
+
+    /// Writes a node's lease (its record with a fresh expiry).
+    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Renewal>>;
+
+    /// Every node record, live or lapsed.
+    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>>;
+
+    /// Removes a node and the records of every tunnel it owned.
+    fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>>;
+
+    fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
+
+    fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
+
+    /// The HTTP tunnel whose `Guacamole-Tunnel-Token` has this digest, whoever owns it.
+    fn http_tunnel<'a>(
+        &'a self,
+        token: &'a TokenDigest,
+    ) -> BoxFuture<'a, Result<Option<TunnelRecord>>>;
+
+    /// The tunnels a node has recorded.
+    fn tunnels_of<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, Result<Vec<TunnelRecord>>>;
+}
+
+/// How long a session record may live in a registry: until its expiry, or forever without one.
+pub fn session_ttl(session: &Session, now: std::time::SystemTime) -> Option<Duration> {
+    session
+        .expires
+        .map(|expires| expires.duration_since(now).unwrap_or_default())
 }

@@ -32,6 +32,31 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
+    /// Redis holding the cluster's registry: `redis://host:port`, or `redis+cluster://host:port[,…]` for a
+    /// Redis Cluster. Without it the node runs alone with an in-memory registry.
+    #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's name in the cluster (default: $HOSTNAME, the pod name on Kubernetes).
+    #[arg(long, env = "DESKBROKER_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address for requests forwarded by other nodes.
+    #[arg(long, env = "DESKBROKER_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// URL other nodes use to reach the peer listener (default: http://<peer listen address>).
+    #[arg(long, env = "DESKBROKER_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Secret every node of the cluster shares; peer requests without it are refused.
+    #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// How long a silent node keeps its lease, and its tunnels (e.g. `10s`).
+    #[arg(long, env = "DESKBROKER_LEASE", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub lease: Duration,
+
     /// Close an HTTP tunnel after this long without a request (e.g. `15s`).
     #[arg(long, env = "DESKBROKER_HTTP_TUNNEL_TIMEOUT", value_parser = humantime::parse_duration,
           default_value = "15s")]

@@ -49,3 +49,10 @@ pub const HTTP_INPUT_QUEUE: usize = 4;
 
 /// Ping replies waiting to be sent on a Guacamole WebSocket; a client that floods pings loses the excess.
 pub const PING_QUEUE: usize = 4;
+
+/// Tunnel owners remembered per node for forwarding; the cache is simply emptied when full, since a miss
+/// costs one registry read.
+pub const OWNER_CACHE_ENTRIES: usize = 100_000;
+
+/// A node's lease: how long after its last renewal a silent node is considered gone, with its tunnels.
+pub const LEASE: Duration = Duration::from_secs(10);

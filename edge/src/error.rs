@@ -107,13 +107,24 @@ impl TunnelError {
             TooLarge => GuacStatus::ClientOverrun,
             Downstream(_) => GuacStatus::ClientBadRequest,
             Idle => GuacStatus::ClientTimeout,
-            Registry(_) => GuacStatus::ServerBusy,
+            Registry(_) => GuacStatus::UpstreamUnavailable,
             Connect { .. } => GuacStatus::UpstreamNotFound,
             ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => GuacStatus::UpstreamTimeout,
             Handshake { source, .. } => source.status(),
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
             ShuttingDown => GuacStatus::UpstreamUnavailable,
         }
+    }
+
+    /// The HTTP tunnel's error response: the status's HTTP code, except 503 when the registry is away
+    /// (retrying later may work, which is what 503 says to clients and load balancers).
+    pub fn response(&self) -> axum::response::Response {
+        let http = match self {
+            TunnelError::Registry(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => axum::http::StatusCode::from_u16(self.status().http_status())
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        };
+        crate::guac::error_response_with(http, self.status(), self.public_message())
     }
 
     /// How the raw VNC relay closes for this failure.

@@ -7,7 +7,7 @@ use tracing::info;
 
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::connect::ConnectRequest;
-use deskbroker_shared::ids::{TunnelId, TunnelToken};
+use deskbroker_shared::ids::{SessionToken, TenantId, TunnelId, TunnelToken};
 use deskbroker_shared::session::Target;
 
 use crate::error::TunnelError;
@@ -18,9 +18,18 @@ pub const STATUS_CODE: HeaderName = HeaderName::from_static("guacamole-status-co
 pub const ERROR_MESSAGE: HeaderName = HeaderName::from_static("guacamole-error-message");
 pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-token");
 
+/// A tunnel past its guacd handshake, not yet recorded.
+pub struct Opened {
+    pub id: TunnelId,
+    pub guacd: Guacd,
+    pub token: SessionToken,
+    pub tenant: TenantId,
+}
+
 /// Checks the token, then connects to the session's guacd and runs the handshake.
-pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, Guacd), TunnelError> {
+pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
+    let token = request.token.clone().ok_or(TunnelError::MissingToken)?;
     let Target::Guacd {
         addr,
         protocol,
@@ -36,9 +45,18 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, Gu
         client: &request.client,
     })
     .await?;
-    let id = TunnelId::from_random_bytes(random());
+    let id = new_tunnel_id();
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
-    Ok((id, guacd))
+    Ok(Opened {
+        id,
+        guacd,
+        token,
+        tenant: session.tenant,
+    })
+}
+
+pub fn new_tunnel_id() -> TunnelId {
+    TunnelId::from_random_bytes(random())
 }
 
 pub fn new_tunnel_token() -> TunnelToken {
@@ -50,6 +68,13 @@ fn random<const N: usize>() -> [u8; N] {
     // The OS's CSPRNG does not fail on any platform we run on; a failure here means no secure tokens at all.
     getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
     bytes
+}
+
+/// An error in the Java servlet's form, with an HTTP status of its own (the table's is the default).
+pub fn error_response_with(http: StatusCode, status: GuacStatus, message: &str) -> Response {
+    let mut response = error_response(status, message);
+    *response.status_mut() = http;
+    response
 }
 
 /// An error in the Java servlet's form: the HTTP status of `status`, its code in `Guacamole-Status-Code`,

@@ -6,8 +6,10 @@
 pub mod config;
 pub mod defaults;
 pub mod error;
+pub mod forward;
 mod guac;
 pub mod http_tunnel;
+pub mod peer;
 pub mod server;
 mod upstream;
 mod websockify;

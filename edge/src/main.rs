@@ -1,5 +1,5 @@
-//! `deskbroker-edge`: reads flags, starts logging, fills the registry, binds, serves until SIGINT or
-//! SIGTERM, then drains (see docs/lifecycle.md).
+//! `deskbroker-edge`: reads flags, starts logging, opens the registry, binds, joins the cluster, serves until
+//! SIGINT or SIGTERM, then drains (see docs/lifecycle.md).
 
 use std::sync::Arc;
 
@@ -9,9 +9,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use deskbroker_broker::{MemoryRegistry, session_file};
+use deskbroker_broker::{Membership, MemoryRegistry, RedisRegistry, Registry, session_file};
 use deskbroker_demo::DemoDesktop;
 use deskbroker_edge::config::{Args, LogFormat};
+use deskbroker_edge::peer::ClusterSecret;
+use deskbroker_shared::cluster::NodeId;
 use deskbroker_shared::ids::{SessionToken, TenantId};
 use deskbroker_shared::session::{HostPort, Session, Target};
 
@@ -22,27 +24,72 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
-    let registry = MemoryRegistry::new();
-    if let Some(path) = &args.sessions {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading session file {}", path.display()))?;
-        let sessions = session_file::parse(&text).with_context(|| path.display().to_string())?;
-        info!(count = sessions.len(), file = %path.display(), "sessions loaded");
-        for (token, session) in sessions {
-            registry.insert(&token, session);
+    let registry: Arc<dyn Registry> = match &args.redis_url {
+        Some(url) => Arc::new(
+            RedisRegistry::connect(url)
+                .await
+                .context("connecting to Redis")?,
+        ),
+        None => Arc::new(MemoryRegistry::new()),
+    };
+    let mut sessions = match &args.sessions {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            session_file::parse(&text).with_context(|| path.display().to_string())?
         }
-    }
+        None => Vec::new(),
+    };
     let demo = match args.demo {
-        true => Some(start_demo(&registry, shutdown.clone()).await?),
+        true => Some(start_demo(&mut sessions, shutdown.clone()).await?),
         false => None,
     };
+    for (token, session) in &sessions {
+        registry
+            .put_session(token, session)
+            .await
+            .context("storing sessions")?;
+    }
 
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    info!(addr = %listener.local_addr()?, "listening");
-    let edge = deskbroker_edge::Edge::new(Arc::new(registry), args.edge_config());
-    deskbroker_edge::run(listener, edge, shutdown).await?;
+    let peer_listener = match args.peer_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let peer_url = match (&args.advertise, &peer_listener) {
+        (Some(url), _) => url.clone(),
+        (None, Some(listener)) => format!("http://{}", listener.local_addr()?),
+        (None, None) => String::new(),
+    };
+    let node_id = args
+        .node_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok());
+    let node_id = NodeId::new(node_id.unwrap_or_else(|| format!("edge-{}", uuid::Uuid::new_v4())));
+    let membership = Membership::new(registry, node_id, peer_url, args.lease);
+    membership.join().await.context("joining the cluster")?;
+    // The lease outlives the listener: tunnels draining are still owned, and found, until they end.
+    let leave = CancellationToken::new();
+    let leases = tokio::spawn({
+        let (membership, leave) = (membership.clone(), leave.clone());
+        async move { membership.run(leave).await }
+    });
+
+    info!(addr = %listener.local_addr()?, node = %membership.me().id, "listening");
+    if let Some(peer) = &peer_listener {
+        info!(addr = %peer.local_addr()?, url = %membership.me().peer_url, "peer listening");
+    }
+    let secret = args.cluster_secret.clone().map(ClusterSecret::new);
+    let edge = deskbroker_edge::Edge::new(membership, secret, args.edge_config());
+    deskbroker_edge::run(listener, peer_listener, edge, shutdown).await?;
+    leave.cancel();
+    leases.await?;
     if let Some(demo) = demo {
         demo.await?;
     }
@@ -52,24 +99,28 @@ async fn main() -> anyhow::Result<()> {
 
 /// Starts the demo desktop on a loopback port and grants it to the token `demo`.
 async fn start_demo(
-    registry: &MemoryRegistry,
+    sessions: &mut Vec<(SessionToken, Session)>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the demo desktop")?;
     let addr = listener.local_addr()?;
-    let session = Session {
-        tenant: TenantId::new(session_file::DEFAULT_TENANT),
-        target: Target::Vnc {
-            addr: HostPort {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            },
+    let target = Target::Vnc {
+        addr: HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
         },
-        expires: None,
     };
-    registry.insert(&SessionToken::new("demo"), session);
+    let tenant = TenantId::new(session_file::DEFAULT_TENANT);
+    sessions.push((
+        SessionToken::new("demo"),
+        Session {
+            tenant,
+            target,
+            expires: None,
+        },
+    ));
     info!(%addr, "demo desktop serving; open /websockify?token=demo");
     let desktop = DemoDesktop::new(deskbroker_demo::Config::default());
     Ok(tokio::spawn(async move {
@@ -88,9 +139,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return,
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -16,13 +16,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use deskbroker_broker::Registry;
-use deskbroker_shared::ids::SessionToken;
+use deskbroker_broker::Membership;
+use deskbroker_shared::cluster::{TunnelKind, TunnelRecord, unix_ms};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
 use crate::defaults::CLOSE_TIMEOUT;
 use crate::error::TunnelError;
+use crate::forward::Forwarder;
 use crate::http_tunnel::{self, HttpTunnels};
+use crate::peer::ClusterSecret;
 use crate::{websockify, ws_tunnel};
 
 /// What the edge needs to know beyond its listener.
@@ -49,7 +52,9 @@ pub struct Edge {
 }
 
 struct Inner {
-    registry: Arc<dyn Registry>,
+    membership: Membership,
+    forwarder: Forwarder,
+    cluster_secret: Option<ClusterSecret>,
     config: Config,
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
@@ -57,10 +62,16 @@ struct Inner {
 }
 
 impl Edge {
-    pub fn new(registry: Arc<dyn Registry>, config: Config) -> Self {
+    pub fn new(
+        membership: Membership,
+        cluster_secret: Option<ClusterSecret>,
+        config: Config,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                registry,
+                membership,
+                forwarder: Forwarder::new(cluster_secret.clone()),
+                cluster_secret,
                 config,
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
@@ -80,6 +91,48 @@ impl Edge {
 
     pub fn http_tunnels(&self) -> &HttpTunnels {
         &self.inner.http_tunnels
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.inner.membership
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
+    }
+
+    pub fn cluster_secret(&self) -> Option<&ClusterSecret> {
+        self.inner.cluster_secret.as_ref()
+    }
+
+    /// Records a tunnel this node now owns, so that any node can find it; refuses the tunnel when the
+    /// registry cannot record it.
+    pub async fn record_tunnel(
+        &self,
+        id: TunnelId,
+        kind: TunnelKind,
+        session: &SessionToken,
+        tenant: &TenantId,
+        http_token: Option<TokenDigest>,
+    ) -> Result<TunnelRecord, TunnelError> {
+        let me = self.inner.membership.me();
+        let record = TunnelRecord {
+            id,
+            owner: me.id.clone(),
+            incarnation: me.incarnation,
+            tenant: tenant.clone(),
+            session: session.digest(),
+            kind,
+            created_ms: unix_ms(SystemTime::now()),
+            http_token,
+        };
+        self.inner.membership.add_tunnel(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// Forgets a tunnel that has ended here.
+    pub async fn forget_tunnel(&self, id: &TunnelId) {
+        self.inner.membership.remove_tunnel(id).await;
     }
 
     /// Runs a tunnel as a tracked task, so that a stop waits for it.
@@ -104,7 +157,7 @@ impl Edge {
             return Err(TunnelError::ShuttingDown);
         }
         let token = token.ok_or(TunnelError::MissingToken)?;
-        let session = self.inner.registry.session(token).await?;
+        let session = self.inner.membership.registry().session(token).await?;
         session
             .filter(|session| !session.is_expired(SystemTime::now()))
             .ok_or(TunnelError::BadToken)
@@ -124,6 +177,7 @@ pub fn router(edge: Edge) -> Router {
 /// end by themselves, the rest are closed with a status, and the function returns.
 pub async fn run(
     listener: TcpListener,
+    peer_listener: Option<TcpListener>,
     edge: Edge,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -131,6 +185,12 @@ pub async fn run(
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
+    if let Some(peer_listener) = peer_listener {
+        // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
+        let peers = axum::serve(peer_listener, crate::peer::router(edge.clone()))
+            .with_graceful_shutdown(edge.closing().clone().cancelled_owned());
+        tokio::spawn(peers.into_future());
+    }
 
     shutdown.cancelled().await;
     let tunnels = &edge.inner.tunnels;

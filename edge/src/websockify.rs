@@ -14,10 +14,12 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use deskbroker_shared::RelayClose;
+use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::ids::TunnelId;
 use deskbroker_shared::session::Target;
 
 use crate::defaults::RELAY_MAX_MESSAGE;
@@ -61,10 +63,12 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
+    let (id, vnc) = vnc;
     let end = tokio::select! {
         end = relay(&mut socket, vnc) => end,
         () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
     };
+    edge.forget_tunnel(&id).await;
     match end {
         Ok(()) => debug!("relay ended"),
         Err(ref error) => debug!(side = %error.side(), %error, "relay ended"),
@@ -76,13 +80,20 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     .await;
 }
 
-async fn open(edge: &Edge, request: &ConnectRequest) -> Result<TcpStream, TunnelError> {
+/// Checks the token, connects to the session's VNC server and records the tunnel.
+async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, TcpStream), TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
+    let token = request.token.as_ref().ok_or(TunnelError::MissingToken)?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
     };
-    tracing::Span::current().record("tunnel", tracing::field::display(addr));
-    upstream::connect(addr).await
+    let id = crate::guac::new_tunnel_id();
+    tracing::Span::current().record("tunnel", tracing::field::display(id));
+    let vnc = upstream::connect(addr).await?;
+    edge.record_tunnel(id, TunnelKind::Websockify, token, &session.tenant, None)
+        .await?;
+    info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
+    Ok((id, vnc))
 }
 
 /// Pumps both directions until either side ends. `Ok` is a normal end by either side.

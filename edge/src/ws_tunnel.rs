@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tracing::{Instrument, debug, info_span, warn};
 
+use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::instruction::{self, Instruction};
 use deskbroker_shared::{GuacStatus, InstructionBuffer};
@@ -55,7 +56,18 @@ pub async fn handle(
 }
 
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
-    let (id, guacd) = match guac::open(&edge, &request).await {
+    let opened = async {
+        let guac::Opened {
+            id,
+            guacd,
+            token,
+            tenant,
+        } = guac::open(&edge, &request).await?;
+        edge.record_tunnel(id, TunnelKind::WebsocketTunnel, &token, &tenant, None)
+            .await?;
+        Ok::<_, TunnelError>((id, guacd))
+    };
+    let (id, guacd) = match opened.await {
         Ok(opened) => opened,
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
@@ -65,13 +77,14 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     };
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
-    if socket.send(Message::Text(hello.into())).await.is_err() {
-        return;
-    }
-    let end = tokio::select! {
-        end = relay(&mut socket, guacd) => end,
-        () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+    let end = match socket.send(Message::Text(hello.into())).await {
+        Ok(()) => tokio::select! {
+            end = relay(&mut socket, guacd) => end,
+            () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+        },
+        Err(error) => Err(downstream_error(error)),
     };
+    edge.forget_tunnel(&id).await;
     let status = match end {
         Ok(()) => GuacStatus::Success,
         Err(error) => {

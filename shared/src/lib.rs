@@ -3,10 +3,12 @@
 //! mappings, ids and secrets as newtypes, and session records. The edge and the broker build on these; tests
 //! and the test guacd use them to speak the protocol the same way.
 
+pub mod cluster;
 pub mod connect;
 pub mod handshake;
 pub mod ids;
 pub mod instruction;
+pub mod keys;
 pub mod scanner;
 pub mod session;
 pub mod status;

@@ -5,14 +5,41 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
+
 use crate::ids::TenantId;
 
 /// What a session token grants: a target, owned by a tenant, until an optional expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     pub tenant: TenantId,
     pub target: Target,
+    #[serde(with = "unix_ms_option")]
     pub expires: Option<SystemTime>,
+}
+
+/// Expiry times as optional Unix milliseconds in stored records.
+mod unix_ms_option {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match time {
+            Some(time) => serializer.serialize_some(&crate::cluster::unix_ms(*time)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let ms = Option::<u64>::deserialize(deserializer)?;
+        Ok(ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
 }
 
 impl Session {
@@ -21,7 +48,7 @@ impl Session {
     }
 }
 
-/// Where a session's tunnels go.
+/// Where a session's tunnels go. Stored in its URL form ([`Target::parse`], [`Target::to_url`]).
 #[derive(Clone, PartialEq, Eq)]
 pub enum Target {
     /// A VNC server, relayed byte for byte over `/websockify`.
@@ -75,6 +102,42 @@ impl Target {
         Ok(Target::Vnc {
             addr: HostPort::parse(addr)?,
         })
+    }
+}
+
+impl Target {
+    /// The URL form that [`Target::parse`] reads. It holds connection parameters, passwords included: keep
+    /// it out of logs.
+    pub fn to_url(&self) -> String {
+        match self {
+            Target::Vnc { addr } => format!("vnc://{addr}"),
+            Target::Guacd {
+                addr,
+                protocol,
+                params,
+            } => {
+                let query = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(params)
+                    .finish();
+                match query.is_empty() {
+                    true => format!("guacd://{addr}/{protocol}"),
+                    false => format!("guacd://{addr}/{protocol}?{query}"),
+                }
+            }
+        }
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_url())
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let url = String::deserialize(deserializer)?;
+        Target::parse(&url).map_err(serde::de::Error::custom)
     }
 }
 
@@ -186,6 +249,13 @@ mod tests {
         );
         assert!(Target::parse("guacd://h:1/").is_err());
         assert!(Target::parse("nonsense").is_err());
+        for url in [
+            "vnc://[::1]:5900",
+            "guacd://g:4822/rdp?hostname=w&password=a%26b+c",
+            "guacd://g:1/ssh",
+        ] {
+            assert_eq!(Target::parse(url).unwrap().to_url(), url);
+        }
     }
 
     #[test]

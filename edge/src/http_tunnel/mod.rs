@@ -12,9 +12,9 @@ mod tunnel;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -29,22 +29,30 @@ pub use tunnel::{HttpTunnel, HttpTunnels};
 
 use crate::defaults::CONNECT_BODY_LIMIT;
 use crate::error::TunnelError;
+use crate::forward::Owner;
 use crate::guac::{self, TUNNEL_TOKEN, error_response};
 use crate::server::Edge;
 
-pub async fn handle(
-    State(edge): State<Edge>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let Some(query) = query else {
+/// Where a request may be served: any tunnel in the cluster (browser requests), or only this node's own
+/// (requests a peer forwarded, which are never forwarded again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    LocalOnly,
+}
+
+pub async fn handle(State(edge): State<Edge>, request: Request<Body>) -> Response {
+    serve(edge, request, Scope::Cluster).await
+}
+
+pub async fn serve(edge: Edge, request: Request<Body>, scope: Scope) -> Response {
+    let Some(query) = request.uri().query().map(str::to_owned) else {
         return error_response(GuacStatus::ClientBadRequest, "No query string provided.");
     };
-    if query == "connect" {
-        return connect(&edge, body).await;
-    }
     let read = query.starts_with("read:");
+    if query == "connect" && scope == Scope::Cluster {
+        return connect(&edge, request.into_body()).await;
+    }
     if !read && !query.starts_with("write:") {
         let shown: String = query.chars().take(64).collect();
         return error_response(
@@ -52,32 +60,45 @@ pub async fn handle(
             &format!("Invalid tunnel operation: {shown}"),
         );
     }
-    let tunnel = match find(&edge, &headers) {
-        Ok(tunnel) => tunnel,
-        Err((status, message)) => return error_response(status, message),
+    let Some(token) = request
+        .headers()
+        .get(TUNNEL_TOKEN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return error_response(
+            GuacStatus::ClientBadRequest,
+            "The HTTP tunnel session token is required for all requests after connecting.",
+        );
+    };
+    let token = TunnelToken::new(token);
+    let tunnel = match edge.http_tunnels().get(&token) {
+        Some(tunnel) if tunnel.is_closed() => {
+            return error_response(GuacStatus::ResourceNotFound, "Tunnel is closed.");
+        }
+        Some(tunnel) => tunnel,
+        None if scope == Scope::LocalOnly => {
+            return error_response(GuacStatus::ResourceNotFound, "No such tunnel.");
+        }
+        None => return forward(&edge, &token, request).await,
     };
     tunnel.touch();
     if read {
         read_response(tunnel).await
     } else {
-        write(tunnel, body).await
+        write(tunnel, request.into_body()).await
     }
 }
 
-/// The tunnel a read or write is for, found by its token header alone.
-fn find(edge: &Edge, headers: &HeaderMap) -> Result<Arc<HttpTunnel>, (GuacStatus, &'static str)> {
-    let Some(token) = headers.get(TUNNEL_TOKEN).and_then(|v| v.to_str().ok()) else {
-        return Err((
-            GuacStatus::ClientBadRequest,
-            "The HTTP tunnel session token is required for all requests after connecting.",
-        ));
-    };
-    match edge.http_tunnels().get(&TunnelToken::new(token)) {
-        None => Err((GuacStatus::ResourceNotFound, "No such tunnel.")),
-        Some(tunnel) if tunnel.is_closed() => {
-            Err((GuacStatus::ResourceNotFound, "Tunnel is closed."))
+/// Serves a request for a tunnel this node does not hold, through its owner.
+async fn forward(edge: &Edge, token: &TunnelToken, request: Request<Body>) -> Response {
+    let digest = token.digest();
+    match edge.forwarder().owner(edge.membership(), &digest).await {
+        Ok(Owner::Peer(owner)) => edge.forwarder().forward(&owner, &digest, request).await,
+        Ok(Owner::Gone) => error_response(GuacStatus::ResourceNotFound, "No such tunnel."),
+        Err(error) => {
+            warn!(side = %error.side(), %error, "tunnel lookup failed");
+            error.response()
         }
-        Some(tunnel) => Ok(tunnel),
     }
 }
 
@@ -86,9 +107,9 @@ async fn connect(edge: &Edge, body: Body) -> Response {
         return error_response(GuacStatus::ClientOverrun, "Connect data too large.");
     };
     let request = ConnectRequest::parse(&form);
-    match guac::open(edge, &request).await {
-        Ok((id, guacd)) => {
-            let (_, token) = HttpTunnel::open(edge, id, guacd);
+    let opened = async { HttpTunnel::open(edge, guac::open(edge, &request).await?).await };
+    match opened.await {
+        Ok((id, token)) => {
             let mut response = id.to_string().into_response();
             let headers = response.headers_mut();
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -100,7 +121,7 @@ async fn connect(edge: &Edge, body: Body) -> Response {
         }
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
-            error_response(error.status(), error.public_message())
+            error.response()
         }
     }
 }

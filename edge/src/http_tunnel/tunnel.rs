@@ -19,11 +19,13 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
 use deskbroker_shared::instruction::Instruction;
 
 use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
+use crate::guac::Opened;
 use crate::server::Edge;
 use crate::upstream::{self, Guacd};
 
@@ -81,10 +83,21 @@ pub struct HttpTunnel {
 
 impl HttpTunnel {
     /// Registers a tunnel for `guacd` and starts its owner task; returns the tunnel and its token.
-    pub fn open(edge: &Edge, id: TunnelId, guacd: Guacd) -> (Arc<HttpTunnel>, TunnelToken) {
+    /// Records the tunnel (so any node can find it by its token), registers it here and starts its owner
+    /// task; returns its id and token.
+    pub async fn open(edge: &Edge, opened: Opened) -> Result<(TunnelId, TunnelToken), TunnelError> {
+        let Opened {
+            id,
+            guacd,
+            token: session,
+            tenant,
+        } = opened;
+        let token = crate::guac::new_tunnel_token();
+        let digest = token.digest();
+        edge.record_tunnel(id, TunnelKind::HttpTunnel, &session, &tenant, Some(digest))
+            .await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
-        let token = crate::guac::new_tunnel_token();
         let tunnel = Arc::new(HttpTunnel {
             id,
             output: Arc::new(tokio::sync::Mutex::new(output_rx)),
@@ -96,15 +109,17 @@ impl HttpTunnel {
             upstream_done: CancellationToken::new(),
             closed: CancellationToken::new(),
         });
-        let digest = token.digest();
-        edge.http_tunnels().insert(digest, tunnel.clone());
+        edge.http_tunnels().insert(digest, tunnel);
         let owner = Owner {
-            tunnel: tunnel.clone(),
+            tunnel: edge
+                .http_tunnels()
+                .get(&token)
+                .ok_or(TunnelError::ShuttingDown)?,
             edge: edge.clone(),
             digest,
         };
         edge.spawn_tunnel(owner.run(guacd, output_tx, input_rx));
-        (tunnel, token)
+        Ok((id, token))
     }
 
     pub fn touch(&self) {
@@ -208,6 +223,7 @@ impl Owner {
         }
         tunnel.closed.cancel();
         self.edge.http_tunnels().remove(&self.digest);
+        self.edge.forget_tunnel(&tunnel.id).await;
         debug!(tunnel = %tunnel.id, "tunnel deregistered");
     }
 

@@ -1,0 +1,72 @@
+//! The peer listener: where other nodes forward HTTP tunnel requests for tunnels this node owns.
+//!
+//! Every request must carry the cluster secret (`DESKBROKER_CLUSTER_SECRET`), compared in constant time;
+//! a node with no secret configured refuses every peer request, so the peer port is never an
+//! unauthenticated way into a tunnel. A peer request is served from this node's own tunnels only, never
+//! forwarded again: a request for a tunnel this node does not own gets 404/516.
+
+use std::fmt;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderName;
+use axum::response::Response;
+use axum::routing::{any, get};
+use subtle::ConstantTimeEq;
+use tracing::warn;
+
+use deskbroker_shared::GuacStatus;
+
+use crate::guac::error_response;
+use crate::http_tunnel;
+use crate::server::Edge;
+
+pub const CLUSTER_SECRET: HeaderName = HeaderName::from_static("deskbroker-cluster-secret");
+
+/// The secret shared by the nodes of one cluster; never printed.
+#[derive(Clone)]
+pub struct ClusterSecret(String);
+
+impl ClusterSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClusterSecret(****)")
+    }
+}
+
+pub fn router(edge: Edge) -> Router {
+    Router::new()
+        .route("/tunnel", any(tunnel))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(edge)
+}
+
+async fn tunnel(State(edge): State<Edge>, request: Request<Body>) -> Response {
+    let presented = request.headers().get(CLUSTER_SECRET).map(|v| v.as_bytes());
+    let allowed = match (edge.cluster_secret(), presented) {
+        (Some(secret), Some(presented)) => secret.matches(presented),
+        _ => false,
+    };
+    if !allowed {
+        warn!(
+            side = "peer",
+            "peer request without a valid cluster secret refused"
+        );
+        return error_response(GuacStatus::ClientUnauthorized, "Peer request refused.");
+    }
+    http_tunnel::serve(edge, request, http_tunnel::Scope::LocalOnly).await
+}

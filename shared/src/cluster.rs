@@ -1,0 +1,158 @@
+//! What the registry records about a cluster: nodes with their leases, tunnels with their owners, and the
+//! rule that decides whether a record still stands.
+//!
+//! A node renews one lease (its [`NodeRecord`], with an expiry) on a short period; a tunnel's record names
+//! its owner node and the owner's incarnation. A tunnel is alive only while its owner's lease runs and the
+//! owner has not restarted since (a new incarnation): that way no per-tunnel renewal is ever needed, and a
+//! crashed node's tunnels are gone everywhere as soon as its lease lapses.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{TenantId, TokenDigest, TunnelId};
+
+/// A node's stable name (its pod name in Kubernetes).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One run of a node process: new at every start, so a restarted node's old tunnels are recognisably gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Incarnation(pub uuid::Uuid);
+
+impl fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Milliseconds since the Unix epoch, as records store time.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node's lease: who it is, where peers reach it, and until when it is alive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub incarnation: Incarnation,
+    /// Base URL of the node's peer listener, e.g. `http://10.0.3.7:8081`.
+    pub peer_url: String,
+    /// When the lease lapses unless renewed (Unix ms).
+    pub expires_ms: u64,
+}
+
+impl NodeRecord {
+    pub fn is_alive(&self, now: SystemTime) -> bool {
+        unix_ms(now) < self.expires_ms
+    }
+
+    /// The same record with its lease renewed from `now`.
+    pub fn renewed(&self, now: SystemTime, lease: Duration) -> Self {
+        Self {
+            expires_ms: unix_ms(now) + lease.as_millis() as u64,
+            ..self.clone()
+        }
+    }
+}
+
+/// Which endpoint a tunnel came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TunnelKind {
+    Websockify,
+    WebsocketTunnel,
+    HttpTunnel,
+}
+
+/// A tunnel as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRecord {
+    pub id: TunnelId,
+    pub owner: NodeId,
+    pub incarnation: Incarnation,
+    pub tenant: TenantId,
+    /// Digest of the session token that opened it.
+    pub session: TokenDigest,
+    pub kind: TunnelKind,
+    pub created_ms: u64,
+    /// Digest of the HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
+    pub http_token: Option<TokenDigest>,
+}
+
+impl TunnelRecord {
+    /// A tunnel stands while its owner, in the same incarnation, holds a live lease.
+    pub fn is_alive(&self, owner: Option<&NodeRecord>, now: SystemTime) -> bool {
+        owner.is_some_and(|node| node.incarnation == self.incarnation && node.is_alive(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(expires_ms: u64) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::new("a"),
+            incarnation: Incarnation(uuid::Uuid::from_u128(1)),
+            peer_url: "http://a".into(),
+            expires_ms,
+        }
+    }
+
+    fn tunnel(incarnation: u128) -> TunnelRecord {
+        TunnelRecord {
+            id: TunnelId::from_random_bytes([1; 16]),
+            owner: NodeId::new("a"),
+            incarnation: Incarnation(uuid::Uuid::from_u128(incarnation)),
+            tenant: TenantId::new("t"),
+            session: TokenDigest::of("s"),
+            kind: TunnelKind::HttpTunnel,
+            created_ms: 0,
+            http_token: None,
+        }
+    }
+
+    #[test]
+    fn a_tunnel_lives_with_its_owners_lease_and_incarnation() {
+        let now = SystemTime::now();
+        let live = node(unix_ms(now) + 1000);
+        assert!(tunnel(1).is_alive(Some(&live), now));
+        assert!(!tunnel(2).is_alive(Some(&live), now), "the owner restarted");
+        assert!(
+            !tunnel(1).is_alive(Some(&node(unix_ms(now))), now),
+            "the lease lapsed"
+        );
+        assert!(!tunnel(1).is_alive(None, now), "the owner is unknown");
+        let renewed = node(0).renewed(now, Duration::from_secs(5));
+        assert_eq!(renewed.expires_ms, unix_ms(now) + 5000);
+    }
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let record = tunnel(1);
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains("\"kind\":\"http-tunnel\""), "{json}");
+        assert_eq!(serde_json::from_str::<TunnelRecord>(&json).unwrap(), record);
+    }
+}
