@@ -3,7 +3,7 @@
 //! One multiplexed connection carries every command; it reconnects in the background, and each command
 //! has a short deadline so that a lookup fails fast while Redis is away (the data path never waits on
 //! Redis). Key names come from `deskbroker_shared::keys`. Costs per tunnel are fixed: three commands to
-//! open, three to close, none while it lives; leases cost one command per node per renewal.
+//! open, three to close (two round trips each), none while it lives; leases cost one command per node per renewal.
 
 use std::time::{Duration, SystemTime};
 
@@ -202,30 +202,39 @@ impl Registry for RedisRegistry {
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let record = json(tunnel);
+            let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
             // The owner's set first: whatever is written after it is found again by the node's cleanup.
-            let mut pipe = redis::pipe();
-            pipe.sadd(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
-                .ignore();
-            pipe.set(keys::tunnel(&tunnel.id), &record).ignore();
-            if let Some(token) = &tunnel.http_token {
-                pipe.set(keys::http_tunnel(token), &record).ignore();
-            }
-            pipe.query_async::<()>(&mut self.conn())
+            a.sadd::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
                 .await
+                .map_err(unavailable)?;
+            // The two records live in different slots (on different masters of a cluster): send both
+            // at once on the multiplexed connection.
+            let by_id = b.set::<_, _, ()>(keys::tunnel(&tunnel.id), &record);
+            let by_token = async {
+                match &tunnel.http_token {
+                    Some(token) => c.set::<_, _, ()>(keys::http_tunnel(token), &record).await,
+                    None => Ok(()),
+                }
+            };
+            tokio::try_join!(by_id, by_token)
+                .map(|_| ())
                 .map_err(unavailable)
         })
     }
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            if let Some(token) = &tunnel.http_token {
-                pipe.del(keys::http_tunnel(token)).ignore();
-            }
-            pipe.del(keys::tunnel(&tunnel.id)).ignore();
-            pipe.srem(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
-                .ignore();
-            pipe.query_async::<()>(&mut self.conn())
+            let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
+            let by_token = async {
+                match &tunnel.http_token {
+                    Some(token) => a.del::<_, ()>(keys::http_tunnel(token)).await,
+                    None => Ok(()),
+                }
+            };
+            let by_id = b.del::<_, ()>(keys::tunnel(&tunnel.id));
+            tokio::try_join!(by_token, by_id).map_err(unavailable)?;
+            // The owner's set last, so that a failure above leaves the tunnel where cleanup finds it.
+            c.srem::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
                 .await
                 .map_err(unavailable)
         })

@@ -81,10 +81,10 @@ async fn main() -> anyhow::Result<()> {
         async move { membership.run(leave).await }
     });
 
-    info!(addr = %listener.local_addr()?, node = %membership.me().id, "listening");
     if let Some(peer) = &peer_listener {
         info!(addr = %peer.local_addr()?, url = %membership.me().peer_url, "peer listening");
     }
+    info!(addr = %listener.local_addr()?, node = %membership.me().id, "listening");
     let secret = args.cluster_secret.clone().map(ClusterSecret::new);
     let edge = deskbroker_edge::Edge::new(membership, secret, args.edge_config());
     deskbroker_edge::run(listener, peer_listener, edge, shutdown).await?;

@@ -231,7 +231,7 @@ impl HttpTunnel {
 
     /// Starts the read loop as the JS does, against `bases` in turn (one base per read request, round robin),
     /// and returns the instructions it delivers, in order.
-    pub fn read(&self, bases: Vec<String>) -> mpsc::Receiver<ReadEvent> {
+    pub fn read(&self, bases: Vec<String>) -> Reader {
         let (events, receiver) = mpsc::channel(64);
         let http = self.http.clone();
         let (uuid, token) = (self.uuid.clone(), self.token.clone());
@@ -273,7 +273,7 @@ impl HttpTunnel {
                 };
             }
         });
-        receiver
+        Reader(receiver)
     }
 
     /// `POST ?write:<uuid>` with `body`, against `base`.
@@ -303,6 +303,67 @@ impl HttpTunnel {
 
     pub async fn write(&self, body: impl Into<reqwest::Body>) -> Result<(), HttpError> {
         self.write_to(&self.base.clone(), body).await
+    }
+}
+
+/// What an HTTP tunnel's read loop delivers.
+pub struct Reader(pub mpsc::Receiver<ReadEvent>);
+
+impl Reader {
+    /// The next instruction other than `nop`; panics if reading failed.
+    pub async fn next(&mut self) -> Instruction {
+        loop {
+            let event = tokio::time::timeout(STEP, self.0.recv())
+                .await
+                .expect("read in time")
+                .expect("reading");
+            match event {
+                ReadEvent::Instruction(bytes) => {
+                    let instruction = Instruction::parse(&bytes).expect("whole instruction");
+                    if instruction.opcode != "nop" {
+                        return instruction;
+                    }
+                }
+                other => panic!("reading failed: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until an instruction with `opcode` arrives and returns it.
+    pub async fn until(&mut self, opcode: &str) -> Instruction {
+        loop {
+            let instruction = self.next().await;
+            if instruction.opcode == opcode {
+                return instruction;
+            }
+        }
+    }
+
+    /// Reads until an `echo` of an instruction with `opcode` arrives; returns the echoed arguments.
+    pub async fn echo_of(&mut self, opcode: &str) -> Vec<String> {
+        loop {
+            let echo = self.until("echo").await;
+            if echo.args.first().map(String::as_str) == Some(opcode) {
+                return echo.args[1..].to_vec();
+            }
+        }
+    }
+
+    /// Reads until the reading ends; returns what arrived and how it ended.
+    pub async fn end(&mut self) -> (Vec<Instruction>, ReadEvent) {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(STEP, self.0.recv())
+                .await
+                .expect("end in time")
+                .expect("an end")
+            {
+                ReadEvent::Instruction(bytes) => {
+                    seen.push(Instruction::parse(&bytes).expect("whole instruction"))
+                }
+                other => return (seen, other),
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod clients;
 pub mod flood;
 pub mod process;
+pub mod redis;
 pub mod upstreams;
 
 pub use process::{Edge, TestGuacd, Xvnc};

@@ -5,57 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use deskbroker_shared::instruction::Instruction;
-use deskbroker_tests::clients::{HttpError, HttpTunnel, ReadEvent, STEP, connect_data};
+use deskbroker_tests::clients::{HttpError, HttpTunnel, ReadEvent, connect_data};
 use deskbroker_tests::flood;
 use deskbroker_tests::upstreams::sockets;
 
 use crate::guacd_node;
 use crate::websockify::wait_for;
-
-async fn next(events: &mut mpsc::Receiver<ReadEvent>) -> Instruction {
-    loop {
-        let event = tokio::time::timeout(STEP, events.recv())
-            .await
-            .expect("read in time")
-            .expect("reading");
-        match event {
-            ReadEvent::Instruction(bytes) => {
-                let instruction = Instruction::parse(&bytes).unwrap();
-                if instruction.opcode != "nop" {
-                    return instruction;
-                }
-            }
-            other => panic!("reading failed: {other:?}"),
-        }
-    }
-}
-
-async fn until(events: &mut mpsc::Receiver<ReadEvent>, opcode: &str) -> Instruction {
-    loop {
-        let instruction = next(events).await;
-        if instruction.opcode == opcode {
-            return instruction;
-        }
-    }
-}
-
-/// Reads until the tunnel's reading ends, and returns how it ended.
-async fn end(events: &mut mpsc::Receiver<ReadEvent>) -> (Vec<Instruction>, ReadEvent) {
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout(STEP, events.recv())
-            .await
-            .expect("end in time")
-            .expect("an end")
-        {
-            ReadEvent::Instruction(bytes) => seen.push(Instruction::parse(&bytes).unwrap()),
-            other => return (seen, other),
-        }
-    }
-}
 
 fn not_found() -> HttpError {
     HttpError {
@@ -74,9 +31,9 @@ async fn connect_read_write_with_takeover_byte_exact() {
     assert_eq!(tunnel.uuid.len(), 36, "the body is the bare UUID");
     assert_eq!(tunnel.token.len(), 44, "33 random bytes in Base64");
     let mut events = tunnel.read(vec![node.http()]);
-    let connect = until(&mut events, "echo").await;
+    let connect = events.until("echo").await;
     assert_eq!(connect.args[0], "select");
-    until(&mut events, "sync").await;
+    events.until("sync").await;
 
     // Output: a flood, read through many responses that take over from each other.
     let (count, size, seed) = (3000u64, 2000usize, 11u64);
@@ -102,7 +59,7 @@ async fn connect_read_write_with_takeover_byte_exact() {
     let reader = async {
         let mut keys = 0;
         while got < count || keys < 200 {
-            let instruction = next(&mut events).await;
+            let instruction = events.next().await;
             match instruction.opcode.as_str() {
                 "x-data" => {
                     received.update(instruction.encode().as_bytes());
@@ -136,17 +93,14 @@ async fn connect_read_write_with_takeover_byte_exact() {
         .write(Instruction::new("x-big", ["8192"]).encode())
         .await
         .unwrap();
-    assert_eq!(
-        until(&mut events, "x-big").await.args[0].chars().count(),
-        8192
-    );
+    assert_eq!(events.until("x-big").await.args[0].chars().count(), 8192);
 
     // guacd ends the connection: its last word arrives, then reads end the normal way (404/516).
     tunnel
         .write(Instruction::new("x-disconnect", Vec::<String>::new()).encode())
         .await
         .unwrap();
-    let (seen, ending) = end(&mut events).await;
+    let (seen, ending) = events.end().await;
     assert!(seen.iter().any(|i| i.opcode == "disconnect"), "{seen:?}");
     assert!(
         matches!(ending, ReadEvent::Failed(ref e) if *e == not_found()),
@@ -170,9 +124,9 @@ async fn the_token_identifies_the_tunnel_not_the_url() {
         .write(Instruction::new("key", ["1", "1"]).encode())
         .await
         .unwrap();
-    assert_eq!(until(&mut events, "echo").await.args[0], "select");
+    assert_eq!(events.until("echo").await.args[0], "select");
     loop {
-        let echo = until(&mut events, "echo").await;
+        let echo = events.until("echo").await;
         if echo.args[0] == "key" {
             break;
         }
@@ -265,7 +219,7 @@ async fn malformed_requests_get_the_servlets_errors() {
         .await
         .unwrap();
     loop {
-        if until(&mut survivor_events, "echo").await.args[0] == "key" {
+        if survivor_events.until("echo").await.args[0] == "key" {
             break;
         }
     }

@@ -1,0 +1,151 @@
+//! Things going wrong in a cluster: an owner killed outright, Redis stopped and restarted empty.
+
+use std::time::Duration;
+
+use deskbroker_shared::instruction::Instruction;
+use deskbroker_tests::clients::{HttpError, HttpTunnel, STEP, connect_data};
+use deskbroker_tests::redis::Redis;
+
+use crate::Cluster;
+
+fn missing() -> Option<(u16, Option<u16>)> {
+    Some((404, Some(516)))
+}
+
+/// Polls `probe` until it returns true, for at most `limit`.
+async fn within<F, Fut>(limit: Duration, mut probe: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if probe().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A round trip through a tunnel from `node`: a key written comes back as an echo.
+async fn round_trip(
+    tunnel: &HttpTunnel,
+    node: &str,
+    reads: &mut deskbroker_tests::clients::Reader,
+    n: usize,
+) {
+    let key = Instruction::new("key", [n.to_string(), "1".into()]);
+    tunnel.write_to(node, key.encode()).await.unwrap();
+    loop {
+        if reads.echo_of("key").await[0] == n.to_string() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn killing_an_owner_ends_its_tunnels_only() {
+    let redis = Redis::start().await.unwrap();
+    let mut cluster = Cluster::start(&redis.url(), 3).await;
+    let doomed = HttpTunnel::connect(&cluster.http(0), &connect_data("g"))
+        .await
+        .unwrap();
+    let survivor = HttpTunnel::connect(&cluster.http(1), &connect_data("g"))
+        .await
+        .unwrap();
+    // Both are used from node 3, so node 3 knows both owners.
+    let mut doomed_reads = doomed.read(vec![cluster.http(2)]);
+    let mut survivor_reads = survivor.read(vec![cluster.http(2)]);
+    round_trip(&doomed, &cluster.http(2), &mut doomed_reads, 0).await;
+    round_trip(&survivor, &cluster.http(2), &mut survivor_reads, 0).await;
+
+    cluster.edges[0].process.kill().await; // kill -9
+    let lease = Duration::from_secs(2);
+    let gone = within(lease + STEP / 10, || async {
+        doomed
+            .write_to(&cluster.http(2), "3.nop;")
+            .await
+            .err()
+            .map(|e| (e.http, e.guac))
+            == missing()
+    })
+    .await;
+    assert!(
+        gone,
+        "the dead owner's tunnel reads as missing (404/516) within a lease"
+    );
+    let (_, ending) = doomed_reads.end().await;
+    assert!(!matches!(
+        ending,
+        deskbroker_tests::clients::ReadEvent::Instruction(_)
+    ));
+
+    for n in 1..50 {
+        round_trip(&survivor, &cluster.http(2), &mut survivor_reads, n).await;
+    }
+    let cleaned = within(lease * 3, || async {
+        let tunnels = redis
+            .cli(&["smembers", "deskbroker:node-tunnels:{edge-1}"])
+            .await
+            .unwrap();
+        let node = redis
+            .cli(&["hget", "deskbroker:nodes", "edge-1"])
+            .await
+            .unwrap();
+        tunnels.is_empty() && node.is_empty()
+    })
+    .await;
+    assert!(cleaned, "the registry forgot the dead node and its tunnels");
+    let live = redis
+        .cli(&["smembers", "deskbroker:node-tunnels:{edge-2}"])
+        .await
+        .unwrap();
+    assert_eq!(live.len(), 1, "the survivor is still recorded");
+}
+
+#[tokio::test]
+async fn tunnels_flow_while_redis_is_down_and_nodes_recover_when_it_returns_empty() {
+    let mut redis = Redis::start().await.unwrap();
+    let cluster = Cluster::start(&redis.url(), 3).await;
+    let tunnel = HttpTunnel::connect(&cluster.http(0), &connect_data("g"))
+        .await
+        .unwrap();
+    let mut reads = tunnel.read(vec![cluster.http(1)]);
+    round_trip(&tunnel, &cluster.http(1), &mut reads, 0).await;
+
+    redis.kill().await;
+    // Open tunnels keep flowing, local and forwarded (the owner is cached).
+    for n in 1..30 {
+        round_trip(&tunnel, &cluster.http(1), &mut reads, n).await;
+        round_trip(&tunnel, &cluster.http(0), &mut reads, 100 + n).await;
+    }
+    // New tunnels are refused at once, with a clear status.
+    let started = tokio::time::Instant::now();
+    let refused = HttpTunnel::connect(&cluster.http(2), &connect_data("g"))
+        .await
+        .err();
+    assert_eq!(
+        refused.map(|e: HttpError| (e.http, e.guac)),
+        Some((503, Some(520)))
+    );
+    assert!(started.elapsed() < STEP, "refused promptly");
+
+    redis.restart().await.unwrap();
+    // Sessions were in Redis and are gone with it; the backend would store them again. The nodes put
+    // themselves and their tunnels back, so a node that never saw this tunnel can find its owner.
+    let recovered = within(Duration::from_secs(6), || async {
+        redis.cli(&["hlen", "deskbroker:nodes"]).await.unwrap() == ["3"]
+    })
+    .await;
+    assert!(recovered, "every node registered again");
+    let found = within(Duration::from_secs(4), || async {
+        tunnel.write_to(&cluster.http(2), "3.nop;").await.is_ok()
+    })
+    .await;
+    assert!(
+        found,
+        "forwarding from a node that had never seen the tunnel works again"
+    );
+    round_trip(&tunnel, &cluster.http(2), &mut reads, 1000).await;
+}

@@ -1,0 +1,73 @@
+//! Many edges and one registry: any node serves any tunnel, by forwarding to its owner. Real redis-server
+//! processes (one server, or a three-master Redis Cluster), real edge binaries, the test guacd.
+
+mod failures;
+mod forwarding;
+mod peer_port;
+
+use deskbroker_tests::{Edge, TestGuacd};
+use tempfile::TempDir;
+
+pub const SECRET: &str = "test-cluster-secret";
+/// Short, so that tests about lapsed leases finish quickly.
+pub const LEASE: &str = "2s";
+
+/// Edges sharing one registry, with the session `g` pointing at a test guacd.
+pub struct Cluster {
+    pub edges: Vec<Edge>,
+    pub guacd: TestGuacd,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    pub async fn start(redis_url: &str, nodes: usize) -> Cluster {
+        let guacd = TestGuacd::start(&[]).await.expect("test guacd");
+        let sessions = format!("g: guacd://{}/vnc?hostname=desk-1\n", guacd.addr);
+        let (dir, path) = deskbroker_tests::process::session_file(&sessions).expect("session file");
+        let mut edges = Vec::new();
+        for i in 1..=nodes {
+            let id = format!("edge-{i}");
+            let args = [
+                "--sessions",
+                path.to_str().unwrap(),
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--node-id",
+                &id,
+            ];
+            let env = [
+                ("DESKBROKER_REDIS_URL", redis_url),
+                ("DESKBROKER_CLUSTER_SECRET", SECRET),
+                ("DESKBROKER_LEASE", LEASE),
+            ];
+            edges.push(
+                Edge::start_with_env(&args, &env)
+                    .await
+                    .expect("edge starts"),
+            );
+        }
+        Cluster {
+            edges,
+            guacd,
+            _dir: dir,
+        }
+    }
+
+    pub fn http(&self, node: usize) -> String {
+        self.edges[node].http_url("")
+    }
+
+    pub fn all_http(&self) -> Vec<String> {
+        (0..self.edges.len()).map(|i| self.http(i)).collect()
+    }
+
+    /// The peer listener's URL, from the edge's log.
+    pub fn peer(&self, node: usize) -> String {
+        let logs = self.edges[node].process.output.lock().unwrap().clone();
+        logs.iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|event| event["message"] == "peer listening")
+            .and_then(|event| event["url"].as_str().map(str::to_owned))
+            .expect("peer listener announced")
+    }
+}
