@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use deskbroker_shared::RelayClose;
 use deskbroker_shared::cluster::TunnelKind;
@@ -26,7 +26,7 @@ use crate::defaults::RELAY_MAX_MESSAGE;
 use crate::error::TunnelError;
 use crate::server::Edge;
 use crate::upstream;
-use crate::ws::{downstream_error, offered_protocols};
+use crate::ws::{self, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(edge): State<Edge>,
@@ -43,15 +43,16 @@ pub async fn handle(
             .into_response();
     }
     let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let span = info_span!("websockify", tunnel = tracing::field::Empty);
     let tunnel = edge.clone();
-    upgrade
-        .protocols(["binary"])
-        .max_message_size(RELAY_MAX_MESSAGE)
-        .max_frame_size(RELAY_MAX_MESSAGE)
-        .on_upgrade(move |socket| {
-            let span = info_span!("websockify", tunnel = tracing::field::Empty);
-            edge.track_tunnel(run(tunnel, socket, request).instrument(span))
-        })
+    ws::accept(
+        &edge,
+        upgrade,
+        "binary",
+        RELAY_MAX_MESSAGE,
+        span,
+        move |socket| run(tunnel, socket, request),
+    )
 }
 
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {

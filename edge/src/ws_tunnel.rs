@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{debug, info_span, warn};
 
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
@@ -29,7 +29,7 @@ use crate::error::TunnelError;
 use crate::guac;
 use crate::server::Edge;
 use crate::upstream::{self, Guacd};
-use crate::ws::{downstream_error, offered_protocols};
+use crate::ws::{self, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(edge): State<Edge>,
@@ -44,15 +44,16 @@ pub async fn handle(
         );
     }
     let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
     let tunnel = edge.clone();
-    upgrade
-        .protocols(["guacamole"])
-        .max_message_size(GUAC_MAX_MESSAGE)
-        .max_frame_size(GUAC_MAX_MESSAGE)
-        .on_upgrade(move |socket| {
-            let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
-            edge.track_tunnel(run(tunnel, socket, request).instrument(span))
-        })
+    ws::accept(
+        &edge,
+        upgrade,
+        "guacamole",
+        GUAC_MAX_MESSAGE,
+        span,
+        move |socket| run(tunnel, socket, request),
+    )
 }
 
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -139,14 +139,7 @@ async fn read_response(tunnel: Arc<HttpTunnel>) -> Response {
         let chunk = read.next().await?;
         Some((Ok::<_, std::convert::Infallible>(chunk), read))
     });
-    let mut response = Response::new(Body::from_stream(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    octet_stream(Body::from_stream(body))
 }
 
 struct Read {
@@ -216,7 +209,13 @@ async fn write(tunnel: Arc<HttpTunnel>, body: Body) -> Response {
         tunnel.kill();
         return error_response(GuacStatus::ClientBadRequest, "Incomplete instruction.");
     }
-    let mut response = StatusCode::OK.into_response();
+    octet_stream(Body::empty())
+}
+
+/// A 200 response as the servlet sends reads and writes: raw bytes, never cached (and so never buffered
+/// by proxies that honour it).
+fn octet_stream(body: Body) -> Response {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
