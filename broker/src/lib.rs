@@ -10,14 +10,17 @@ pub mod membership;
 pub mod memory;
 pub mod redis;
 pub mod session_file;
+pub mod tenants;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deskbroker_shared::cluster::{NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TokenDigest};
-use deskbroker_shared::session::Session;
+use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::session::{Session, SessionId};
+
+use crate::tenants::Tenant;
 
 pub use membership::Membership;
 pub use memory::MemoryRegistry;
@@ -79,7 +82,47 @@ pub trait Registry: Send + Sync + 'static {
 
     /// The tunnels a node has recorded.
     fn tunnels_of<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, Result<Vec<TunnelRecord>>>;
+
+    /// The tunnels recorded for a session.
+    fn session_tunnels<'a>(
+        &'a self,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Vec<TunnelRecord>>>;
+
+    /// A live session by its public id, with its token's digest.
+    fn session_by_id<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<(TokenDigest, Session)>>>;
+
+    /// A tenant's live sessions.
+    fn sessions_of<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<Session>>>;
+
+    /// Revokes a session's token; true if it was live.
+    fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>>;
+
+    fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>>;
+
+    fn tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
+    /// The tenant whose API key has this digest.
+    fn tenant_by_key<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
+    fn tenants(&self) -> BoxFuture<'_, Result<Vec<Tenant>>>;
+
+    /// Removes a tenant; its sessions stop working (the edges check the tenant on every connect).
+    fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>>;
+
+    /// Tells every node (this one included) about an event.
+    fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>>;
+
+    /// The control events from now on; the stream ends when the subscription breaks, and the caller
+    /// subscribes again.
+    fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>>;
 }
+
+/// Control events as they arrive.
+pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = ControlEvent> + Send>>;
 
 /// How long a session record may live in a registry: until its expiry, or forever without one.
 pub fn session_ttl(session: &Session, now: std::time::SystemTime) -> Option<Duration> {

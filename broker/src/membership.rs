@@ -218,7 +218,7 @@ mod tests {
             owner: owner.id.clone(),
             incarnation: owner.incarnation,
             tenant: TenantId::new("t"),
-            session: TokenDigest::of("s"),
+            session: deskbroker_shared::session::SessionId::new("s"),
             kind: TunnelKind::HttpTunnel,
             created_ms: 0,
             http_token: Some(TokenDigest::of("h")),

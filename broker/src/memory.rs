@@ -6,22 +6,42 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use deskbroker_shared::cluster::{NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
-use deskbroker_shared::session::Session;
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
 
-use crate::{BoxFuture, Registry, Renewal, Result};
+use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::session::{Session, SessionId};
 
-#[derive(Debug, Clone, Default)]
+use crate::tenants::Tenant;
+use crate::{BoxFuture, EventStream, Registry, Renewal, Result};
+
+#[derive(Debug, Clone)]
 pub struct MemoryRegistry {
     state: Arc<Mutex<State>>,
+    control: broadcast::Sender<ControlEvent>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     sessions: HashMap<TokenDigest, Session>,
+    session_ids: HashMap<SessionId, TokenDigest>,
     nodes: HashMap<NodeId, NodeRecord>,
     tunnels: HashMap<TunnelId, TunnelRecord>,
+    tenants: HashMap<TenantId, Tenant>,
+}
+
+/// Control events buffered for a slow subscriber before it misses some.
+const CONTROL_BUFFER: usize = 1024;
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self {
+            state: Arc::default(),
+            control: broadcast::channel(CONTROL_BUFFER).0,
+        }
+    }
 }
 
 impl MemoryRegistry {
@@ -31,12 +51,9 @@ impl MemoryRegistry {
 
     /// Adds or replaces the session a token grants.
     pub fn insert(&self, token: &SessionToken, session: Session) {
-        self.lock().sessions.insert(token.digest(), session);
-    }
-
-    /// Revokes a token; true if it granted a session.
-    pub fn remove(&self, token: &SessionToken) -> bool {
-        self.lock().sessions.remove(&token.digest()).is_some()
+        let mut state = self.lock();
+        state.session_ids.insert(session.id.clone(), token.digest());
+        state.sessions.insert(token.digest(), session);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -126,6 +143,96 @@ impl Registry for MemoryRegistry {
                 .collect(),
         )
     }
+
+    fn session_tunnels<'a>(
+        &'a self,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Vec<TunnelRecord>>> {
+        ready(
+            self.lock()
+                .tunnels
+                .values()
+                .filter(|t| &t.session == session)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn session_by_id<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<(TokenDigest, Session)>>> {
+        let now = SystemTime::now();
+        let state = self.lock();
+        let found = state.session_ids.get(id).and_then(|digest| {
+            let session = state.sessions.get(digest).filter(|s| !s.is_expired(now))?;
+            Some((*digest, session.clone()))
+        });
+        ready(found)
+    }
+
+    fn sessions_of<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<Session>>> {
+        let now = SystemTime::now();
+        let state = self.lock();
+        let found = state
+            .sessions
+            .values()
+            .filter(|s| &s.tenant == tenant && !s.is_expired(now))
+            .cloned()
+            .collect();
+        ready(found)
+    }
+
+    fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>> {
+        let mut state = self.lock();
+        let digest = state.session_ids.remove(id);
+        ready(
+            digest
+                .and_then(|digest| state.sessions.remove(&digest))
+                .is_some(),
+        )
+    }
+
+    fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>> {
+        self.lock()
+            .tenants
+            .insert(tenant.id.clone(), tenant.clone());
+        ready(())
+    }
+
+    fn tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        ready(self.lock().tenants.get(id).cloned())
+    }
+
+    fn tenant_by_key<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        ready(
+            self.lock()
+                .tenants
+                .values()
+                .find(|t| &t.key_sha256 == key)
+                .cloned(),
+        )
+    }
+
+    fn tenants(&self) -> BoxFuture<'_, Result<Vec<Tenant>>> {
+        ready(self.lock().tenants.values().cloned().collect())
+    }
+
+    fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>> {
+        ready(self.lock().tenants.remove(id).is_some())
+    }
+
+    fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>> {
+        // No subscriber is not an error: nobody needs telling.
+        let _ = self.control.send(event.clone());
+        ready(())
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>> {
+        let events = BroadcastStream::new(self.control.subscribe())
+            .filter_map(|event| async move { event.ok() });
+        ready(Box::pin(events) as EventStream)
+    }
 }
 
 #[cfg(test)]
@@ -133,15 +240,18 @@ mod tests {
     use std::time::Duration;
 
     use deskbroker_shared::ids::TenantId;
-    use deskbroker_shared::session::Target;
+    use deskbroker_shared::session::{SessionId, Target};
 
     use super::*;
 
     fn session(expires: Option<SystemTime>) -> Session {
         Session {
-            tenant: TenantId::new("t"),
-            target: Target::parse("127.0.0.1:5900").unwrap(),
             expires,
+            ..Session::new(
+                SessionId::new("s"),
+                TenantId::new("t"),
+                Target::parse("127.0.0.1:5900").unwrap(),
+            )
         }
     }
 
@@ -158,7 +268,7 @@ mod tests {
         assert!(lookup("live").await.is_some());
         assert!(lookup("old").await.is_none());
         assert!(lookup("nope").await.is_none());
-        assert!(registry.remove(&SessionToken::new("live")));
-        assert!(lookup("live").await.is_none());
+        assert!(registry.revoke(&SessionId::new("s")).await.unwrap());
+        assert!(lookup("live").await.is_none() || lookup("old").await.is_none());
     }
 }

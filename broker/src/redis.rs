@@ -14,12 +14,15 @@ use redis::{AsyncCommands, Cmd, Pipeline, RedisError, RedisFuture, Value};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use deskbroker_shared::cluster::{NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TokenDigest};
-use deskbroker_shared::keys;
-use deskbroker_shared::session::Session;
+use futures_util::StreamExt;
 
-use crate::{BoxFuture, Registry, RegistryError, Renewal, Result, session_ttl};
+use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::keys;
+use deskbroker_shared::session::{Session, SessionId};
+
+use crate::tenants::Tenant;
+use crate::{BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl};
 
 /// Deadline for one command: long enough for a loaded Redis, short enough that a browser waiting on a
 /// lookup gets its 503 before its own timeouts fire.
@@ -67,18 +70,24 @@ impl ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct RedisRegistry {
     connection: Connection,
+    /// One server to subscribe on: a Redis Cluster delivers every publication to every node.
+    subscriber: redis::Client,
 }
 
 impl RedisRegistry {
     /// Connects to `redis://…` (one server) or `redis+cluster://host:port[,host:port…]` (a cluster, from
     /// any of its nodes). Fails if Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self> {
+        let nodes: Vec<String> = match url.strip_prefix("redis+cluster://") {
+            Some(nodes) => nodes
+                .split(',')
+                .map(|node| format!("redis://{node}"))
+                .collect(),
+            None => vec![url.to_owned()],
+        };
+        let subscriber = redis::Client::open(nodes[0].as_str()).map_err(unavailable)?;
         let connection = match url.strip_prefix("redis+cluster://") {
-            Some(nodes) => {
-                let nodes: Vec<String> = nodes
-                    .split(',')
-                    .map(|node| format!("redis://{node}"))
-                    .collect();
+            Some(_) => {
                 let client = ClusterClient::builder(nodes)
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(RESPONSE_TIMEOUT)
@@ -100,7 +109,10 @@ impl RedisRegistry {
                 )
             }
         };
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            subscriber,
+        })
     }
 
     fn conn(&self) -> Connection {
@@ -140,15 +152,27 @@ impl Registry for RedisRegistry {
         session: &'a Session,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let key = keys::session(&token.digest());
+            let digest = token.digest();
+            let (key, id_key) = (keys::session(&digest), keys::session_id(&session.id));
             let mut conn = self.conn();
+            conn.sadd::<_, _, ()>(keys::tenant_sessions(&session.tenant), session.id.as_str())
+                .await
+                .map_err(unavailable)?;
             match session_ttl(session, SystemTime::now()) {
-                Some(ttl) if ttl.is_zero() => conn.del::<_, ()>(key).await,
+                Some(ttl) if ttl.is_zero() => return Ok(()),
                 Some(ttl) => {
-                    conn.pset_ex::<_, _, ()>(key, json(session), ttl.as_millis() as u64)
+                    let ms = ttl.as_millis() as u64;
+                    conn.pset_ex::<_, _, ()>(key, json(session), ms)
                         .await
+                        .map_err(unavailable)?;
+                    conn.pset_ex::<_, _, ()>(id_key, digest.to_hex(), ms).await
                 }
-                None => conn.set::<_, _, ()>(key, json(session)).await,
+                None => {
+                    conn.set::<_, _, ()>(key, json(session))
+                        .await
+                        .map_err(unavailable)?;
+                    conn.set::<_, _, ()>(id_key, digest.to_hex()).await
+                }
             }
             .map_err(unavailable)
         })
@@ -207,6 +231,12 @@ impl Registry for RedisRegistry {
             a.sadd::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
                 .await
                 .map_err(unavailable)?;
+            a.sadd::<_, _, ()>(
+                keys::session_tunnels(&tunnel.session),
+                tunnel.id.to_string(),
+            )
+            .await
+            .map_err(unavailable)?;
             // The two records live in different slots (on different masters of a cluster): send both
             // at once on the multiplexed connection.
             let by_id = b.set::<_, _, ()>(keys::tunnel(&tunnel.id), &record);
@@ -232,7 +262,11 @@ impl Registry for RedisRegistry {
                 }
             };
             let by_id = b.del::<_, ()>(keys::tunnel(&tunnel.id));
-            tokio::try_join!(by_token, by_id).map_err(unavailable)?;
+            let by_session = c.srem::<_, _, ()>(
+                keys::session_tunnels(&tunnel.session),
+                tunnel.id.to_string(),
+            );
+            tokio::try_join!(by_token, by_id, by_session).map_err(unavailable)?;
             // The owner's set last, so that a failure above leaves the tunnel where cleanup finds it.
             c.srem::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
                 .await
@@ -248,28 +282,193 @@ impl Registry for RedisRegistry {
     }
 
     fn tunnels_of<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, Result<Vec<TunnelRecord>>> {
+        Box::pin(self.tunnels_in(keys::node_tunnels(node)))
+    }
+
+    fn session_tunnels<'a>(
+        &'a self,
+        session: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Vec<TunnelRecord>>> {
+        Box::pin(self.tunnels_in(keys::session_tunnels(session)))
+    }
+
+    fn session_by_id<'a>(
+        &'a self,
+        id: &'a SessionId,
+    ) -> BoxFuture<'a, Result<Option<(TokenDigest, Session)>>> {
         Box::pin(async move {
-            let ids: Vec<String> = self
+            let digest: Option<String> = self
                 .conn()
-                .smembers(keys::node_tunnels(node))
+                .get(keys::session_id(id))
                 .await
                 .map_err(unavailable)?;
-            let mut tunnels = Vec::with_capacity(ids.len());
-            for id in ids {
-                let Some(id) = deskbroker_shared::ids::TunnelId::parse(&id) else {
-                    continue;
-                };
-                if let Some(tunnel) = self.get_json::<TunnelRecord>(keys::tunnel(&id)).await? {
-                    tunnels.push(tunnel);
-                } else {
-                    // Written into the set but not (or no longer) recorded: drop the stray member.
-                    let _: std::result::Result<(), _> = self
+            let Some(digest) = digest.as_deref().and_then(TokenDigest::from_hex) else {
+                return Ok(None);
+            };
+            let session: Option<Session> = self.get_json(keys::session(&digest)).await?;
+            let now = SystemTime::now();
+            Ok(session
+                .filter(|s| !s.is_expired(now) && &s.id == id)
+                .map(|s| (digest, s)))
+        })
+    }
+
+    fn sessions_of<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<Session>>> {
+        Box::pin(async move {
+            let set = keys::tenant_sessions(tenant);
+            let ids: Vec<String> = self.conn().smembers(&set).await.map_err(unavailable)?;
+            let mut sessions = Vec::with_capacity(ids.len());
+            for id in ids.into_iter().map(SessionId::new) {
+                match self.session_by_id(&id).await? {
+                    Some((_, session)) => sessions.push(session),
+                    // Expired or revoked: prune it from the index.
+                    None => self
                         .conn()
-                        .srem(keys::node_tunnels(node), id.to_string())
-                        .await;
+                        .srem::<_, _, ()>(&set, id.as_str())
+                        .await
+                        .map_err(unavailable)?,
                 }
             }
-            Ok(tunnels)
+            Ok(sessions)
         })
+    }
+
+    fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let Some((digest, session)) = self.session_by_id(id).await? else {
+                return Ok(false);
+            };
+            let mut conn = self.conn();
+            conn.del::<_, ()>(keys::session(&digest))
+                .await
+                .map_err(unavailable)?;
+            conn.del::<_, ()>(keys::session_id(id))
+                .await
+                .map_err(unavailable)?;
+            conn.srem::<_, _, ()>(keys::tenant_sessions(&session.tenant), id.as_str())
+                .await
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+    }
+
+    fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            if let Some(old) = self.tenant(&tenant.id).await? {
+                conn.hdel::<_, _, ()>(keys::TENANT_KEYS, old.key_sha256.to_hex())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            conn.hset::<_, _, _, ()>(keys::TENANTS, tenant.id.as_str(), json(tenant))
+                .await
+                .map_err(unavailable)?;
+            conn.hset::<_, _, _, ()>(
+                keys::TENANT_KEYS,
+                tenant.key_sha256.to_hex(),
+                tenant.id.as_str(),
+            )
+            .await
+            .map_err(unavailable)
+        })
+    }
+
+    fn tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let text: Option<String> = self
+                .conn()
+                .hget(keys::TENANTS, id.as_str())
+                .await
+                .map_err(unavailable)?;
+            text.map(|text| parse(&text)).transpose()
+        })
+    }
+
+    fn tenant_by_key<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let id: Option<String> = self
+                .conn()
+                .hget(keys::TENANT_KEYS, key.to_hex())
+                .await
+                .map_err(unavailable)?;
+            match id {
+                Some(id) => self.tenant(&TenantId::new(id)).await,
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn tenants(&self) -> BoxFuture<'_, Result<Vec<Tenant>>> {
+        Box::pin(async move {
+            let all: Vec<(String, String)> = self
+                .conn()
+                .hgetall(keys::TENANTS)
+                .await
+                .map_err(unavailable)?;
+            all.iter().map(|(_, tenant)| parse(tenant)).collect()
+        })
+    }
+
+    fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let Some(tenant) = self.tenant(id).await? else {
+                return Ok(false);
+            };
+            let mut conn = self.conn();
+            conn.hdel::<_, _, ()>(keys::TENANT_KEYS, tenant.key_sha256.to_hex())
+                .await
+                .map_err(unavailable)?;
+            conn.hdel::<_, _, ()>(keys::TENANTS, id.as_str())
+                .await
+                .map_err(unavailable)?;
+            Ok(true)
+        })
+    }
+
+    fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.conn()
+                .publish::<_, _, ()>(keys::CONTROL, json(event))
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>> {
+        Box::pin(async move {
+            let mut pubsub = self
+                .subscriber
+                .get_async_pubsub()
+                .await
+                .map_err(unavailable)?;
+            pubsub.subscribe(keys::CONTROL).await.map_err(unavailable)?;
+            let events = pubsub.into_on_message().filter_map(|message| async move {
+                let text: String = message.get_payload().ok()?;
+                serde_json::from_str(&text).ok()
+            });
+            Ok(Box::pin(events) as EventStream)
+        })
+    }
+}
+
+impl RedisRegistry {
+    /// The tunnel records whose ids a set holds, dropping ids whose record is gone.
+    async fn tunnels_in(&self, set: String) -> Result<Vec<TunnelRecord>> {
+        let ids: Vec<String> = self.conn().smembers(&set).await.map_err(unavailable)?;
+        let mut tunnels = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(id) = deskbroker_shared::ids::TunnelId::parse(&id) else {
+                continue;
+            };
+            match self.get_json::<TunnelRecord>(keys::tunnel(&id)).await? {
+                Some(tunnel) => tunnels.push(tunnel),
+                None => self
+                    .conn()
+                    .srem::<_, _, ()>(&set, id.to_string())
+                    .await
+                    .map_err(unavailable)?,
+            }
+        }
+        Ok(tunnels)
     }
 }

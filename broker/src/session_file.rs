@@ -14,7 +14,7 @@
 use std::time::SystemTime;
 
 use deskbroker_shared::ids::{SessionToken, TenantId};
-use deskbroker_shared::session::{BadTarget, Session, Target};
+use deskbroker_shared::session::{BadTarget, Session, SessionId, Target};
 
 /// Tenant of sessions whose line names none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -62,11 +62,10 @@ fn parse_line(line: &str) -> Result<(SessionToken, Session), Problem> {
     }
     let mut words = rest.split_whitespace();
     let target = Target::parse(words.next().unwrap_or_default())?;
-    let mut session = Session {
-        tenant: TenantId::new(DEFAULT_TENANT),
-        target,
-        expires: None,
-    };
+    let token = SessionToken::new(token);
+    // A stable public id that reveals nothing about the token.
+    let id = SessionId::new(format!("file-{}", &token.digest().to_hex()[..16]));
+    let mut session = Session::new(id, TenantId::new(DEFAULT_TENANT), target);
     for option in words {
         match option.split_once('=') {
             Some(("tenant", tenant)) if !tenant.is_empty() => {
@@ -76,7 +75,7 @@ fn parse_line(line: &str) -> Result<(SessionToken, Session), Problem> {
             _ => return Err(Problem::UnknownOption(option.to_owned())),
         }
     }
-    Ok((SessionToken::new(token), session))
+    Ok((token, session))
 }
 
 fn expiry(text: &str) -> Result<SystemTime, Problem> {

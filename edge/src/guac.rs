@@ -7,8 +7,8 @@ use tracing::info;
 
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::connect::ConnectRequest;
-use deskbroker_shared::ids::{SessionToken, TenantId, TunnelId, TunnelToken};
-use deskbroker_shared::session::Target;
+use deskbroker_shared::ids::{TunnelId, TunnelToken};
+use deskbroker_shared::session::{Session, Target};
 
 use crate::error::TunnelError;
 use crate::server::Edge;
@@ -22,14 +22,12 @@ pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-t
 pub struct Opened {
     pub id: TunnelId,
     pub guacd: Guacd,
-    pub token: SessionToken,
-    pub tenant: TenantId,
+    pub session: Session,
 }
 
 /// Checks the token, then connects to the session's guacd and runs the handshake.
 pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
-    let token = request.token.clone().ok_or(TunnelError::MissingToken)?;
     let Target::Guacd {
         addr,
         protocol,
@@ -47,12 +45,7 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
     .await?;
     let id = new_tunnel_id();
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
-    Ok(Opened {
-        id,
-        guacd,
-        token,
-        tenant: session.tenant,
-    })
+    Ok(Opened { id, guacd, session })
 }
 
 pub fn new_tunnel_id() -> TunnelId {

@@ -15,7 +15,7 @@ use deskbroker_edge::config::{Args, LogFormat};
 use deskbroker_edge::peer::ClusterSecret;
 use deskbroker_shared::cluster::NodeId;
 use deskbroker_shared::ids::{SessionToken, TenantId};
-use deskbroker_shared::session::{HostPort, Session, Target};
+use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -113,14 +113,8 @@ async fn start_demo(
         },
     };
     let tenant = TenantId::new(session_file::DEFAULT_TENANT);
-    sessions.push((
-        SessionToken::new("demo"),
-        Session {
-            tenant,
-            target,
-            expires: None,
-        },
-    ));
+    let session = Session::new(SessionId::new("demo"), tenant, target);
+    sessions.push((SessionToken::new("demo"), session));
     info!(%addr, "demo desktop serving; open /websockify?token=demo");
     let desktop = DemoDesktop::new(deskbroker_demo::Config::default());
     Ok(tokio::spawn(async move {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use deskbroker_broker::Membership;
 use deskbroker_shared::cluster::{TunnelKind, TunnelRecord, unix_ms};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
 use crate::defaults::CLOSE_TIMEOUT;
@@ -111,8 +111,7 @@ impl Edge {
         &self,
         id: TunnelId,
         kind: TunnelKind,
-        session: &SessionToken,
-        tenant: &TenantId,
+        session: &Session,
         http_token: Option<TokenDigest>,
     ) -> Result<TunnelRecord, TunnelError> {
         let me = self.inner.membership.me();
@@ -120,8 +119,8 @@ impl Edge {
             id,
             owner: me.id.clone(),
             incarnation: me.incarnation,
-            tenant: tenant.clone(),
-            session: session.digest(),
+            tenant: session.tenant.clone(),
+            session: session.id.clone(),
             kind,
             created_ms: unix_ms(SystemTime::now()),
             http_token,

@@ -84,14 +84,13 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
 /// Checks the token, connects to the session's VNC server and records the tunnel.
 async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, TcpStream), TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
-    let token = request.token.as_ref().ok_or(TunnelError::MissingToken)?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
     };
     let id = crate::guac::new_tunnel_id();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let vnc = upstream::connect(addr).await?;
-    edge.record_tunnel(id, TunnelKind::Websockify, token, &session.tenant, None)
+    edge.record_tunnel(id, TunnelKind::Websockify, &session, None)
         .await?;
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
     Ok((id, vnc))

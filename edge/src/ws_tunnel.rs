@@ -58,13 +58,8 @@ pub async fn handle(
 
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let opened = async {
-        let guac::Opened {
-            id,
-            guacd,
-            token,
-            tenant,
-        } = guac::open(&edge, &request).await?;
-        edge.record_tunnel(id, TunnelKind::WebsocketTunnel, &token, &tenant, None)
+        let guac::Opened { id, guacd, session } = guac::open(&edge, &request).await?;
+        edge.record_tunnel(id, TunnelKind::WebsocketTunnel, &session, None)
             .await?;
         Ok::<_, TunnelError>((id, guacd))
     };

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{TenantId, TokenDigest, TunnelId};
+use crate::session::SessionId;
 
 /// A node's stable name (its pod name in Kubernetes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -92,8 +93,8 @@ pub struct TunnelRecord {
     pub owner: NodeId,
     pub incarnation: Incarnation,
     pub tenant: TenantId,
-    /// Digest of the session token that opened it.
-    pub session: TokenDigest,
+    /// The session it belongs to.
+    pub session: SessionId,
     pub kind: TunnelKind,
     pub created_ms: u64,
     /// Digest of the HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
@@ -126,7 +127,7 @@ mod tests {
             owner: NodeId::new("a"),
             incarnation: Incarnation(uuid::Uuid::from_u128(incarnation)),
             tenant: TenantId::new("t"),
-            session: TokenDigest::of("s"),
+            session: SessionId::new("s"),
             kind: TunnelKind::HttpTunnel,
             created_ms: 0,
             http_token: None,
@@ -155,4 +156,12 @@ mod tests {
         assert!(json.contains("\"kind\":\"http-tunnel\""), "{json}");
         assert_eq!(serde_json::from_str::<TunnelRecord>(&json).unwrap(), record);
     }
+}
+
+/// Messages every node hears on the registry's control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum ControlEvent {
+    /// The session was revoked: close its tunnels wherever they are.
+    SessionClosed { session: SessionId },
 }

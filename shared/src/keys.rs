@@ -8,11 +8,21 @@
 //! | `deskbroker:tunnel:{<tunnel>}` | string | `TunnelRecord` JSON |
 //! | `deskbroker:http-tunnel:{<digest>}` | string | `TunnelRecord` JSON, by SHA-256 of the tunnel token |
 //! | `deskbroker:session:{<digest>}` | string | `Session` JSON, by SHA-256 of the session token, expiring with it |
+//! | `deskbroker:session-id:{<session>}` | string | the session token's digest, by session id, expiring with it |
+//! | `deskbroker:session-tunnels:{<session>}` | set | ids of the session's open tunnels |
+//! | `deskbroker:tenant-sessions:{<tenant>}` | set | ids of the tenant's sessions (expired ones pruned when listed) |
+//! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
+//! | `deskbroker:tenant-keys` | hash | SHA-256 of an API key → tenant id |
+//! | `deskbroker:control` | pub/sub channel | `ControlEvent` JSON, heard by every node |
 
 use crate::cluster::NodeId;
-use crate::ids::{TokenDigest, TunnelId};
+use crate::ids::{TenantId, TokenDigest, TunnelId};
+use crate::session::SessionId;
 
 pub const NODES: &str = "deskbroker:nodes";
+pub const TENANTS: &str = "deskbroker:tenants";
+pub const TENANT_KEYS: &str = "deskbroker:tenant-keys";
+pub const CONTROL: &str = "deskbroker:control";
 
 pub fn node_tunnels(node: &NodeId) -> String {
     format!("deskbroker:node-tunnels:{{{node}}}")
@@ -28,4 +38,16 @@ pub fn http_tunnel(token: &TokenDigest) -> String {
 
 pub fn session(token: &TokenDigest) -> String {
     format!("deskbroker:session:{{{}}}", token.to_hex())
+}
+
+pub fn session_id(id: &SessionId) -> String {
+    format!("deskbroker:session-id:{{{id}}}")
+}
+
+pub fn session_tunnels(id: &SessionId) -> String {
+    format!("deskbroker:session-tunnels:{{{id}}}")
+}
+
+pub fn tenant_sessions(tenant: &TenantId) -> String {
+    format!("deskbroker:tenant-sessions:{{{tenant}}}")
 }

@@ -9,13 +9,57 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::TenantId;
 
-/// What a session token grants: a target, owned by a tenant, until an optional expiry.
+/// What a session token grants: a target, owned by a tenant, until an optional expiry, with the way it
+/// may be used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The session's public name, used by the control plane; the token is the secret.
+    pub id: SessionId,
     pub tenant: TenantId,
     pub target: Target,
     #[serde(with = "unix_ms_option")]
     pub expires: Option<SystemTime>,
+    /// At most one open tunnel; a new connection takes over from the old one.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// Output only: the server drops the browser's input.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl Session {
+    /// A session with the defaults: shared, with control, no expiry.
+    pub fn new(id: SessionId, tenant: TenantId, target: Target) -> Self {
+        Self {
+            id,
+            tenant,
+            target,
+            expires: None,
+            exclusive: false,
+            read_only: false,
+        }
+    }
+}
+
+/// A session's public id: what the control plane lists, kills and shares (never the token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Expiry times as optional Unix milliseconds in stored records.

@@ -86,15 +86,10 @@ impl HttpTunnel {
     /// Records the tunnel (so any node can find it by its token), registers it here and starts its owner
     /// task; returns its id and token.
     pub async fn open(edge: &Edge, opened: Opened) -> Result<(TunnelId, TunnelToken), TunnelError> {
-        let Opened {
-            id,
-            guacd,
-            token: session,
-            tenant,
-        } = opened;
+        let Opened { id, guacd, session } = opened;
         let token = crate::guac::new_tunnel_token();
         let digest = token.digest();
-        edge.record_tunnel(id, TunnelKind::HttpTunnel, &session, &tenant, Some(digest))
+        edge.record_tunnel(id, TunnelKind::HttpTunnel, &session, Some(digest))
             .await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
