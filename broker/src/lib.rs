@@ -6,6 +6,8 @@
 //! a node's side of the lease rules on top of either. This crate reads no files and no environment:
 //! callers hand it text and values.
 
+pub mod api;
+pub mod config;
 pub mod membership;
 pub mod memory;
 pub mod redis;

@@ -28,6 +28,15 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_DEMO")]
     pub demo: bool,
 
+    /// Control-plane configuration (tenants, guacd pools); a node without Redis serves the control-plane API
+    /// itself (docs/control-plane.md).
+    #[arg(long, env = "DESKBROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The control plane's admin key; prefer the variable.
+    #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
     /// Log format.
     #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -56,3 +56,6 @@ pub const OWNER_CACHE_ENTRIES: usize = 100_000;
 
 /// A node's lease: how long after its last renewal a silent node is considered gone, with its tunnels.
 pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Pause before subscribing to the control channel again after it broke (Redis away).
+pub const CONTROL_RETRY: Duration = Duration::from_millis(500);

@@ -73,6 +73,8 @@ pub enum TunnelError {
     UpstreamSilent,
     #[error("no request for the tunnel within its idle timeout")]
     Idle,
+    #[error("the session was closed")]
+    SessionClosed,
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -91,7 +93,7 @@ impl TunnelError {
             | UpstreamProtocol(_)
             | UpstreamIo(_)
             | UpstreamSilent => Side::Upstream,
-            ShuttingDown => Side::Internal,
+            ShuttingDown | SessionClosed => Side::Internal,
         }
     }
 
@@ -113,6 +115,7 @@ impl TunnelError {
             Handshake { source, .. } => source.status(),
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
             ShuttingDown => GuacStatus::UpstreamUnavailable,
+            SessionClosed => GuacStatus::SessionClosed,
         }
     }
 
@@ -138,6 +141,7 @@ impl TunnelError {
             TooLarge => RelayClose::TooLarge,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
+            SessionClosed => RelayClose::SessionClosed,
             Connect { .. } | Handshake { .. } | UpstreamProtocol(_) | UpstreamIo(_) => {
                 RelayClose::UpstreamError
             }
@@ -164,6 +168,7 @@ impl TunnelError {
             }
             UpstreamProtocol(_) | UpstreamIo(_) | UpstreamSilent => "Remote desktop server failed.",
             ShuttingDown => "Server shutting down.",
+            SessionClosed => "The session was closed.",
         }
     }
 }

@@ -9,12 +9,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use deskbroker_broker::api::{self, Api, ApiConfig};
+use deskbroker_broker::config::BrokerConfig;
+use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{Membership, MemoryRegistry, RedisRegistry, Registry, session_file};
 use deskbroker_demo::DemoDesktop;
 use deskbroker_edge::config::{Args, LogFormat};
 use deskbroker_edge::peer::ClusterSecret;
 use deskbroker_shared::cluster::NodeId;
-use deskbroker_shared::ids::{SessionToken, TenantId};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
 use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
 
 #[tokio::main]
@@ -85,9 +88,14 @@ async fn main() -> anyhow::Result<()> {
         info!(addr = %peer.local_addr()?, url = %membership.me().peer_url, "peer listening");
     }
     info!(addr = %listener.local_addr()?, node = %membership.me().id, "listening");
+    let control_plane = match &args.redis_url {
+        // In a cluster the control plane is deskbroker-broker; alone, the node serves it itself.
+        Some(_) => None,
+        None => Some(control_plane(&args, membership.registry().clone()).await?),
+    };
     let secret = args.cluster_secret.clone().map(ClusterSecret::new);
     let edge = deskbroker_edge::Edge::new(membership, secret, args.edge_config());
-    deskbroker_edge::run(listener, peer_listener, edge, shutdown).await?;
+    deskbroker_edge::run(listener, peer_listener, edge, control_plane, shutdown).await?;
     leave.cancel();
     leases.await?;
     if let Some(demo) = demo {
@@ -95,6 +103,42 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The control-plane API for a node without Redis: the configured tenants, and with `--demo` a tenant
+/// `demo` (API key `demo`) that may reach VNC servers on loopback.
+async fn control_plane(args: &Args, registry: Arc<dyn Registry>) -> anyhow::Result<axum::Router> {
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            BrokerConfig::parse(&text)?
+        }
+        None => BrokerConfig::default(),
+    };
+    let mut tenants = config.tenants.clone();
+    if args.demo {
+        let policy = Policy {
+            hosts: vec!["127.0.0.1".into()],
+            ports: vec!["1-65535".into()],
+            kinds: vec!["vnc".into()],
+        };
+        let key_sha256 = TokenDigest::of("demo");
+        tenants.push(Tenant {
+            id: TenantId::new("demo"),
+            key_sha256,
+            policy,
+            limits: Limits::default(),
+        });
+    }
+    for tenant in &tenants {
+        registry.put_tenant(tenant).await?;
+    }
+    let api_config = ApiConfig {
+        admin_key: args.admin_key.as_deref().map(TokenDigest::of),
+        guacd_pools: config.pools()?,
+    };
+    Ok(api::router(Api::new(registry, api_config)))
 }
 
 /// Starts the demo desktop on a loopback port and grants it to the token `demo`.

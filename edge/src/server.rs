@@ -5,23 +5,25 @@
 //! watches the `close_tunnels` token, which ends it with a status the browser understands. docs/lifecycle.md
 //! describes the stop sequence.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::{any, get};
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use deskbroker_broker::Membership;
-use deskbroker_shared::cluster::{TunnelKind, TunnelRecord, unix_ms};
+use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord, unix_ms};
 use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
-use deskbroker_shared::session::Session;
+use deskbroker_shared::session::{Session, SessionId};
 
-use crate::defaults::CLOSE_TIMEOUT;
+use crate::defaults::{CLOSE_TIMEOUT, CONTROL_RETRY};
 use crate::error::TunnelError;
 use crate::forward::Forwarder;
 use crate::http_tunnel::{self, HttpTunnels};
@@ -51,8 +53,16 @@ pub struct Edge {
     inner: Arc<Inner>,
 }
 
+/// A tunnel this node owns: its registry record, and the token that stops it.
+pub struct LocalTunnel {
+    pub record: TunnelRecord,
+    pub stop: CancellationToken,
+}
+
 struct Inner {
     membership: Membership,
+    /// This node's tunnels by session, to close them when their session is.
+    local: Mutex<HashMap<SessionId, HashMap<TunnelId, CancellationToken>>>,
     forwarder: Forwarder,
     cluster_secret: Option<ClusterSecret>,
     config: Config,
@@ -70,6 +80,7 @@ impl Edge {
         Self {
             inner: Arc::new(Inner {
                 membership,
+                local: Mutex::default(),
                 forwarder: Forwarder::new(cluster_secret.clone()),
                 cluster_secret,
                 config,
@@ -105,15 +116,16 @@ impl Edge {
         self.inner.cluster_secret.as_ref()
     }
 
-    /// Records a tunnel this node now owns, so that any node can find it; refuses the tunnel when the
-    /// registry cannot record it.
+    /// Records a tunnel this node now owns, so that any node can find it, and returns the token that stops
+    /// it (when its session is closed, or the node stops); refuses the tunnel when the registry cannot
+    /// record it.
     pub async fn record_tunnel(
         &self,
         id: TunnelId,
         kind: TunnelKind,
         session: &Session,
         http_token: Option<TokenDigest>,
-    ) -> Result<TunnelRecord, TunnelError> {
+    ) -> Result<LocalTunnel, TunnelError> {
         let me = self.inner.membership.me();
         let record = TunnelRecord {
             id,
@@ -126,12 +138,58 @@ impl Edge {
             http_token,
         };
         self.inner.membership.add_tunnel(record.clone()).await?;
-        Ok(record)
+        let stop = self.inner.close_tunnels.child_token();
+        let mut local = self.local();
+        local
+            .entry(session.id.clone())
+            .or_default()
+            .insert(id, stop.clone());
+        Ok(LocalTunnel { record, stop })
     }
 
     /// Forgets a tunnel that has ended here.
-    pub async fn forget_tunnel(&self, id: &TunnelId) {
-        self.inner.membership.remove_tunnel(id).await;
+    pub async fn forget_tunnel(&self, tunnel: &LocalTunnel) {
+        let record = &tunnel.record;
+        {
+            let mut local = self.local();
+            if let Some(tunnels) = local.get_mut(&record.session) {
+                tunnels.remove(&record.id);
+                if tunnels.is_empty() {
+                    local.remove(&record.session);
+                }
+            }
+        }
+        self.inner.membership.remove_tunnel(&record.id).await;
+    }
+
+    /// Closes this node's tunnels of a session (which was revoked).
+    pub fn close_session(&self, session: &SessionId) {
+        let tunnels = self.local().remove(session).unwrap_or_default();
+        if !tunnels.is_empty() {
+            info!(%session, tunnels = tunnels.len(), "closing the tunnels of a closed session");
+        }
+        for stop in tunnels.values() {
+            stop.cancel();
+        }
+    }
+
+    /// Waits for a tunnel's stop token, and says why it fired.
+    pub async fn stopped(&self, tunnel: &LocalTunnel) -> TunnelError {
+        tunnel.stop.cancelled().await;
+        match self.inner.close_tunnels.is_cancelled() {
+            true => TunnelError::ShuttingDown,
+            false => TunnelError::SessionClosed,
+        }
+    }
+
+    fn local(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SessionId, HashMap<TunnelId, CancellationToken>>> {
+        // Single map operations only: the index cannot be left half-updated.
+        self.inner
+            .local
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a tunnel as a tracked task, so that a stop waits for it.
@@ -172,18 +230,48 @@ pub fn router(edge: Edge) -> Router {
         .with_state(edge)
 }
 
+/// Acts on the control channel (a revoked session's tunnels close) until the node closes its tunnels;
+/// subscribes again whenever the subscription breaks.
+async fn follow_control(edge: Edge) {
+    let registry = edge.membership().registry().clone();
+    while !edge.closing().is_cancelled() {
+        let mut events = match registry.subscribe().await {
+            Ok(events) => events,
+            Err(error) => {
+                warn!(%error, "control channel unavailable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(CONTROL_RETRY) => continue,
+                    () = edge.closing().cancelled() => return,
+                }
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = edge.closing().cancelled() => return,
+            };
+            match event {
+                Some(ControlEvent::SessionClosed { session }) => edge.close_session(&session),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then stops: no new connections, tunnels get the drain timeout to
 /// end by themselves, the rest are closed with a status, and the function returns.
 pub async fn run(
     listener: TcpListener,
     peer_listener: Option<TcpListener>,
     edge: Edge,
+    control_plane: Option<Router>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(edge.clone());
+    let app = router(edge.clone()).merge(control_plane.unwrap_or_default());
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
+    tokio::spawn(follow_control(edge.clone()));
     if let Some(peer_listener) = peer_listener {
         // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
         let peers = axum::serve(peer_listener, crate::peer::router(edge.clone()))

@@ -19,12 +19,11 @@ use tracing::{debug, info, info_span, warn};
 use deskbroker_shared::RelayClose;
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
-use deskbroker_shared::ids::TunnelId;
 use deskbroker_shared::session::Target;
 
 use crate::defaults::RELAY_MAX_MESSAGE;
 use crate::error::TunnelError;
-use crate::server::Edge;
+use crate::server::{Edge, LocalTunnel};
 use crate::upstream;
 use crate::ws::{self, downstream_error, offered_protocols};
 
@@ -64,12 +63,12 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
-    let (id, vnc) = vnc;
+    let (tunnel, vnc) = vnc;
     let end = tokio::select! {
         end = relay(&mut socket, vnc) => end,
-        () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+        stop = edge.stopped(&tunnel) => Err(stop),
     };
-    edge.forget_tunnel(&id).await;
+    edge.forget_tunnel(&tunnel).await;
     match end {
         Ok(()) => debug!("relay ended"),
         Err(ref error) => debug!(side = %error.side(), %error, "relay ended"),
@@ -82,7 +81,10 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
 }
 
 /// Checks the token, connects to the session's VNC server and records the tunnel.
-async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, TcpStream), TunnelError> {
+async fn open(
+    edge: &Edge,
+    request: &ConnectRequest,
+) -> Result<(LocalTunnel, TcpStream), TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
@@ -90,10 +92,11 @@ async fn open(edge: &Edge, request: &ConnectRequest) -> Result<(TunnelId, TcpStr
     let id = crate::guac::new_tunnel_id();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let vnc = upstream::connect(addr).await?;
-    edge.record_tunnel(id, TunnelKind::Websockify, &session, None)
+    let tunnel = edge
+        .record_tunnel(id, TunnelKind::Websockify, &session, None)
         .await?;
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
-    Ok((id, vnc))
+    Ok((tunnel, vnc))
 }
 
 /// Pumps both directions until either side ends. `Ok` is a normal end by either side.

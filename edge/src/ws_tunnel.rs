@@ -59,11 +59,12 @@ pub async fn handle(
 async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let opened = async {
         let guac::Opened { id, guacd, session } = guac::open(&edge, &request).await?;
-        edge.record_tunnel(id, TunnelKind::WebsocketTunnel, &session, None)
+        let tunnel = edge
+            .record_tunnel(id, TunnelKind::WebsocketTunnel, &session, None)
             .await?;
-        Ok::<_, TunnelError>((id, guacd))
+        Ok::<_, TunnelError>((tunnel, guacd))
     };
-    let (id, guacd) = match opened.await {
+    let (tunnel, guacd) = match opened.await {
         Ok(opened) => opened,
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
@@ -71,16 +72,17 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
+    let id = tunnel.record.id;
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
             end = relay(&mut socket, guacd) => end,
-            () = edge.closing().cancelled() => Err(TunnelError::ShuttingDown),
+            stop = edge.stopped(&tunnel) => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
     };
-    edge.forget_tunnel(&id).await;
+    edge.forget_tunnel(&tunnel).await;
     let status = match end {
         Ok(()) => GuacStatus::Success,
         Err(error) => {

@@ -136,6 +136,8 @@ pub enum RelayClose {
     Internal,
     /// 4502: the VNC server could not be reached, or failed mid-stream.
     UpstreamError,
+    /// 4410: the session was closed (revoked) by the control plane.
+    SessionClosed,
     /// 4503: the node is shutting down, or the registry cannot be reached; try again.
     Unavailable,
     /// 4504: the VNC server did not accept the connection in time.
@@ -152,6 +154,7 @@ impl RelayClose {
             Self::BadToken => 4403,
             Self::Internal => 4500,
             Self::UpstreamError => 4502,
+            Self::SessionClosed => 4410,
             Self::Unavailable => 4503,
             Self::UpstreamTimeout => 4504,
         }
@@ -167,6 +170,7 @@ impl RelayClose {
             Self::BadToken => "unknown or expired token",
             Self::Internal => "internal error",
             Self::UpstreamError => "VNC server unreachable or failed",
+            Self::SessionClosed => "session closed",
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",
         }

@@ -11,4 +11,4 @@ pub mod process;
 pub mod redis;
 pub mod upstreams;
 
-pub use process::{Edge, TestGuacd, Xvnc};
+pub use process::{Broker, Edge, TestGuacd, Xvnc};

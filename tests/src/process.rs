@@ -141,6 +141,39 @@ impl Edge {
     }
 }
 
+/// A running `deskbroker-broker`.
+pub struct Broker {
+    pub process: Process,
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    pub async fn start(
+        redis_url: &str,
+        config: &std::path::Path,
+        admin_key: &str,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary("deskbroker-broker"));
+        command
+            .env("DESKBROKER_BROKER_LISTEN", "127.0.0.1:0")
+            .env("DESKBROKER_REDIS_URL", redis_url)
+            .env("DESKBROKER_ADMIN_KEY", admin_key)
+            .env("DESKBROKER_LOG", "debug")
+            .arg("--config")
+            .arg(config);
+        let (process, addr) = Process::start(command, |line| {
+            let event: serde_json::Value = serde_json::from_str(line).ok()?;
+            (event["message"] == "listening").then(|| event["addr"].as_str()?.parse().ok())?
+        })
+        .await?;
+        Ok(Self { process, addr })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
 /// A running `test-guacd`.
 pub struct TestGuacd {
     pub process: Process,

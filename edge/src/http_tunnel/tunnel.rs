@@ -26,7 +26,7 @@ use deskbroker_shared::instruction::Instruction;
 use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
 use crate::guac::Opened;
-use crate::server::Edge;
+use crate::server::{Edge, LocalTunnel};
 use crate::upstream::{self, Guacd};
 
 /// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`.
@@ -89,7 +89,8 @@ impl HttpTunnel {
         let Opened { id, guacd, session } = opened;
         let token = crate::guac::new_tunnel_token();
         let digest = token.digest();
-        edge.record_tunnel(id, TunnelKind::HttpTunnel, &session, Some(digest))
+        let local = edge
+            .record_tunnel(id, TunnelKind::HttpTunnel, &session, Some(digest))
             .await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
@@ -110,6 +111,7 @@ impl HttpTunnel {
                 .http_tunnels()
                 .get(&token)
                 .ok_or(TunnelError::ShuttingDown)?,
+            local,
             edge: edge.clone(),
             digest,
         };
@@ -178,6 +180,7 @@ impl HttpTunnel {
 
 struct Owner {
     tunnel: Arc<HttpTunnel>,
+    local: LocalTunnel,
     edge: Edge,
     digest: TokenDigest,
 }
@@ -185,12 +188,12 @@ struct Owner {
 impl Owner {
     async fn run(self, guacd: Guacd, output: mpsc::Sender<Bytes>, input: mpsc::Receiver<Bytes>) {
         let tunnel = &self.tunnel;
-        let stop = self.edge.closing();
+        let stop = &self.local.stop;
         let end = tokio::select! {
             end = relay(guacd, &output, input) => end,
             () = self.idle() => Err(TunnelError::Idle),
             () = tunnel.closed.cancelled() => Ok(()),
-            () = stop.cancelled() => Err(TunnelError::ShuttingDown),
+            stopped = self.edge.stopped(&self.local) => Err(stopped),
         };
         // The guacd socket was dropped with `relay`.
         tunnel.upstream_done.cancel();
@@ -218,7 +221,7 @@ impl Owner {
         }
         tunnel.closed.cancel();
         self.edge.http_tunnels().remove(&self.digest);
-        self.edge.forget_tunnel(&tunnel.id).await;
+        self.edge.forget_tunnel(&self.local).await;
         debug!(tunnel = %tunnel.id, "tunnel deregistered");
     }
 

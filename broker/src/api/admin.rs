@@ -1,0 +1,154 @@
+//! The administrator's part of the API: tenants (listed, created or replaced, removed) and nodes. Only the
+//! admin key may call these.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use deskbroker_shared::cluster::{NodeRecord, TunnelKind};
+use deskbroker_shared::ids::{TenantId, TokenDigest};
+
+use super::sessions::close;
+use super::{Api, ApiError, Caller};
+use crate::tenants::{Limits, Policy, Tenant};
+
+async fn admin(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    match api.caller(headers).await? {
+        Caller::Admin => Ok(()),
+        Caller::Tenant(_) => Err(ApiError::Forbidden),
+    }
+}
+
+/// A tenant as the API shows it: never its key, not even hashed.
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    pub id: TenantId,
+    pub policy: Policy,
+    pub limits: Limits,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(tenant: Tenant) -> Self {
+        Self {
+            id: tenant.id,
+            policy: tenant.policy,
+            limits: tenant.limits,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    /// The tenant's API key; only its SHA-256 is kept.
+    pub key: String,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+pub async fn tenants(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<TenantView>>, ApiError> {
+    admin(&api, &headers).await?;
+    let tenants = api.registry().tenants().await?;
+    Ok(Json(tenants.into_iter().map(TenantView::from).collect()))
+}
+
+pub async fn put_tenant(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(spec): Json<TenantSpec>,
+) -> Result<Json<TenantView>, ApiError> {
+    admin(&api, &headers).await?;
+    if spec.key.len() < 16 {
+        return Err(ApiError::BadRequest(
+            "a tenant key needs at least 16 characters".into(),
+        ));
+    }
+    let tenant = Tenant {
+        id: TenantId::new(id),
+        key_sha256: TokenDigest::of(&spec.key),
+        policy: spec.policy,
+        limits: spec.limits,
+    };
+    api.registry().put_tenant(&tenant).await?;
+    Ok(Json(tenant.into()))
+}
+
+/// Removes a tenant and closes all its sessions: their tokens stop working at once, everywhere.
+pub async fn delete_tenant(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    admin(&api, &headers).await?;
+    let id = TenantId::new(id);
+    if !api.registry().remove_tenant(&id).await? {
+        return Err(ApiError::NotFound("tenant"));
+    }
+    for session in api.registry().sessions_of(&id).await? {
+        close(&api, &session.id).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub peer_url: String,
+    pub alive: bool,
+    pub lease_expires_at: String,
+    pub tunnels: Vec<NodeTunnel>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeTunnel {
+    pub id: String,
+    pub session: String,
+    pub tenant: String,
+    pub kind: TunnelKind,
+}
+
+pub async fn nodes(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<NodeView>>, ApiError> {
+    admin(&api, &headers).await?;
+    let now = std::time::SystemTime::now();
+    let mut views = Vec::new();
+    for node in api.registry().nodes().await? {
+        let NodeRecord {
+            id,
+            peer_url,
+            expires_ms,
+            ..
+        } = &node;
+        let tunnels = api.registry().tunnels_of(id).await?;
+        views.push(NodeView {
+            id: id.to_string(),
+            peer_url: peer_url.clone(),
+            alive: node.is_alive(now),
+            lease_expires_at: humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(*expires_ms),
+            )
+            .to_string(),
+            tunnels: tunnels
+                .into_iter()
+                .filter(|t| t.is_alive(Some(&node), now))
+                .map(|t| NodeTunnel {
+                    id: t.id.to_string(),
+                    session: t.session.to_string(),
+                    tenant: t.tenant.to_string(),
+                    kind: t.kind,
+                })
+                .collect(),
+        });
+    }
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(views))
+}

@@ -1,0 +1,69 @@
+//! The control plane's one error type: a stable machine-readable `code`, a message for people, an HTTP
+//! status. Every failure of the API is one of these, as JSON: `{"code": "...", "message": "..."}`.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::RegistryError;
+use crate::tenants::PolicyViolation;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("this key may not do that")]
+    Forbidden,
+    /// Also what a tenant gets for another tenant's session: nothing is leaked about its existence.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyViolation),
+    #[error("registry unavailable")]
+    Registry(#[from] RegistryError),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Policy(_) => "policy_violation",
+            ApiError::Registry(_) => "registry_unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden | ApiError::Policy(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Registry(error) = &self {
+            tracing::warn!(side = "registry", %error, "API request failed");
+        }
+        let body = Body {
+            code: self.code(),
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}

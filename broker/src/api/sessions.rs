@@ -1,0 +1,283 @@
+//! `/api/v1/sessions`: create a session (the policy is checked here), list and read sessions with their
+//! open tunnels, and kill one (its token is revoked and every node closes its tunnels).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TenantId};
+use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
+
+use super::{Api, ApiError, Caller, random};
+use crate::tenants::Tenant;
+
+/// What to connect to, as the backend describes it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TargetSpec {
+    /// A VNC server, relayed as it is (`/websockify`).
+    Vnc { host: String, port: u16 },
+    /// A desktop reached through guacd: `guacd` names a pool, or an address a pool lists.
+    Guacd {
+        protocol: String,
+        guacd: String,
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub target: TargetSpec,
+    /// `30m`, `8h`; at most the tenant's limit, which is also the default.
+    pub lifetime: Option<String>,
+    #[serde(default)]
+    pub exclusive: bool,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Only for the admin key: the tenant the session belongs to.
+    pub tenant: Option<TenantId>,
+}
+
+/// A session as the API shows it. Connection parameters are never shown: they may hold passwords.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub tenant: TenantId,
+    pub target: TargetView,
+    pub expires_at: Option<String>,
+    pub exclusive: bool,
+    pub read_only: bool,
+    /// Only in the answer to its creation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Urls>,
+    pub tunnels: Vec<TunnelView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TargetView {
+    Vnc {
+        host: String,
+        port: u16,
+    },
+    Guacd {
+        protocol: String,
+        guacd: String,
+        host: Option<String>,
+        port: Option<String>,
+    },
+}
+
+/// Where a client opens the session, relative to any edge.
+#[derive(Debug, Serialize)]
+pub struct Urls {
+    pub websockify: String,
+    pub websocket_tunnel: String,
+    pub http_tunnel: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TunnelView {
+    pub id: String,
+    pub node: String,
+    pub kind: TunnelKind,
+    pub since: String,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+impl SessionView {
+    fn of(session: &Session, tunnels: &[TunnelRecord]) -> Self {
+        let target = match &session.target {
+            Target::Vnc { addr } => TargetView::Vnc {
+                host: addr.host.clone(),
+                port: addr.port,
+            },
+            Target::Guacd {
+                addr,
+                protocol,
+                params,
+            } => TargetView::Guacd {
+                protocol: protocol.clone(),
+                guacd: addr.to_string(),
+                host: params.get("hostname").cloned(),
+                port: params.get("port").cloned(),
+            },
+        };
+        let tunnels = tunnels
+            .iter()
+            .map(|t| TunnelView {
+                id: t.id.to_string(),
+                node: t.owner.to_string(),
+                kind: t.kind,
+                since: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(t.created_ms)),
+            })
+            .collect();
+        Self {
+            id: session.id.clone(),
+            tenant: session.tenant.clone(),
+            target,
+            expires_at: session.expires.map(rfc3339),
+            exclusive: session.exclusive,
+            read_only: session.read_only,
+            token: None,
+            urls: None,
+            tunnels,
+        }
+    }
+}
+
+/// The tenant a request acts for: its own, or (admin only) the one it names.
+async fn acting_tenant(
+    api: &Api,
+    caller: Caller,
+    named: Option<TenantId>,
+) -> Result<Tenant, ApiError> {
+    match (caller, named) {
+        (Caller::Tenant(tenant), None) => Ok(tenant),
+        (Caller::Tenant(tenant), Some(named)) if named == tenant.id => Ok(tenant),
+        (Caller::Tenant(_), Some(_)) => Err(ApiError::Forbidden),
+        (Caller::Admin, Some(named)) => api
+            .registry()
+            .tenant(&named)
+            .await?
+            .ok_or(ApiError::NotFound("tenant")),
+        (Caller::Admin, None) => Err(ApiError::BadRequest(
+            "the admin key must name a tenant".into(),
+        )),
+    }
+}
+
+pub async fn create(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(request): Json<CreateSession>,
+) -> Result<Response, ApiError> {
+    let caller = api.caller(&headers).await?;
+    let tenant = acting_tenant(&api, caller, request.tenant).await?;
+    let target = match request.target {
+        TargetSpec::Vnc { host, port } => Target::Vnc {
+            addr: HostPort { host, port },
+        },
+        TargetSpec::Guacd {
+            protocol,
+            guacd,
+            params,
+        } => Target::Guacd {
+            addr: api.guacd(&guacd)?,
+            protocol,
+            params,
+        },
+    };
+    tenant.policy.check(&target)?;
+    let lifetime = match request.lifetime.as_deref() {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| ApiError::BadRequest(format!("lifetime: {e}")))?,
+        None => tenant.limits.max_lifetime,
+    };
+    let lifetime = lifetime.min(tenant.limits.max_lifetime);
+    let id = SessionId::new(uuid::Uuid::from_bytes(random()).to_string());
+    let token =
+        SessionToken::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()));
+    let session = Session {
+        expires: Some(SystemTime::now() + lifetime),
+        exclusive: request.exclusive,
+        read_only: request.read_only,
+        ..Session::new(id, tenant.id.clone(), target)
+    };
+    api.registry().put_session(&token, &session).await?;
+    tracing::info!(session = %session.id, tenant = %tenant.id, kind = session.target.kind(), "session created");
+    let mut view = SessionView::of(&session, &[]);
+    let encoded = form_urlencoded::byte_serialize(token.expose().as_bytes()).collect::<String>();
+    view.urls = Some(Urls {
+        websockify: format!("/websockify?token={encoded}"),
+        websocket_tunnel: format!("/websocket-tunnel?token={encoded}"),
+        http_tunnel: "/tunnel".into(),
+    });
+    view.token = Some(token.expose().to_owned());
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// A session the caller may see, or `NotFound` (also for another tenant's session).
+async fn visible(api: &Api, caller: &Caller, id: &SessionId) -> Result<Session, ApiError> {
+    let (_, session) = api
+        .registry()
+        .session_by_id(id)
+        .await?
+        .ok_or(ApiError::NotFound("session"))?;
+    match caller {
+        Caller::Tenant(tenant) if tenant.id != session.tenant => Err(ApiError::NotFound("session")),
+        _ => Ok(session),
+    }
+}
+
+pub async fn list(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<SessionView>>, ApiError> {
+    let tenants = match api.caller(&headers).await? {
+        Caller::Tenant(tenant) => vec![tenant.id],
+        Caller::Admin => api
+            .registry()
+            .tenants()
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .collect(),
+    };
+    let mut views = Vec::new();
+    for tenant in tenants {
+        for session in api.registry().sessions_of(&tenant).await? {
+            let tunnels = api.registry().session_tunnels(&session.id).await?;
+            views.push(SessionView::of(&session, &tunnels));
+        }
+    }
+    Ok(Json(views))
+}
+
+pub async fn get(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let caller = api.caller(&headers).await?;
+    let session = visible(&api, &caller, &SessionId::new(id)).await?;
+    let tunnels = api.registry().session_tunnels(&session.id).await?;
+    Ok(Json(SessionView::of(&session, &tunnels)))
+}
+
+pub async fn delete(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let caller = api.caller(&headers).await?;
+    let session = visible(&api, &caller, &SessionId::new(id)).await?;
+    close(&api, &session.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a session's token and tells every node to close its tunnels.
+pub async fn close(api: &Api, id: &SessionId) -> Result<(), ApiError> {
+    api.registry().revoke(id).await?;
+    api.registry()
+        .publish(&ControlEvent::SessionClosed {
+            session: id.clone(),
+        })
+        .await?;
+    tracing::info!(session = %id, "session closed");
+    Ok(())
+}

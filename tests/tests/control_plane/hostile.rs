@@ -1,0 +1,125 @@
+//! Callers who should get nothing: another tenant's key, targets outside the policy, forged and revoked
+//! tokens, the keys and tokens of a removed tenant.
+
+use serde_json::json;
+
+use deskbroker_tests::clients::{close_frame, connect_data, ws_connect};
+
+use crate::{ACME, ADMIN, GLOBEX, Platform};
+
+#[tokio::test]
+async fn tenants_see_only_their_own_and_policy_holds() {
+    let platform = Platform::start().await;
+    let session = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let path = format!("/api/v1/sessions/{}", session["id"].as_str().unwrap());
+
+    for method in ["GET", "DELETE"] {
+        let (status, body) = platform.api(method, &path, GLOBEX, None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{method}: nothing leaks"
+        );
+    }
+    let (_, listed) = platform.api("GET", "/api/v1/sessions", GLOBEX, None).await;
+    assert_eq!(listed, json!([]));
+    assert_eq!(
+        platform
+            .api("GET", "/api/v1/sessions", "wrong-key", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        platform.api("GET", "/api/v1/sessions", "", None).await.0,
+        401
+    );
+    assert_eq!(
+        platform.api("GET", "/api/v1/nodes", ACME, None).await.0,
+        403,
+        "nodes are the admin's"
+    );
+
+    for target in [
+        json!({"kind": "vnc", "host": "10.0.0.1", "port": 5900}),
+        json!({"kind": "vnc", "host": "evil-acme.test", "port": 5900}),
+        json!({"kind": "guacd", "protocol": "rdp", "guacd": "default", "params": {"hostname": "127.0.0.1", "port": "3389"}}),
+        json!({"kind": "guacd", "protocol": "vnc", "guacd": "10.9.9.9:4822", "params": {"hostname": "127.0.0.1", "port": "5900"}}),
+    ] {
+        let (status, body) = platform
+            .api(
+                "POST",
+                "/api/v1/sessions",
+                ACME,
+                Some(json!({"target": target})),
+            )
+            .await;
+        assert!(matches!(status, 400 | 403), "{target} -> {status} {body}");
+        assert!(body["code"].is_string() && body["message"].is_string());
+    }
+    let (status, body) = platform
+        .api(
+            "POST",
+            "/api/v1/sessions",
+            ACME,
+            Some(json!({"target": platform.vnc_target(), "tenant": "globex"})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        platform
+            .echo
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn forged_revoked_and_orphaned_tokens_are_refused() {
+    let platform = Platform::start().await;
+    let forged = format!(
+        "{}/websockify?token=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        platform.ws(0)
+    );
+    let (mut socket, _) = ws_connect(&forged, &[]).await.unwrap();
+    assert_eq!(close_frame(&mut socket).await.unwrap().0, 4403);
+
+    let session = platform
+        .session(ACME, json!({"target": platform.guacd_target()}))
+        .await;
+    let token = session["token"].as_str().unwrap();
+    let mut tunnel =
+        deskbroker_tests::clients::GuacWs::connect(&platform.ws(2), &connect_data(token))
+            .await
+            .unwrap();
+
+    // The tenant is removed: its key stops working, its tunnels close, its tokens are refused.
+    assert_eq!(
+        platform
+            .api("DELETE", "/api/v1/tenants/acme", ADMIN, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        close_frame(&mut tunnel.socket).await.unwrap(),
+        (1002, "523".into())
+    );
+    assert_eq!(
+        platform.api("GET", "/api/v1/sessions", ACME, None).await.0,
+        401
+    );
+    let url = format!(
+        "{}/websocket-tunnel?{}",
+        platform.ws(1),
+        connect_data(token)
+    );
+    let (mut socket, _) = ws_connect(&url, &["guacamole"]).await.unwrap();
+    assert_eq!(
+        close_frame(&mut socket).await.unwrap(),
+        (1008, "769".into())
+    );
+}
