@@ -222,6 +222,7 @@ mod tests {
             kind: TunnelKind::HttpTunnel,
             created_ms: 0,
             http_token: Some(TokenDigest::of("h")),
+            connection: None,
         }
     }
 

@@ -75,6 +75,10 @@ pub enum TunnelError {
     Idle,
     #[error("the session was closed")]
     SessionClosed,
+    #[error("no running connection to join")]
+    NothingToJoin,
+    #[error("read-only viewing: {0}")]
+    ReadOnly(deskbroker_shared::rfb::RfbError),
     #[error("the node is shutting down")]
     ShuttingDown,
 }
@@ -84,7 +88,7 @@ impl TunnelError {
         use TunnelError::*;
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
-            | Downstream(_) | Idle => Side::Downstream,
+            | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin => Side::Downstream,
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -116,6 +120,8 @@ impl TunnelError {
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
             ShuttingDown => GuacStatus::UpstreamUnavailable,
             SessionClosed => GuacStatus::SessionClosed,
+            NothingToJoin => GuacStatus::ResourceNotFound,
+            ReadOnly(_) => GuacStatus::ClientForbidden,
         }
     }
 
@@ -142,6 +148,8 @@ impl TunnelError {
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
+            NothingToJoin => RelayClose::BadToken,
+            ReadOnly(_) => RelayClose::ReadOnlyUnsupported,
             Connect { .. } | Handshake { .. } | UpstreamProtocol(_) | UpstreamIo(_) => {
                 RelayClose::UpstreamError
             }
@@ -169,6 +177,8 @@ impl TunnelError {
             UpstreamProtocol(_) | UpstreamIo(_) | UpstreamSilent => "Remote desktop server failed.",
             ShuttingDown => "Server shutting down.",
             SessionClosed => "The session was closed.",
+            NothingToJoin => "The shared session is not running.",
+            ReadOnly(_) => "Not supported for read-only viewing.",
         }
     }
 }

@@ -8,7 +8,7 @@ use tracing::info;
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::{TunnelId, TunnelToken};
-use deskbroker_shared::session::{Session, Target};
+use deskbroker_shared::session::{Session, SessionId, Target};
 
 use crate::error::TunnelError;
 use crate::server::Edge;
@@ -36,9 +36,14 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
     else {
         return Err(TunnelError::WrongKind(session.target.kind()));
     };
+    // A share joins the running connection of the session it shares: guacd's `select` with its id.
+    let joined = match &session.join {
+        Some(parent) => Some(running_connection(edge, parent).await?),
+        None => None,
+    };
     let guacd = upstream::guacd(GuacdRequest {
         addr,
-        protocol,
+        protocol: joined.as_deref().unwrap_or(protocol),
         params,
         client: &request.client,
     })
@@ -46,6 +51,21 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
     let id = new_tunnel_id();
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
     Ok(Opened { id, guacd, session })
+}
+
+/// The guacd connection id of a live tunnel of `session`, wherever it runs.
+async fn running_connection(edge: &Edge, session: &SessionId) -> Result<String, TunnelError> {
+    let tunnels = edge
+        .membership()
+        .registry()
+        .session_tunnels(session)
+        .await?;
+    for tunnel in tunnels {
+        if tunnel.connection.is_some() && edge.membership().live_owner(&tunnel).await?.is_some() {
+            return Ok(tunnel.connection.unwrap_or_default());
+        }
+    }
+    Err(TunnelError::NothingToJoin)
 }
 
 pub fn new_tunnel_id() -> TunnelId {

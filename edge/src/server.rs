@@ -125,6 +125,7 @@ impl Edge {
         kind: TunnelKind,
         session: &Session,
         http_token: Option<TokenDigest>,
+        connection: Option<String>,
     ) -> Result<LocalTunnel, TunnelError> {
         let me = self.inner.membership.me();
         let record = TunnelRecord {
@@ -136,6 +137,7 @@ impl Edge {
             kind,
             created_ms: unix_ms(SystemTime::now()),
             http_token,
+            connection,
         };
         self.inner.membership.add_tunnel(record.clone()).await?;
         let stop = self.inner.close_tunnels.child_token();

@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, warn};
 use deskbroker_shared::RelayClose;
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::rfb::ReadOnlyFilter;
 use deskbroker_shared::session::Target;
 
 use crate::defaults::RELAY_MAX_MESSAGE;
@@ -63,9 +64,9 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
-    let (tunnel, vnc) = vnc;
+    let (tunnel, vnc, filter) = vnc;
     let end = tokio::select! {
-        end = relay(&mut socket, vnc) => end,
+        end = relay(&mut socket, vnc, filter) => end,
         stop = edge.stopped(&tunnel) => Err(stop),
     };
     edge.forget_tunnel(&tunnel).await;
@@ -80,11 +81,12 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     .await;
 }
 
-/// Checks the token, connects to the session's VNC server and records the tunnel.
+/// Checks the token, connects to the session's VNC server and records the tunnel; returns the filter the
+/// browser's bytes must pass, if the session is read-only or joins another.
 async fn open(
     edge: &Edge,
     request: &ConnectRequest,
-) -> Result<(LocalTunnel, TcpStream), TunnelError> {
+) -> Result<(LocalTunnel, TcpStream, Option<ReadOnlyFilter>), TunnelError> {
     let session = edge.session(request.token.as_ref()).await?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
@@ -93,14 +95,21 @@ async fn open(
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let vnc = upstream::connect(addr).await?;
     let tunnel = edge
-        .record_tunnel(id, TunnelKind::Websockify, &session, None)
+        .record_tunnel(id, TunnelKind::Websockify, &session, None, None)
         .await?;
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
-    Ok((tunnel, vnc))
+    let filter = (session.read_only || session.join.is_some())
+        .then(|| ReadOnlyFilter::new(session.read_only, session.join.is_some()));
+    Ok((tunnel, vnc, filter))
 }
 
-/// Pumps both directions until either side ends. `Ok` is a normal end by either side.
-async fn relay(socket: &mut WebSocket, vnc: TcpStream) -> Result<(), TunnelError> {
+/// Pumps both directions until either side ends. `Ok` is a normal end by either side. With a filter, the
+/// browser's bytes pass through it (read-only viewing, shared joining).
+async fn relay(
+    socket: &mut WebSocket,
+    vnc: TcpStream,
+    mut filter: Option<ReadOnlyFilter>,
+) -> Result<(), TunnelError> {
     let (from_vnc, mut to_vnc) = vnc.into_split();
     let (mut to_browser, mut from_browser) = socket.split();
 
@@ -118,12 +127,25 @@ async fn relay(socket: &mut WebSocket, vnc: TcpStream) -> Result<(), TunnelError
         }
     };
     let to_upstream = async {
+        let mut filtered = Vec::new();
         while let Some(message) = from_browser.next().await {
             match message.map_err(downstream_error)? {
-                Message::Binary(bytes) => to_vnc
-                    .write_all(&bytes)
-                    .await
-                    .map_err(TunnelError::UpstreamIo)?,
+                Message::Binary(bytes) => {
+                    let bytes = match filter.as_mut() {
+                        None => bytes,
+                        Some(filter) => {
+                            filtered.clear();
+                            filter
+                                .filter(&bytes, &mut filtered)
+                                .map_err(TunnelError::ReadOnly)?;
+                            bytes::Bytes::copy_from_slice(&filtered)
+                        }
+                    };
+                    to_vnc
+                        .write_all(&bytes)
+                        .await
+                        .map_err(TunnelError::UpstreamIo)?
+                }
                 Message::Text(_) => return Err(TunnelError::BadFrame),
                 Message::Close(_) => break,
                 Message::Ping(_) | Message::Pong(_) => {}

@@ -60,11 +60,17 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let opened = async {
         let guac::Opened { id, guacd, session } = guac::open(&edge, &request).await?;
         let tunnel = edge
-            .record_tunnel(id, TunnelKind::WebsocketTunnel, &session, None)
+            .record_tunnel(
+                id,
+                TunnelKind::WebsocketTunnel,
+                &session,
+                None,
+                Some(guacd.connection_id.clone()),
+            )
             .await?;
-        Ok::<_, TunnelError>((tunnel, guacd))
+        Ok::<_, TunnelError>((tunnel, guacd, session.read_only))
     };
-    let (tunnel, guacd) = match opened.await {
+    let (tunnel, guacd, read_only) = match opened.await {
         Ok(opened) => opened,
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
@@ -77,7 +83,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
-            end = relay(&mut socket, guacd) => end,
+            end = relay(&mut socket, guacd, read_only) => end,
             stop = edge.stopped(&tunnel) => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
@@ -95,7 +101,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
 }
 
 /// Pumps both directions until either side ends; `Ok` is a normal end by either side.
-async fn relay(socket: &mut WebSocket, guacd: Guacd) -> Result<(), TunnelError> {
+async fn relay(socket: &mut WebSocket, guacd: Guacd, read_only: bool) -> Result<(), TunnelError> {
     let Guacd {
         stream, mut buffer, ..
     } = guacd;
@@ -154,6 +160,9 @@ async fn relay(socket: &mut WebSocket, guacd: Guacd) -> Result<(), TunnelError> 
                         // A flood of pings beyond the queue loses its excess; the client only times them.
                         let _ = pings.try_send(bytes);
                     }
+                    continue;
+                }
+                if read_only && !instruction::viewer_may_send(instruction::opcode(&bytes)) {
                     continue;
                 }
                 to_guacd

@@ -99,6 +99,9 @@ pub struct TunnelRecord {
     pub created_ms: u64,
     /// Digest of the HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
     pub http_token: Option<TokenDigest>,
+    /// guacd's connection id (`$…`), which shares of the session join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 impl TunnelRecord {
@@ -131,6 +134,7 @@ mod tests {
             kind: TunnelKind::HttpTunnel,
             created_ms: 0,
             http_token: None,
+            connection: None,
         }
     }
 

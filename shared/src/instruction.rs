@@ -81,6 +81,13 @@ pub fn is_internal(bytes: &[u8]) -> bool {
     bytes.starts_with(b"0.")
 }
 
+/// What a read-only viewer may send to guacd: keep-alives, frame acknowledgements, stream
+/// acknowledgements and leaving. Everything else (key, mouse, touch, clipboard, file and pipe streams,
+/// size, argv, get, put, …) controls the desktop and is dropped.
+pub fn viewer_may_send(opcode: &[u8]) -> bool {
+    matches!(opcode, b"nop" | b"sync" | b"ack" | b"disconnect")
+}
+
 /// The opcode of one whole, already scanned instruction, without decoding the rest. Opcodes are ASCII in
 /// every Guacamole version, so the length in code points is the length in bytes.
 pub fn opcode(bytes: &[u8]) -> &[u8] {

@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod ids;
 pub mod instruction;
 pub mod keys;
+pub mod rfb;
 pub mod scanner;
 pub mod session;
 pub mod status;

@@ -25,6 +25,9 @@ pub struct Session {
     /// Output only: the server drops the browser's input.
     #[serde(default)]
     pub read_only: bool,
+    /// A share: this session joins the running connection of that one instead of opening its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<SessionId>,
 }
 
 impl Session {
@@ -37,6 +40,7 @@ impl Session {
             expires: None,
             exclusive: false,
             read_only: false,
+            join: None,
         }
     }
 }

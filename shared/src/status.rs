@@ -136,6 +136,8 @@ pub enum RelayClose {
     Internal,
     /// 4502: the VNC server could not be reached, or failed mid-stream.
     UpstreamError,
+    /// 4400: a read-only viewer's client speaks RFB the relay cannot check.
+    ReadOnlyUnsupported,
     /// 4410: the session was closed (revoked) by the control plane.
     SessionClosed,
     /// 4503: the node is shutting down, or the registry cannot be reached; try again.
@@ -150,7 +152,7 @@ impl RelayClose {
             Self::Normal => 1000,
             Self::TextFrame => 1003,
             Self::TooLarge => 1009,
-            Self::MissingToken | Self::WrongKind => 4400,
+            Self::MissingToken | Self::WrongKind | Self::ReadOnlyUnsupported => 4400,
             Self::BadToken => 4403,
             Self::Internal => 4500,
             Self::UpstreamError => 4502,
@@ -171,6 +173,7 @@ impl RelayClose {
             Self::Internal => "internal error",
             Self::UpstreamError => "VNC server unreachable or failed",
             Self::SessionClosed => "session closed",
+            Self::ReadOnlyUnsupported => "client not supported for read-only viewing",
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",
         }

@@ -124,6 +124,10 @@ pub fn router(api: Api) -> Router {
             "/api/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
         )
+        .route(
+            "/api/v1/sessions/{id}/shares",
+            axum::routing::post(sessions::share),
+        )
         .route("/api/v1/tenants", get(admin::tenants))
         .route(
             "/api/v1/tenants/{id}",
@@ -153,6 +157,7 @@ mod tests {
             "/api/v1/openapi.json",
             "/api/v1/sessions",
             "/api/v1/sessions/{id}",
+            "/api/v1/sessions/{id}/shares",
             "/api/v1/tenants",
             "/api/v1/tenants/{id}",
             "/api/v1/nodes",
@@ -161,7 +166,7 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            6,
+            7,
             "a documented path the router does not serve"
         );
     }

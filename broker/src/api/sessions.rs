@@ -56,6 +56,9 @@ pub struct SessionView {
     pub expires_at: Option<String>,
     pub exclusive: bool,
     pub read_only: bool,
+    /// For a share: the session it joins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joins: Option<SessionId>,
     /// Only in the answer to its creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -133,6 +136,7 @@ impl SessionView {
             expires_at: session.expires.map(rfc3339),
             exclusive: session.exclusive,
             read_only: session.read_only,
+            joins: session.join.clone(),
             token: None,
             urls: None,
             tunnels,
@@ -189,17 +193,59 @@ pub async fn create(
         None => tenant.limits.max_lifetime,
     };
     let lifetime = lifetime.min(tenant.limits.max_lifetime);
-    let id = SessionId::new(uuid::Uuid::from_bytes(random()).to_string());
-    let token =
-        SessionToken::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()));
     let session = Session {
         expires: Some(SystemTime::now() + lifetime),
         exclusive: request.exclusive,
         read_only: request.read_only,
-        ..Session::new(id, tenant.id.clone(), target)
+        ..Session::new(new_session_id(), tenant.id.clone(), target)
     };
+    created(&api, session).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateShare {
+    /// Watch only (the default), or share control too.
+    pub read_only: Option<bool>,
+    /// At most what is left of the shared session's life, which is also the default.
+    pub lifetime: Option<String>,
+}
+
+/// `POST /api/v1/sessions/{id}/shares`: a second token that joins the running session, for guacd through
+/// guacd's own join of the connection, for raw VNC as a second, shared, viewer.
+pub async fn share(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(request): Json<CreateShare>,
+) -> Result<Response, ApiError> {
+    let caller = api.caller(&headers).await?;
+    let parent = visible(&api, &caller, &SessionId::new(id)).await?;
+    let mut expires = parent.expires;
+    if let Some(text) = request.lifetime.as_deref() {
+        let lifetime = humantime::parse_duration(text)
+            .map_err(|e| ApiError::BadRequest(format!("lifetime: {e}")))?;
+        expires = expires.map(|parent| parent.min(SystemTime::now() + lifetime));
+    }
+    let session = Session {
+        expires,
+        read_only: request.read_only.unwrap_or(true),
+        join: Some(parent.id.clone()),
+        ..Session::new(
+            new_session_id(),
+            parent.tenant.clone(),
+            parent.target.clone(),
+        )
+    };
+    created(&api, session).await
+}
+
+/// Stores a new session under a fresh token and answers with the token and the URLs to use it.
+async fn created(api: &Api, session: Session) -> Result<Response, ApiError> {
+    let token =
+        SessionToken::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()));
     api.registry().put_session(&token, &session).await?;
-    tracing::info!(session = %session.id, tenant = %tenant.id, kind = session.target.kind(), "session created");
+    tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
     let mut view = SessionView::of(&session, &[]);
     let encoded = form_urlencoded::byte_serialize(token.expose().as_bytes()).collect::<String>();
     view.urls = Some(Urls {
@@ -209,6 +255,10 @@ pub async fn create(
     });
     view.token = Some(token.expose().to_owned());
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn new_session_id() -> SessionId {
+    SessionId::new(uuid::Uuid::from_bytes(random()).to_string())
 }
 
 /// A session the caller may see, or `NotFound` (also for another tenant's session).

@@ -192,7 +192,7 @@ async fn write(tunnel: Arc<HttpTunnel>, body: Body) -> Response {
             return error_response(GuacStatus::ClientBadRequest, "Incomplete request body.");
         };
         input.extend_from_slice(&chunk);
-        let batch = match whole_instructions(&mut input) {
+        let batch = match whole_instructions(&mut input, tunnel.read_only) {
             Ok(batch) => batch,
             Err(error) => {
                 let error = TunnelError::BadInstruction(error);
@@ -225,11 +225,13 @@ fn octet_stream(body: Body) -> Response {
     response
 }
 
-/// The whole instructions in `input`, less the tunnel-internal ones, which are never guacd's business.
-fn whole_instructions(input: &mut InstructionBuffer) -> Result<Bytes, ParseError> {
+/// The whole instructions in `input`, less the tunnel-internal ones, which are never guacd's business,
+/// and for a read-only viewer less everything that would control the desktop.
+fn whole_instructions(input: &mut InstructionBuffer, read_only: bool) -> Result<Bytes, ParseError> {
     let mut batch = BytesMut::new();
     while let Some(bytes) = input.next_instruction()? {
-        if !instruction::is_internal(&bytes) {
+        let viewer_may = !read_only || instruction::viewer_may_send(instruction::opcode(&bytes));
+        if !instruction::is_internal(&bytes) && viewer_may {
             batch.extend_from_slice(&bytes);
         }
     }

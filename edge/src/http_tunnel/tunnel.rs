@@ -66,6 +66,8 @@ impl HttpTunnels {
 
 pub struct HttpTunnel {
     pub id: TunnelId,
+    /// Input that would control the desktop is dropped.
+    pub read_only: bool,
     /// guacd's output; holding this lock is holding the tunnel's one active read.
     output: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
     /// Read requests waiting for the lock: the active read gives way once it has sent something.
@@ -90,12 +92,19 @@ impl HttpTunnel {
         let token = crate::guac::new_tunnel_token();
         let digest = token.digest();
         let local = edge
-            .record_tunnel(id, TunnelKind::HttpTunnel, &session, Some(digest))
+            .record_tunnel(
+                id,
+                TunnelKind::HttpTunnel,
+                &session,
+                Some(digest),
+                Some(guacd.connection_id.clone()),
+            )
             .await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
         let tunnel = Arc::new(HttpTunnel {
             id,
+            read_only: session.read_only,
             output: Arc::new(tokio::sync::Mutex::new(output_rx)),
             readers_waiting: AtomicUsize::new(0),
             reader_arrived: Notify::new(),

@@ -3,6 +3,7 @@
 
 mod hostile;
 mod sessions;
+mod sharing;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
