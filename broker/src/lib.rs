@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::{Session, SessionId};
 
 use crate::tenants::Tenant;
@@ -71,6 +71,15 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Removes a node and the records of every tunnel it owned.
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>>;
+
+    /// Takes one of a tenant's tunnel slots for `tunnel`, atomically: false when all `limit` are taken.
+    /// The slot is given back when the tunnel's record is removed (also by the cleanup of a lapsed node).
+    fn reserve_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        tunnel: &'a TunnelId,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<bool>>;
 
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
 

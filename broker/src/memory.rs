@@ -30,6 +30,7 @@ struct State {
     nodes: HashMap<NodeId, NodeRecord>,
     tunnels: HashMap<TunnelId, TunnelRecord>,
     tenants: HashMap<TenantId, Tenant>,
+    slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
 }
 
 /// Control events buffered for a slow subscriber before it misses some.
@@ -106,8 +107,34 @@ impl Registry for MemoryRegistry {
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>> {
         let mut state = self.lock();
         state.nodes.remove(id);
-        state.tunnels.retain(|_, tunnel| &tunnel.owner != id);
+        let gone: Vec<TunnelRecord> = state
+            .tunnels
+            .values()
+            .filter(|t| &t.owner == id)
+            .cloned()
+            .collect();
+        for tunnel in gone {
+            state.tunnels.remove(&tunnel.id);
+            if let Some(slots) = state.slots.get_mut(&tunnel.tenant) {
+                slots.remove(&tunnel.id);
+            }
+        }
         ready(())
+    }
+
+    fn reserve_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        tunnel: &'a TunnelId,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let mut state = self.lock();
+        let slots = state.slots.entry(tenant.clone()).or_default();
+        let taken = slots.contains(tunnel) || slots.len() < limit as usize;
+        if taken {
+            slots.insert(*tunnel);
+        }
+        ready(taken)
     }
 
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
@@ -116,7 +143,11 @@ impl Registry for MemoryRegistry {
     }
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
-        self.lock().tunnels.remove(&tunnel.id);
+        let mut state = self.lock();
+        state.tunnels.remove(&tunnel.id);
+        if let Some(slots) = state.slots.get_mut(&tunnel.tenant) {
+            slots.remove(&tunnel.id);
+        }
         ready(())
     }
 

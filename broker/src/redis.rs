@@ -2,8 +2,8 @@
 //!
 //! One multiplexed connection carries every command; it reconnects in the background, and each command
 //! has a short deadline so that a lookup fails fast while Redis is away (the data path never waits on
-//! Redis). Key names come from `deskbroker_shared::keys`. Costs per tunnel are fixed: three commands to
-//! open, three to close (two round trips each), none while it lives; leases cost one command per node per renewal.
+//! Redis). Key names come from `deskbroker_shared::keys`. Costs per tunnel are fixed: five commands to
+//! open and five to close (two round trips each), none while it lives; leases cost one command per node per renewal.
 
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use futures_util::StreamExt;
 
 use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::keys;
 use deskbroker_shared::session::{Session, SessionId};
 
@@ -31,6 +31,15 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Longest pause between reconnection attempts.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// Takes a slot if fewer than ARGV[1] are taken (or this tunnel already holds one).
+static RESERVE_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('SISMEMBER', KEYS[1], ARGV[2]) == 1 then return 1 end \
+         if redis.call('SCARD', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SADD', KEYS[1], ARGV[2]) return 1 end \
+         return 0",
+    )
+});
 
 /// A single Redis or a Redis Cluster, behind one connection type.
 #[derive(Clone)]
@@ -223,30 +232,47 @@ impl Registry for RedisRegistry {
         })
     }
 
-    fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
+    fn reserve_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        tunnel: &'a TunnelId,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let record = json(tunnel);
-            let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
-            // The owner's set first: whatever is written after it is found again by the node's cleanup.
-            a.sadd::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
+            // One key, one script: the check and the take are atomic on Redis and on a Redis Cluster.
+            let taken: i64 = RESERVE_SLOT
+                .key(keys::tenant_tunnels(tenant))
+                .arg(limit)
+                .arg(tunnel.to_string())
+                .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            a.sadd::<_, _, ()>(
-                keys::session_tunnels(&tunnel.session),
-                tunnel.id.to_string(),
-            )
-            .await
-            .map_err(unavailable)?;
-            // The two records live in different slots (on different masters of a cluster): send both
-            // at once on the multiplexed connection.
-            let by_id = b.set::<_, _, ()>(keys::tunnel(&tunnel.id), &record);
+            Ok(taken == 1)
+        })
+    }
+
+    fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (record, id) = (json(tunnel), tunnel.id.to_string());
+            // The owner's set first: whatever is written after it is found again by the node's cleanup.
+            self.conn()
+                .sadd::<_, _, ()>(keys::node_tunnels(&tunnel.owner), &id)
+                .await
+                .map_err(unavailable)?;
+            // The rest live in different slots (on different masters of a cluster): send them at once on
+            // the multiplexed connection. The tenant's slot is taken already, except after Redis lost
+            // its data, when this takes it again.
+            let (mut a, mut b, mut c, mut d) = (self.conn(), self.conn(), self.conn(), self.conn());
+            let by_id = a.set::<_, _, ()>(keys::tunnel(&tunnel.id), &record);
             let by_token = async {
                 match &tunnel.http_token {
-                    Some(token) => c.set::<_, _, ()>(keys::http_tunnel(token), &record).await,
+                    Some(token) => b.set::<_, _, ()>(keys::http_tunnel(token), &record).await,
                     None => Ok(()),
                 }
             };
-            tokio::try_join!(by_id, by_token)
+            let by_session = c.sadd::<_, _, ()>(keys::session_tunnels(&tunnel.session), &id);
+            let slot = d.sadd::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id);
+            tokio::try_join!(by_id, by_token, by_session, slot)
                 .map(|_| ())
                 .map_err(unavailable)
         })
@@ -254,7 +280,8 @@ impl Registry for RedisRegistry {
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
+            let id = tunnel.id.to_string();
+            let (mut a, mut b, mut c, mut d) = (self.conn(), self.conn(), self.conn(), self.conn());
             let by_token = async {
                 match &tunnel.http_token {
                     Some(token) => a.del::<_, ()>(keys::http_tunnel(token)).await,
@@ -262,13 +289,12 @@ impl Registry for RedisRegistry {
                 }
             };
             let by_id = b.del::<_, ()>(keys::tunnel(&tunnel.id));
-            let by_session = c.srem::<_, _, ()>(
-                keys::session_tunnels(&tunnel.session),
-                tunnel.id.to_string(),
-            );
-            tokio::try_join!(by_token, by_id, by_session).map_err(unavailable)?;
+            let by_session = c.srem::<_, _, ()>(keys::session_tunnels(&tunnel.session), &id);
+            let slot = d.srem::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id);
+            tokio::try_join!(by_token, by_id, by_session, slot).map_err(unavailable)?;
             // The owner's set last, so that a failure above leaves the tunnel where cleanup finds it.
-            c.srem::<_, _, ()>(keys::node_tunnels(&tunnel.owner), tunnel.id.to_string())
+            self.conn()
+                .srem::<_, _, ()>(keys::node_tunnels(&tunnel.owner), &id)
                 .await
                 .map_err(unavailable)
         })

@@ -77,6 +77,10 @@ pub enum TunnelError {
     SessionClosed,
     #[error("no running connection to join")]
     NothingToJoin,
+    #[error("the tenant has no tunnel slot left")]
+    TooMany,
+    #[error("a newer connection took over the exclusive session")]
+    TakenOver,
     #[error("read-only viewing: {0}")]
     ReadOnly(deskbroker_shared::rfb::RfbError),
     #[error("the node is shutting down")]
@@ -88,7 +92,9 @@ impl TunnelError {
         use TunnelError::*;
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
-            | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin => Side::Downstream,
+            | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin | TooMany | TakenOver => {
+                Side::Downstream
+            }
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -121,6 +127,8 @@ impl TunnelError {
             ShuttingDown => GuacStatus::UpstreamUnavailable,
             SessionClosed => GuacStatus::SessionClosed,
             NothingToJoin => GuacStatus::ResourceNotFound,
+            TooMany => GuacStatus::ClientTooMany,
+            TakenOver => GuacStatus::SessionConflict,
             ReadOnly(_) => GuacStatus::ClientForbidden,
         }
     }
@@ -149,6 +157,8 @@ impl TunnelError {
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
             NothingToJoin => RelayClose::BadToken,
+            TooMany => RelayClose::TooMany,
+            TakenOver => RelayClose::TakenOver,
             ReadOnly(_) => RelayClose::ReadOnlyUnsupported,
             Connect { .. } | Handshake { .. } | UpstreamProtocol(_) | UpstreamIo(_) => {
                 RelayClose::UpstreamError
@@ -178,6 +188,8 @@ impl TunnelError {
             ShuttingDown => "Server shutting down.",
             SessionClosed => "The session was closed.",
             NothingToJoin => "The shared session is not running.",
+            TooMany => "Too many connections for this tenant.",
+            TakenOver => "Another connection took over this session.",
             ReadOnly(_) => "Not supported for read-only viewing.",
         }
     }

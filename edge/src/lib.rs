@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 mod guac;
 pub mod http_tunnel;
+pub mod local;
 pub mod peer;
 pub mod server;
 mod upstream;

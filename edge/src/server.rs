@@ -5,9 +5,8 @@
 //! watches the `close_tunnels` token, which ends it with a status the browser understands. docs/lifecycle.md
 //! describes the stop sequence.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -21,12 +20,13 @@ use tracing::{info, warn};
 use deskbroker_broker::Membership;
 use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord, unix_ms};
 use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
-use deskbroker_shared::session::{Session, SessionId};
+use deskbroker_shared::session::Session;
 
 use crate::defaults::{CLOSE_TIMEOUT, CONTROL_RETRY};
 use crate::error::TunnelError;
 use crate::forward::Forwarder;
 use crate::http_tunnel::{self, HttpTunnels};
+use crate::local::{LocalTunnel, LocalTunnels};
 use crate::peer::ClusterSecret;
 use crate::{websockify, ws_tunnel};
 
@@ -53,16 +53,9 @@ pub struct Edge {
     inner: Arc<Inner>,
 }
 
-/// A tunnel this node owns: its registry record, and the token that stops it.
-pub struct LocalTunnel {
-    pub record: TunnelRecord,
-    pub stop: CancellationToken,
-}
-
 struct Inner {
     membership: Membership,
-    /// This node's tunnels by session, to close them when their session is.
-    local: Mutex<HashMap<SessionId, HashMap<TunnelId, CancellationToken>>>,
+    local: LocalTunnels,
     forwarder: Forwarder,
     cluster_secret: Option<ClusterSecret>,
     config: Config,
@@ -80,7 +73,7 @@ impl Edge {
         Self {
             inner: Arc::new(Inner {
                 membership,
-                local: Mutex::default(),
+                local: LocalTunnels::default(),
                 forwarder: Forwarder::new(cluster_secret.clone()),
                 cluster_secret,
                 config,
@@ -116,9 +109,15 @@ impl Edge {
         self.inner.cluster_secret.as_ref()
     }
 
-    /// Records a tunnel this node now owns, so that any node can find it, and returns the token that stops
-    /// it (when its session is closed, or the node stops); refuses the tunnel when the registry cannot
-    /// record it.
+    /// Forgets a tunnel that has ended here.
+    pub async fn forget_tunnel(&self, tunnel: &LocalTunnel) {
+        self.inner.local.remove(tunnel);
+        self.inner.membership.remove_tunnel(&tunnel.record.id).await;
+    }
+
+    /// Records a tunnel this node now owns, so that any node can find it, and returns it with what stops
+    /// it. Refuses the tunnel when its tenant has no slot left, or the registry cannot record it. A
+    /// tunnel of an exclusive session takes over: the session's older tunnels are closed, wherever they are.
     pub async fn record_tunnel(
         &self,
         id: TunnelId,
@@ -127,6 +126,15 @@ impl Edge {
         http_token: Option<TokenDigest>,
         connection: Option<String>,
     ) -> Result<LocalTunnel, TunnelError> {
+        let registry = self.inner.membership.registry();
+        // Sessions of a tenant without a record (a session file's) have no limit.
+        if let Some(tenant) = registry.tenant(&session.tenant).await?
+            && !registry
+                .reserve_slot(&tenant.id, &id, tenant.limits.max_tunnels)
+                .await?
+        {
+            return Err(TunnelError::TooMany);
+        }
         let me = self.inner.membership.me();
         let record = TunnelRecord {
             id,
@@ -139,59 +147,32 @@ impl Edge {
             http_token,
             connection,
         };
-        self.inner.membership.add_tunnel(record.clone()).await?;
-        let stop = self.inner.close_tunnels.child_token();
-        let mut local = self.local();
-        local
-            .entry(session.id.clone())
-            .or_default()
-            .insert(id, stop.clone());
-        Ok(LocalTunnel { record, stop })
+        if let Err(error) = self.inner.membership.add_tunnel(record.clone()).await {
+            let _ = registry.remove_tunnel(&record).await;
+            return Err(error.into());
+        }
+        let tunnel = self.inner.local.insert(record, &self.inner.close_tunnels);
+        if session.exclusive {
+            self.take_over(&tunnel.record).await?;
+        }
+        Ok(tunnel)
     }
 
-    /// Forgets a tunnel that has ended here.
-    pub async fn forget_tunnel(&self, tunnel: &LocalTunnel) {
-        let record = &tunnel.record;
-        {
-            let mut local = self.local();
-            if let Some(tunnels) = local.get_mut(&record.session) {
-                tunnels.remove(&record.id);
-                if tunnels.is_empty() {
-                    local.remove(&record.session);
-                }
+    /// Closes the older tunnels of this tunnel's (exclusive) session. Only older ones: of two connections
+    /// racing, the newer wins on every node.
+    async fn take_over(&self, newest: &TunnelRecord) -> Result<(), TunnelError> {
+        let registry = self.inner.membership.registry();
+        let age = |t: &TunnelRecord| (t.created_ms, t.id);
+        for older in registry.session_tunnels(&newest.session).await? {
+            if age(&older) < age(newest) {
+                let event = ControlEvent::TakenOver {
+                    session: older.session.clone(),
+                    tunnel: older.id,
+                };
+                registry.publish(&event).await?;
             }
         }
-        self.inner.membership.remove_tunnel(&record.id).await;
-    }
-
-    /// Closes this node's tunnels of a session (which was revoked).
-    pub fn close_session(&self, session: &SessionId) {
-        let tunnels = self.local().remove(session).unwrap_or_default();
-        if !tunnels.is_empty() {
-            info!(%session, tunnels = tunnels.len(), "closing the tunnels of a closed session");
-        }
-        for stop in tunnels.values() {
-            stop.cancel();
-        }
-    }
-
-    /// Waits for a tunnel's stop token, and says why it fired.
-    pub async fn stopped(&self, tunnel: &LocalTunnel) -> TunnelError {
-        tunnel.stop.cancelled().await;
-        match self.inner.close_tunnels.is_cancelled() {
-            true => TunnelError::ShuttingDown,
-            false => TunnelError::SessionClosed,
-        }
-    }
-
-    fn local(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SessionId, HashMap<TunnelId, CancellationToken>>> {
-        // Single map operations only: the index cannot be left half-updated.
-        self.inner
-            .local
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        Ok(())
     }
 
     /// Runs a tunnel as a tracked task, so that a stop waits for it.
@@ -253,7 +234,12 @@ async fn follow_control(edge: Edge) {
                 () = edge.closing().cancelled() => return,
             };
             match event {
-                Some(ControlEvent::SessionClosed { session }) => edge.close_session(&session),
+                Some(ControlEvent::SessionClosed { session }) => {
+                    edge.inner.local.close_session(&session)
+                }
+                Some(ControlEvent::TakenOver { session, tunnel }) => {
+                    edge.inner.local.take_over(&session, &tunnel)
+                }
                 None => break,
             }
         }

@@ -24,7 +24,8 @@ use deskbroker_shared::session::Target;
 
 use crate::defaults::RELAY_MAX_MESSAGE;
 use crate::error::TunnelError;
-use crate::server::{Edge, LocalTunnel};
+use crate::local::LocalTunnel;
+use crate::server::Edge;
 use crate::upstream;
 use crate::ws::{self, downstream_error, offered_protocols};
 
@@ -67,7 +68,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let (tunnel, vnc, filter) = vnc;
     let end = tokio::select! {
         end = relay(&mut socket, vnc, filter) => end,
-        stop = edge.stopped(&tunnel) => Err(stop),
+        stop = tunnel.stopped() => Err(stop),
     };
     edge.forget_tunnel(&tunnel).await;
     match end {

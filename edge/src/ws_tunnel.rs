@@ -84,7 +84,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
             end = relay(&mut socket, guacd, read_only) => end,
-            stop = edge.stopped(&tunnel) => Err(stop),
+            stop = tunnel.stopped() => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
     };

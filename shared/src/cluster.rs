@@ -168,4 +168,9 @@ mod tests {
 pub enum ControlEvent {
     /// The session was revoked: close its tunnels wherever they are.
     SessionClosed { session: SessionId },
+    /// A newer connection took over an exclusive session: close this tunnel of it.
+    TakenOver {
+        session: SessionId,
+        tunnel: TunnelId,
+    },
 }

@@ -11,6 +11,7 @@
 //! | `deskbroker:session-id:{<session>}` | string | the session token's digest, by session id, expiring with it |
 //! | `deskbroker:session-tunnels:{<session>}` | set | ids of the session's open tunnels |
 //! | `deskbroker:tenant-sessions:{<tenant>}` | set | ids of the tenant's sessions (expired ones pruned when listed) |
+//! | `deskbroker:tenant-tunnels:{<tenant>}` | set | ids of the tenant's open tunnels: its used slots |
 //! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
 //! | `deskbroker:tenant-keys` | hash | SHA-256 of an API key → tenant id |
 //! | `deskbroker:control` | pub/sub channel | `ControlEvent` JSON, heard by every node |
@@ -50,4 +51,8 @@ pub fn session_tunnels(id: &SessionId) -> String {
 
 pub fn tenant_sessions(tenant: &TenantId) -> String {
     format!("deskbroker:tenant-sessions:{{{tenant}}}")
+}
+
+pub fn tenant_tunnels(tenant: &TenantId) -> String {
+    format!("deskbroker:tenant-tunnels:{{{tenant}}}")
 }

@@ -138,6 +138,10 @@ pub enum RelayClose {
     UpstreamError,
     /// 4400: a read-only viewer's client speaks RFB the relay cannot check.
     ReadOnlyUnsupported,
+    /// 4409: a newer connection took over this exclusive session.
+    TakenOver,
+    /// 4429: the tenant's concurrent tunnel limit is reached.
+    TooMany,
     /// 4410: the session was closed (revoked) by the control plane.
     SessionClosed,
     /// 4503: the node is shutting down, or the registry cannot be reached; try again.
@@ -157,6 +161,8 @@ impl RelayClose {
             Self::Internal => 4500,
             Self::UpstreamError => 4502,
             Self::SessionClosed => 4410,
+            Self::TakenOver => 4409,
+            Self::TooMany => 4429,
             Self::Unavailable => 4503,
             Self::UpstreamTimeout => 4504,
         }
@@ -173,6 +179,8 @@ impl RelayClose {
             Self::Internal => "internal error",
             Self::UpstreamError => "VNC server unreachable or failed",
             Self::SessionClosed => "session closed",
+            Self::TakenOver => "taken over by another connection",
+            Self::TooMany => "too many connections",
             Self::ReadOnlyUnsupported => "client not supported for read-only viewing",
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",

@@ -26,7 +26,8 @@ use deskbroker_shared::instruction::Instruction;
 use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
 use crate::guac::Opened;
-use crate::server::{Edge, LocalTunnel};
+use crate::local::LocalTunnel;
+use crate::server::Edge;
 use crate::upstream::{self, Guacd};
 
 /// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`.
@@ -197,12 +198,11 @@ struct Owner {
 impl Owner {
     async fn run(self, guacd: Guacd, output: mpsc::Sender<Bytes>, input: mpsc::Receiver<Bytes>) {
         let tunnel = &self.tunnel;
-        let stop = &self.local.stop;
         let end = tokio::select! {
             end = relay(guacd, &output, input) => end,
             () = self.idle() => Err(TunnelError::Idle),
             () = tunnel.closed.cancelled() => Ok(()),
-            stopped = self.edge.stopped(&self.local) => Err(stopped),
+            stopped = self.local.stopped() => Err(stopped),
         };
         // The guacd socket was dropped with `relay`.
         tunnel.upstream_done.cancel();
@@ -220,12 +220,13 @@ impl Owner {
             }
         }
         drop(output);
-        if !tunnel.is_closed() && !stop.is_cancelled() {
+        let node_stopping = self.edge.closing();
+        if !tunnel.is_closed() && !node_stopping.is_cancelled() {
             // Let a reader drain what guacd said last, but no longer than an idle tunnel may live.
             tokio::select! {
                 () = tunnel.closed.cancelled() => {}
                 () = self.idle() => {}
-                () = stop.cancelled() => {}
+                () = node_stopping.cancelled() => {}
             }
         }
         tunnel.closed.cancel();

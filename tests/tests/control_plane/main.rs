@@ -2,6 +2,7 @@
 //! echo server. The backend creates sessions, browsers connect anywhere, the backend lists and kills.
 
 mod hostile;
+mod limits;
 mod sessions;
 mod sharing;
 
@@ -55,6 +56,7 @@ impl Platform {
             let env = [
                 ("DESKBROKER_REDIS_URL", redis.url()),
                 ("DESKBROKER_CLUSTER_SECRET", "s3cret".into()),
+                ("DESKBROKER_LEASE", "2s".into()),
             ];
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             edges.push(Edge::start_with_env(&args, &env).await.unwrap());

@@ -1,0 +1,126 @@
+//! A tenant's tunnel quota holds cluster-wide under concurrent connects, and exclusive sessions keep one
+//! tunnel: the newest, wherever it connects.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
+
+use crate::{ACME, Platform};
+
+/// Opens the relay and says whether it was accepted (it echoes) or refused (and with which close code).
+async fn try_open(url: String) -> (Option<Ws>, Option<u16>) {
+    let (mut socket, _) = ws_connect(&url, &[]).await.unwrap();
+    socket.send(Message::binary(vec![7])).await.unwrap();
+    match tokio::time::timeout(STEP, socket.next()).await.unwrap() {
+        Some(Ok(Message::Binary(_))) => (Some(socket), None),
+        Some(Ok(Message::Close(Some(frame)))) => (None, Some(frame.code.into())),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_quota_holds_under_fifty_concurrent_connects_and_slots_come_back() {
+    let platform = Platform::start().await;
+    let session = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let path = session["urls"]["websockify"].as_str().unwrap().to_owned();
+    let attempts = (0..50).map(|i| try_open(format!("{}{path}", platform.ws(i % 3))));
+    let results = futures_util::future::join_all(attempts).await;
+    let accepted = results
+        .iter()
+        .filter(|(socket, _)| socket.is_some())
+        .count();
+    let refused: Vec<u16> = results.iter().filter_map(|(_, code)| *code).collect();
+    assert_eq!(
+        accepted, 5,
+        "the tenant's limit of 5 is never exceeded, and is reached"
+    );
+    assert!(refused.iter().all(|code| *code == 4429), "{refused:?}");
+
+    // Closing tunnels gives their slots back.
+    drop(results);
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let (Some(socket), _) = try_open(format!("{}{path}", platform.ws(0))).await {
+            reopened = Some(socket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened.is_some(), "a slot came back");
+}
+
+#[tokio::test]
+async fn a_dead_nodes_slots_come_back_within_a_lease() {
+    let mut platform = Platform::start().await;
+    let session = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let path = session["urls"]["websockify"].as_str().unwrap().to_owned();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(
+            try_open(format!("{}{path}", platform.ws(2)))
+                .await
+                .0
+                .expect("within the limit"),
+        );
+    }
+    assert_eq!(
+        try_open(format!("{}{path}", platform.ws(0))).await.1,
+        Some(4429)
+    );
+    platform.edges[2].process.kill().await;
+    let mut reopened = false;
+    for _ in 0..100 {
+        if try_open(format!("{}{path}", platform.ws(0)))
+            .await
+            .0
+            .is_some()
+        {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened, "the dead node's slots were given back");
+}
+
+#[tokio::test]
+async fn an_exclusive_session_keeps_only_its_newest_tunnel() {
+    let platform = Platform::start().await;
+    let session = platform
+        .session(
+            ACME,
+            json!({"target": platform.vnc_target(), "exclusive": true}),
+        )
+        .await;
+    let path = session["urls"]["websockify"].as_str().unwrap().to_owned();
+    let (first, _) = try_open(format!("{}{path}", platform.ws(0))).await;
+    let mut first = first.expect("the first connection opens");
+    let (second, _) = try_open(format!("{}{path}", platform.ws(1))).await;
+    let mut second = second.expect("the second connection takes over");
+    assert_eq!(
+        close_frame(&mut first).await.unwrap(),
+        (4409, "taken over by another connection".into())
+    );
+    second.send(Message::binary(vec![9])).await.unwrap();
+    let echoed = tokio::time::timeout(STEP, second.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_data().as_ref(), [9]);
+    let id = session["id"].as_str().unwrap();
+    let (_, seen) = platform
+        .api("GET", &format!("/api/v1/sessions/{id}"), ACME, None)
+        .await;
+    let tunnels = seen["tunnels"].as_array().unwrap();
+    assert_eq!(tunnels.len(), 1, "{seen}");
+    assert_eq!(tunnels[0]["node"], "edge-2");
+}
