@@ -10,6 +10,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use deskbroker_broker::api::traffic::PeerTraffic;
 use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::{RedisRegistry, Registry};
@@ -35,6 +36,9 @@ struct Args {
     /// Configuration file: tenants and guacd pools (docs/control-plane.md).
     #[arg(long, env = "DESKBROKER_CONFIG")]
     config: Option<PathBuf>,
+    /// The cluster's secret, to ask nodes about their tunnels; prefer the variable.
+    #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// The admin key; prefer the variable.
     #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
@@ -71,6 +75,11 @@ async fn main() -> anyhow::Result<()> {
             .context("storing tenants")?;
     }
     let api_config = ApiConfig {
+        // The live view's byte counts come from the owning nodes, asked with the cluster secret.
+        traffic: args
+            .cluster_secret
+            .clone()
+            .map(|secret| PeerTraffic::new(secret) as _),
         admin_key: args.admin_key.as_deref().map(TokenDigest::of),
         guacd_pools: config.pools()?,
     };

@@ -12,6 +12,7 @@ pub mod http_tunnel;
 pub mod local;
 pub mod peer;
 pub mod server;
+pub mod standalone;
 mod upstream;
 mod websockify;
 mod ws;

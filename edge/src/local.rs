@@ -3,6 +3,7 @@
 //! closes them all. Each tunnel learns why it was stopped, to tell the browser.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio_util::sync::CancellationToken;
@@ -34,10 +35,39 @@ impl Stopper {
     }
 }
 
-/// A tunnel this node owns: its registry record, and what stops it.
+/// Bytes a tunnel has moved: one relaxed atomic add per read or write, on the owner only.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// From the browser to the VNC server or guacd.
+    to_upstream: AtomicU64,
+    /// From the VNC server or guacd to the browser.
+    from_upstream: AtomicU64,
+}
+
+impl Traffic {
+    pub fn sent_upstream(&self, bytes: usize) {
+        self.to_upstream.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn received_upstream(&self, bytes: usize) {
+        self.from_upstream
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// (bytes from the browser, bytes to the browser).
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.to_upstream.load(Ordering::Relaxed),
+            self.from_upstream.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A tunnel this node owns: its registry record, what stops it, what it has moved.
 #[derive(Debug)]
 pub struct LocalTunnel {
     pub record: TunnelRecord,
+    pub traffic: Arc<Traffic>,
     stopper: Arc<Stopper>,
 }
 
@@ -56,11 +86,17 @@ impl LocalTunnel {
 
 #[derive(Debug, Default)]
 pub struct LocalTunnels {
-    sessions: Mutex<HashMap<SessionId, HashMap<TunnelId, Arc<Stopper>>>>,
+    sessions: Mutex<HashMap<SessionId, HashMap<TunnelId, Entry>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    stopper: Arc<Stopper>,
+    traffic: Arc<Traffic>,
 }
 
 impl LocalTunnels {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<TunnelId, Arc<Stopper>>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<TunnelId, Entry>>> {
         // Single map operations only: the index cannot be left half-updated.
         self.sessions
             .lock()
@@ -73,12 +109,21 @@ impl LocalTunnels {
             token: parent.child_token(),
             reason: OnceLock::new(),
         });
+        let traffic = Arc::new(Traffic::default());
+        let entry = Entry {
+            stopper: stopper.clone(),
+            traffic: traffic.clone(),
+        };
         let mut sessions = self.lock();
         sessions
             .entry(record.session.clone())
             .or_default()
-            .insert(record.id, stopper.clone());
-        LocalTunnel { record, stopper }
+            .insert(record.id, entry);
+        LocalTunnel {
+            record,
+            traffic,
+            stopper,
+        }
     }
 
     pub fn remove(&self, tunnel: &LocalTunnel) {
@@ -97,20 +142,29 @@ impl LocalTunnels {
         if !tunnels.is_empty() {
             info!(%session, tunnels = tunnels.len(), "closing the tunnels of a closed session");
         }
-        for stopper in tunnels.values() {
-            stopper.stop(Reason::SessionClosed);
+        for entry in tunnels.values() {
+            entry.stopper.stop(Reason::SessionClosed);
         }
     }
 
     /// Stops one tunnel of an exclusive session that a newer connection took over.
     pub fn take_over(&self, session: &SessionId, tunnel: &TunnelId) {
-        let stopper = self
+        let entry = self
             .lock()
             .get(session)
             .and_then(|tunnels| tunnels.get(tunnel).cloned());
-        if let Some(stopper) = stopper {
+        if let Some(entry) = entry {
             info!(%session, %tunnel, "a newer connection took over the session");
-            stopper.stop(Reason::TakenOver);
+            entry.stopper.stop(Reason::TakenOver);
         }
+    }
+
+    /// What one of this node's tunnels has moved: (bytes from the browser, bytes to the browser).
+    pub fn traffic(&self, session: &SessionId, tunnel: &TunnelId) -> Option<(u64, u64)> {
+        let sessions = self.lock();
+        sessions
+            .get(session)?
+            .get(tunnel)
+            .map(|entry| entry.traffic.totals())
     }
 }

@@ -7,22 +7,26 @@
 
 use std::fmt;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::HeaderName;
-use axum::response::Response;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use deskbroker_shared::GuacStatus;
+use deskbroker_shared::cluster::CLUSTER_SECRET_HEADER;
+use deskbroker_shared::ids::TunnelId;
+use deskbroker_shared::session::SessionId;
 
 use crate::guac::error_response;
 use crate::http_tunnel;
 use crate::server::Edge;
 
-pub const CLUSTER_SECRET: HeaderName = HeaderName::from_static("deskbroker-cluster-secret");
+pub const CLUSTER_SECRET: HeaderName = HeaderName::from_static(CLUSTER_SECRET_HEADER);
 
 /// The secret shared by the nodes of one cluster; never printed.
 #[derive(Clone)]
@@ -51,12 +55,14 @@ impl fmt::Debug for ClusterSecret {
 pub fn router(edge: Edge) -> Router {
     Router::new()
         .route("/tunnel", any(tunnel))
+        .route("/tunnels/{session}/{tunnel}/traffic", get(traffic))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(edge)
 }
 
-async fn tunnel(State(edge): State<Edge>, request: Request<Body>) -> Response {
-    let presented = request.headers().get(CLUSTER_SECRET).map(|v| v.as_bytes());
+/// True when the request carries this node's cluster secret.
+fn authenticated(edge: &Edge, headers: &HeaderMap) -> bool {
+    let presented = headers.get(CLUSTER_SECRET).map(|v| v.as_bytes());
     let allowed = match (edge.cluster_secret(), presented) {
         (Some(secret), Some(presented)) => secret.matches(presented),
         _ => false,
@@ -66,7 +72,30 @@ async fn tunnel(State(edge): State<Edge>, request: Request<Body>) -> Response {
             side = "peer",
             "peer request without a valid cluster secret refused"
         );
+    }
+    allowed
+}
+
+async fn tunnel(State(edge): State<Edge>, request: Request<Body>) -> Response {
+    if !authenticated(&edge, request.headers()) {
         return error_response(GuacStatus::ClientUnauthorized, "Peer request refused.");
     }
     http_tunnel::serve(edge, request, http_tunnel::Scope::LocalOnly).await
+}
+
+/// What one of this node's tunnels has moved, for the control plane's live view.
+async fn traffic(
+    State(edge): State<Edge>,
+    Path((session, tunnel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authenticated(&edge, &headers) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let tunnel = TunnelId::parse(&tunnel);
+    let report = tunnel.and_then(|tunnel| edge.traffic(&SessionId::new(session), &tunnel));
+    match report {
+        Some(report) => Json(report).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

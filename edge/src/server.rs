@@ -18,9 +18,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use deskbroker_broker::Membership;
-use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord, unix_ms};
+use deskbroker_shared::cluster::{ControlEvent, TrafficReport, TunnelKind, TunnelRecord, unix_ms};
 use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
-use deskbroker_shared::session::Session;
+use deskbroker_shared::session::{Session, SessionId};
 
 use crate::defaults::{CLOSE_TIMEOUT, CONTROL_RETRY};
 use crate::error::TunnelError;
@@ -107,6 +107,15 @@ impl Edge {
 
     pub fn cluster_secret(&self) -> Option<&ClusterSecret> {
         self.inner.cluster_secret.as_ref()
+    }
+
+    /// What one of this node's tunnels has moved.
+    pub fn traffic(&self, session: &SessionId, tunnel: &TunnelId) -> Option<TrafficReport> {
+        let (to_upstream, from_upstream) = self.inner.local.traffic(session, tunnel)?;
+        Some(TrafficReport {
+            to_upstream,
+            from_upstream,
+        })
     }
 
     /// Forgets a tunnel that has ended here.

@@ -24,7 +24,7 @@ use deskbroker_shared::session::Target;
 
 use crate::defaults::RELAY_MAX_MESSAGE;
 use crate::error::TunnelError;
-use crate::local::LocalTunnel;
+use crate::local::{LocalTunnel, Traffic};
 use crate::server::Edge;
 use crate::upstream;
 use crate::ws::{self, downstream_error, offered_protocols};
@@ -67,7 +67,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     };
     let (tunnel, vnc, filter) = vnc;
     let end = tokio::select! {
-        end = relay(&mut socket, vnc, filter) => end,
+        end = relay(&mut socket, vnc, filter, &tunnel.traffic) => end,
         stop = tunnel.stopped() => Err(stop),
     };
     edge.forget_tunnel(&tunnel).await;
@@ -110,6 +110,7 @@ async fn relay(
     socket: &mut WebSocket,
     vnc: TcpStream,
     mut filter: Option<ReadOnlyFilter>,
+    traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (from_vnc, mut to_vnc) = vnc.into_split();
     let (mut to_browser, mut from_browser) = socket.split();
@@ -123,6 +124,7 @@ async fn relay(
             if read == 0 {
                 return Ok(());
             }
+            traffic.received_upstream(read);
             let frame = Message::Binary(buffer.split().freeze());
             to_browser.send(frame).await.map_err(downstream_error)?;
         }
@@ -145,7 +147,8 @@ async fn relay(
                     to_vnc
                         .write_all(&bytes)
                         .await
-                        .map_err(TunnelError::UpstreamIo)?
+                        .map_err(TunnelError::UpstreamIo)?;
+                    traffic.sent_upstream(bytes.len());
                 }
                 Message::Text(_) => return Err(TunnelError::BadFrame),
                 Message::Close(_) => break,

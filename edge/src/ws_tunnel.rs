@@ -27,6 +27,7 @@ use deskbroker_shared::{GuacStatus, InstructionBuffer};
 use crate::defaults::{GUAC_MAX_MESSAGE, GUACD_SILENCE_TIMEOUT, PING_QUEUE};
 use crate::error::TunnelError;
 use crate::guac;
+use crate::local::Traffic;
 use crate::server::Edge;
 use crate::upstream::{self, Guacd};
 use crate::ws::{self, downstream_error, offered_protocols};
@@ -83,7 +84,7 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
-            end = relay(&mut socket, guacd, read_only) => end,
+            end = relay(&mut socket, guacd, read_only, &tunnel.traffic) => end,
             stop = tunnel.stopped() => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
@@ -101,7 +102,12 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
 }
 
 /// Pumps both directions until either side ends; `Ok` is a normal end by either side.
-async fn relay(socket: &mut WebSocket, guacd: Guacd, read_only: bool) -> Result<(), TunnelError> {
+async fn relay(
+    socket: &mut WebSocket,
+    guacd: Guacd,
+    read_only: bool,
+    traffic: &Traffic,
+) -> Result<(), TunnelError> {
     let Guacd {
         stream, mut buffer, ..
     } = guacd;
@@ -135,7 +141,10 @@ async fn relay(socket: &mut WebSocket, guacd: Guacd, read_only: bool) -> Result<
                 read = timeout_at(silent_until, upstream::read_some(&from_guacd, buffer.bytes_mut())) => {
                     match read.map_err(|_| TunnelError::UpstreamSilent)? {
                         Ok(0) => return Ok(()),
-                        Ok(_) => silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT,
+                        Ok(read) => {
+                            traffic.received_upstream(read);
+                            silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT;
+                        }
                         Err(error) => return Err(TunnelError::UpstreamIo(error)),
                     }
                 }
@@ -169,6 +178,7 @@ async fn relay(socket: &mut WebSocket, guacd: Guacd, read_only: bool) -> Result<
                     .write_all(&bytes)
                     .await
                     .map_err(TunnelError::UpstreamIo)?;
+                traffic.sent_upstream(bytes.len());
             }
         }
         Ok(())

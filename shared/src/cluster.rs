@@ -14,6 +14,18 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{TenantId, TokenDigest, TunnelId};
 use crate::session::SessionId;
 
+/// The header carrying the cluster secret on requests to a node's peer listener.
+pub const CLUSTER_SECRET_HEADER: &str = "deskbroker-cluster-secret";
+
+/// What a node's peer listener answers about one of its tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficReport {
+    /// Bytes from the browser to the VNC server or guacd.
+    pub to_upstream: u64,
+    /// Bytes from the VNC server or guacd to the browser.
+    pub from_upstream: u64,
+}
+
 /// A node's stable name (its pod name in Kubernetes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -158,6 +158,7 @@ impl Broker {
             .env("DESKBROKER_BROKER_LISTEN", "127.0.0.1:0")
             .env("DESKBROKER_REDIS_URL", redis_url)
             .env("DESKBROKER_ADMIN_KEY", admin_key)
+            .env("DESKBROKER_CLUSTER_SECRET", "s3cret")
             .env("DESKBROKER_LOG", "debug")
             .arg("--config")
             .arg(config);

@@ -9,6 +9,7 @@
 mod admin;
 mod error;
 mod sessions;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +33,10 @@ use crate::tenants::Tenant;
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 /// What the API needs besides the registry.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ApiConfig {
+    /// Where tunnels' byte counts come from; without one the live view shows none.
+    pub traffic: Option<Arc<dyn traffic::TrafficSource>>,
     /// SHA-256 of the admin key; without one, no caller is an administrator.
     pub admin_key: Option<TokenDigest>,
     /// Named groups of guacd addresses that sessions may use; a session names a pool or one of its members.

@@ -11,7 +11,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
+use std::collections::HashMap;
+
+use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{SessionToken, TenantId};
 use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
 
@@ -96,6 +98,10 @@ pub struct TunnelView {
     pub node: String,
     pub kind: TunnelKind,
     pub since: String,
+    /// Bytes from the browser to the desktop, when the owning node answered.
+    pub bytes_in: Option<u64>,
+    /// Bytes from the desktop to the browser, when the owning node answered.
+    pub bytes_out: Option<u64>,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -127,6 +133,8 @@ impl SessionView {
                 node: t.owner.to_string(),
                 kind: t.kind,
                 since: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(t.created_ms)),
+                bytes_in: None,
+                bytes_out: None,
             })
             .collect();
         Self {
@@ -288,11 +296,11 @@ pub async fn list(
             .map(|t| t.id)
             .collect(),
     };
+    let nodes = nodes(&api).await?;
     let mut views = Vec::new();
     for tenant in tenants {
         for session in api.registry().sessions_of(&tenant).await? {
-            let tunnels = api.registry().session_tunnels(&session.id).await?;
-            views.push(SessionView::of(&session, &tunnels));
+            views.push(live_view(&api, &session, &nodes).await?);
         }
     }
     Ok(Json(views))
@@ -305,10 +313,45 @@ pub async fn get(
 ) -> Result<Json<SessionView>, ApiError> {
     let caller = api.caller(&headers).await?;
     let session = visible(&api, &caller, &SessionId::new(id)).await?;
-    let tunnels = api.registry().session_tunnels(&session.id).await?;
-    Ok(Json(SessionView::of(&session, &tunnels)))
+    Ok(Json(live_view(&api, &session, &nodes(&api).await?).await?))
 }
 
+async fn nodes(api: &Api) -> Result<HashMap<NodeId, NodeRecord>, ApiError> {
+    Ok(api
+        .registry()
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|node| (node.id.clone(), node))
+        .collect())
+}
+
+/// A session with its live tunnels (their owners' leases run) and what each has moved.
+async fn live_view(
+    api: &Api,
+    session: &Session,
+    nodes: &HashMap<NodeId, NodeRecord>,
+) -> Result<SessionView, ApiError> {
+    let now = SystemTime::now();
+    let tunnels = api.registry().session_tunnels(&session.id).await?;
+    let live: Vec<TunnelRecord> = tunnels
+        .into_iter()
+        .filter(|t| t.is_alive(nodes.get(&t.owner), now))
+        .collect();
+    let mut view = SessionView::of(session, &live);
+    if let Some(source) = &api.inner.config.traffic {
+        for (shown, record) in view.tunnels.iter_mut().zip(&live) {
+            let Some(owner) = nodes.get(&record.owner) else {
+                continue;
+            };
+            if let Some(report) = source.traffic(owner, record).await {
+                shown.bytes_in = Some(report.to_upstream);
+                shown.bytes_out = Some(report.from_upstream);
+            }
+        }
+    }
+    Ok(view)
+}
 pub async fn delete(
     State(api): State<Api>,
     headers: HeaderMap,

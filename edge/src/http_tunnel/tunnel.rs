@@ -26,7 +26,7 @@ use deskbroker_shared::instruction::Instruction;
 use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
 use crate::guac::Opened;
-use crate::local::LocalTunnel;
+use crate::local::{LocalTunnel, Traffic};
 use crate::server::Edge;
 use crate::upstream::{self, Guacd};
 
@@ -199,7 +199,7 @@ impl Owner {
     async fn run(self, guacd: Guacd, output: mpsc::Sender<Bytes>, input: mpsc::Receiver<Bytes>) {
         let tunnel = &self.tunnel;
         let end = tokio::select! {
-            end = relay(guacd, &output, input) => end,
+            end = relay(guacd, &output, input, &self.local.traffic) => end,
             () = self.idle() => Err(TunnelError::Idle),
             () = tunnel.closed.cancelled() => Ok(()),
             stopped = self.local.stopped() => Err(stopped),
@@ -254,6 +254,7 @@ async fn relay(
     guacd: Guacd,
     output: &mpsc::Sender<Bytes>,
     mut input: mpsc::Receiver<Bytes>,
+    traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let Guacd {
         stream, mut buffer, ..
@@ -280,6 +281,7 @@ async fn relay(
             if read == 0 {
                 return Ok(());
             }
+            traffic.received_upstream(read);
         }
     };
     let upstream = async {
@@ -288,6 +290,7 @@ async fn relay(
                 .write_all(&instructions)
                 .await
                 .map_err(TunnelError::UpstreamIo)?;
+            traffic.sent_upstream(instructions.len());
         }
         Ok(())
     };

@@ -71,6 +71,11 @@ async fn create_connect_anywhere_list_and_kill_everywhere() {
         .await;
     assert_eq!(seen["tunnels"][0]["node"], "edge-2", "{seen}");
     assert_eq!(seen["tunnels"][0]["kind"], "websockify");
+    assert_eq!(
+        seen["tunnels"][0]["bytes_in"], 4,
+        "the owner counts what it relayed: {seen}"
+    );
+    assert_eq!(seen["tunnels"][0]["bytes_out"], 4);
     assert!(
         seen.get("token").is_none(),
         "the token is shown only at creation"

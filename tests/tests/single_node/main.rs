@@ -1,6 +1,7 @@
 //! One edge, no Redis: the three browser-facing tunnels end to end, with real processes on real sockets.
 
 mod back_pressure;
+mod control_plane;
 mod http_tunnel;
 mod lifecycle;
 mod websockify;

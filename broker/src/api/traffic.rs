@@ -1,0 +1,76 @@
+//! Where the live view's byte counts come from: the node that owns the tunnel. The broker asks the owner's
+//! peer listener (with the cluster secret); a node serving the API itself reads its own counters.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use deskbroker_shared::cluster::{CLUSTER_SECRET_HEADER, NodeRecord, TrafficReport, TunnelRecord};
+
+use crate::BoxFuture;
+
+/// How long the live view waits for a node's byte counts before showing none.
+pub const TRAFFIC_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub trait TrafficSource: Send + Sync + 'static {
+    /// What a tunnel has moved, if its owner answers.
+    fn traffic<'a>(
+        &'a self,
+        owner: &'a NodeRecord,
+        tunnel: &'a TunnelRecord,
+    ) -> BoxFuture<'a, Option<TrafficReport>>;
+}
+
+/// Asks the owning node's peer listener.
+pub struct PeerTraffic {
+    client: Client<HttpConnector, Body>,
+    secret: String,
+}
+
+impl PeerTraffic {
+    pub fn new(secret: String) -> Arc<Self> {
+        Arc::new(Self {
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            secret,
+        })
+    }
+}
+
+impl TrafficSource for PeerTraffic {
+    fn traffic<'a>(
+        &'a self,
+        owner: &'a NodeRecord,
+        tunnel: &'a TunnelRecord,
+    ) -> BoxFuture<'a, Option<TrafficReport>> {
+        Box::pin(async move {
+            let url = format!(
+                "{}/tunnels/{}/{}/traffic",
+                owner.peer_url.trim_end_matches('/'),
+                tunnel.session,
+                tunnel.id
+            );
+            let mut request = Request::get(url).body(Body::empty()).ok()?;
+            request.headers_mut().insert(
+                CLUSTER_SECRET_HEADER,
+                HeaderValue::from_str(&self.secret).ok()?,
+            );
+            let asking = async {
+                let response = self.client.request(request).await.ok()?;
+                if !response.status().is_success() {
+                    return None;
+                }
+                let body = response.into_body().collect().await.ok()?.to_bytes();
+                serde_json::from_slice(&body).ok()
+            };
+            tokio::time::timeout(TRAFFIC_TIMEOUT, asking)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}

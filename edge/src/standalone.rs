@@ -1,0 +1,109 @@
+//! What a node without Redis adds: the built-in demo desktop, and the control-plane API served by the node
+//! itself, reading byte counts from its own tunnels. (In a cluster the API is `deskbroker-broker`'s.)
+
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use deskbroker_broker::api::traffic::TrafficSource;
+use deskbroker_broker::api::{self, Api, ApiConfig};
+use deskbroker_broker::config::{BrokerConfig, ConfigError};
+use deskbroker_broker::tenants::{Limits, Policy, Tenant};
+use deskbroker_broker::{BoxFuture, RegistryError, session_file};
+use deskbroker_demo::DemoDesktop;
+use deskbroker_shared::cluster::{NodeRecord, TrafficReport, TunnelRecord};
+use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
+
+use crate::server::Edge;
+
+/// The demo tenant's API key: `--demo` binds to loopback and is for trying deskbroker out.
+pub const DEMO_KEY: &str = "demo";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error("demo desktop: {0}")]
+    Demo(#[from] std::io::Error),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Starts the demo desktop on a loopback port and grants it to the token `demo`.
+pub async fn start_demo(
+    sessions: &mut Vec<(SessionToken, Session)>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, StandaloneError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let target = Target::Vnc {
+        addr: HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+    };
+    let tenant = TenantId::new(session_file::DEFAULT_TENANT);
+    sessions.push((
+        SessionToken::new("demo"),
+        Session::new(SessionId::new("demo"), tenant, target),
+    ));
+    info!(%addr, "demo desktop serving; open /websockify?token=demo");
+    let desktop = DemoDesktop::new(deskbroker_demo::Config::default());
+    Ok(tokio::spawn(async move {
+        desktop.serve(listener, shutdown).await
+    }))
+}
+
+/// The control-plane API for a node without Redis: the configured tenants, and with `demo` a tenant `demo`
+/// (API key `demo`) that may reach VNC servers on loopback.
+pub async fn control_plane(
+    edge: &Edge,
+    config: BrokerConfig,
+    admin_key: Option<&str>,
+    demo: bool,
+) -> Result<Router, StandaloneError> {
+    let registry = edge.membership().registry().clone();
+    let mut tenants = config.tenants.clone();
+    if demo {
+        let policy = Policy {
+            hosts: vec!["127.0.0.1".into()],
+            ports: vec!["1-65535".into()],
+            kinds: vec!["vnc".into()],
+        };
+        let key_sha256 = TokenDigest::of(DEMO_KEY);
+        tenants.push(Tenant {
+            id: TenantId::new("demo"),
+            key_sha256,
+            policy,
+            limits: Limits::default(),
+        });
+    }
+    for tenant in &tenants {
+        registry.put_tenant(tenant).await?;
+    }
+    let api_config = ApiConfig {
+        traffic: Some(Arc::new(LocalTraffic(edge.clone()))),
+        admin_key: admin_key.map(TokenDigest::of),
+        guacd_pools: config.pools()?,
+    };
+    Ok(api::router(Api::new(registry, api_config)))
+}
+
+/// Byte counts read from this node's own tunnels.
+struct LocalTraffic(Edge);
+
+impl TrafficSource for LocalTraffic {
+    fn traffic<'a>(
+        &'a self,
+        _owner: &'a NodeRecord,
+        tunnel: &'a TunnelRecord,
+    ) -> BoxFuture<'a, Option<TrafficReport>> {
+        let report = self.0.traffic(&tunnel.session, &tunnel.id);
+        Box::pin(async move { report })
+    }
+}
