@@ -75,6 +75,30 @@ async fn tenants_see_only_their_own_and_policy_holds() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+
+    // The admin adds a tenant at run time; its key works at once, and only the admin may do this.
+    let spec = json!({"key": "initech-key-0123456789",
+                      "policy": {"hosts": ["127.0.0.1"], "ports": ["1-65535"], "kinds": ["vnc"]}});
+    let by_tenant = platform
+        .api("PUT", "/api/v1/tenants/initech", ACME, Some(spec.clone()))
+        .await;
+    assert_eq!(by_tenant.0, 403);
+    let (status, tenant) = platform
+        .api("PUT", "/api/v1/tenants/initech", ADMIN, Some(spec))
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        !tenant.to_string().contains("initech-key"),
+        "keys are never shown"
+    );
+    platform
+        .session(
+            "initech-key-0123456789",
+            json!({"target": platform.vnc_target()}),
+        )
+        .await;
+    let (_, tenants) = platform.api("GET", "/api/v1/tenants", ADMIN, None).await;
+    assert_eq!(tenants.as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
