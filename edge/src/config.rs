@@ -37,6 +37,10 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 
+    /// The built web client page (`web/dist`, made by `npm run build` in `web/`), served at `/`.
+    #[arg(long, env = "DESKBROKER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -88,6 +92,7 @@ impl Args {
         crate::Config {
             http_tunnel_timeout: self.http_tunnel_timeout,
             drain_timeout: self.drain_timeout,
+            web_dir: self.web_dir.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod forward;
 mod guac;
 pub mod http_tunnel;
 pub mod local;
+mod page;
 pub mod peer;
 pub mod server;
 pub mod standalone;

@@ -37,6 +37,8 @@ pub struct Config {
     pub http_tunnel_timeout: Duration,
     /// How long a stop waits for tunnels to end by themselves.
     pub drain_timeout: Duration,
+    /// The built web client page, served at `/`.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
         Self {
             http_tunnel_timeout: crate::defaults::HTTP_TUNNEL_TIMEOUT,
             drain_timeout: crate::defaults::DRAIN_TIMEOUT,
+            web_dir: None,
         }
     }
 }
@@ -214,12 +217,13 @@ impl Edge {
 }
 
 pub fn router(edge: Edge) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/websockify", any(websockify::handle))
         .route("/websocket-tunnel", any(ws_tunnel::handle))
         .route("/tunnel", any(http_tunnel::handle))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(edge)
+        .route("/client/session", get(crate::page::session));
+    crate::page::with_files(router, edge.config().web_dir.as_deref()).with_state(edge)
 }
 
 /// Acts on the control channel (a revoked session's tunnels close) until the node closes its tunnels;
