@@ -112,6 +112,7 @@ impl Forwarder {
         if let Ok(value) = HeaderValue::from_str(secret.expose()) {
             parts.headers.insert(CLUSTER_SECRET, value);
         }
+        debug!(peer = %owner.id, "forwarding to the owner");
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
                 if response.status() == axum::http::StatusCode::NOT_FOUND {

@@ -5,6 +5,7 @@
 //! Processes are killed when their handle drops. A missing tool is a loud failure with the install hint
 //! when `CI` is set, and a skip with the same hint otherwise.
 
+pub mod browser;
 pub mod clients;
 pub mod flood;
 pub mod process;

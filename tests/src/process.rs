@@ -197,6 +197,7 @@ impl TestGuacd {
 pub struct Xvnc {
     pub process: Process,
     pub addr: SocketAddr,
+    pub display: String,
 }
 
 impl Xvnc {
@@ -241,11 +242,44 @@ impl Xvnc {
                     child,
                     output: Arc::default(),
                 };
-                return Ok(Some(Self { process, addr }));
+                return Ok(Some(Self {
+                    process,
+                    addr,
+                    display,
+                }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("Xvnc did not open {addr}")
+    }
+}
+
+impl Xvnc {
+    /// Runs an xterm near the top left (under a click at page 300,200) that reads one line and writes it to `output`: what the desktop's
+    /// keyboard typed, checked on the X side.
+    pub fn xterm(&self, output: &std::path::Path) -> anyhow::Result<Child> {
+        let script = format!(
+            "read line; printf %s \"$line\" > '{}'; exec sleep 3600",
+            output.display()
+        );
+        let log = std::fs::File::create(output.with_extension("xterm.log"))?;
+        Command::new("xterm")
+            .args([
+                "-display",
+                &self.display,
+                "-bg",
+                "white",
+                "-fg",
+                "black",
+                "-geometry",
+                "80x20+10+10",
+            ])
+            .args(["-e", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning xterm (apt-get install xterm)")
     }
 }
 

@@ -129,6 +129,7 @@ async fn connect(edge: &Edge, body: Body) -> Response {
 /// Streams guacd's output until the takeover rule or the end of the tunnel says stop, then `0.;`.
 async fn read_response(tunnel: Arc<HttpTunnel>) -> Response {
     let output = tunnel.lock_output().await;
+    debug!(tunnel = %tunnel.id, "read streaming");
     let state = Read {
         tunnel,
         output,
@@ -140,6 +141,12 @@ async fn read_response(tunnel: Arc<HttpTunnel>) -> Response {
         Some((Ok::<_, std::convert::Infallible>(chunk), read))
     });
     octet_stream(Body::from_stream(body))
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        debug!(tunnel = %self.tunnel.id, "read released");
+    }
 }
 
 struct Read {
@@ -177,6 +184,7 @@ impl Read {
     }
 
     fn end(&mut self) -> Option<Bytes> {
+        debug!(tunnel = %self.tunnel.id, "read ends");
         self.done = true;
         Some(Bytes::from_static(END_OF_RESPONSE))
     }

@@ -4,6 +4,7 @@
 //! - `x-flood,<count>,<size>,<seed>`: sends `deskbroker_tests::flood::instructions`, written in pieces of
 //!   1 to 4096 bytes so instructions straddle TCP segments, then `x-flood-end,<count>`.
 //! - `x-big,<n>`: one `x-big` instruction of `n` mixed-width code points, written 1 to 7 bytes at a time.
+//! - What users send comes back as `echo,<opcode>,<args…>`, with `∅` for an empty element.
 //! - `x-disconnect`: `disconnect`, then close. `x-eof`: close at once. `x-error,<code>,<message>`: an
 //!   `error` instruction, then close.
 
@@ -169,9 +170,22 @@ pub async fn serve(stream: TcpStream, guacd: Arc<Guacd>) -> anyhow::Result<()> {
     result
 }
 
+/// Stands for an empty element in an `echo`: guacamole-common-js's HTTP tunnel takes any empty element
+/// (`0.`) for the end of a read response, so guacd never sends one, and neither may we.
+pub const EMPTY: &str = "\u{2205}";
+
 fn echo(instruction: &Instruction) -> Instruction {
     let args = std::iter::once(instruction.opcode.clone()).chain(instruction.args.iter().cloned());
-    Instruction::new("echo", args)
+    Instruction::new(
+        "echo",
+        args.map(|arg| {
+            if arg.is_empty() {
+                EMPTY.to_owned()
+            } else {
+                arg
+            }
+        }),
+    )
 }
 
 async fn session(
@@ -216,6 +230,12 @@ async fn session(
             }
         };
         last_input = Instant::now();
+        if let Some(record) = &guacd.record
+            && !matches!(instruction.opcode.as_str(), "nop" | "sync")
+        {
+            use std::io::Write;
+            let _ = writeln!(record.lock().unwrap(), "{}", instruction.encode());
+        }
         let args = &instruction.args;
         match instruction.opcode.as_str() {
             "nop" | "sync" => {}

@@ -34,6 +34,10 @@ pub struct Args {
     /// Input silence after which guacd aborts the user (`GUACD_USEC_TIMEOUT`).
     #[arg(long, default_value_t = 15000)]
     client_timeout_ms: u64,
+    /// Append every instruction users send after their handshake (but nop and sync) to this file, one per
+    /// line, so browser tests can see what reached guacd.
+    #[arg(long)]
+    record: Option<std::path::PathBuf>,
 }
 
 /// What every connection shares: the settings and the open connections, by id, with their protocol.
@@ -42,6 +46,7 @@ pub struct Guacd {
     pub nop_interval: Duration,
     pub client_timeout: Duration,
     pub connections: Mutex<HashMap<String, &'static str>>,
+    pub record: Option<Mutex<std::fs::File>>,
 }
 
 #[tokio::main]
@@ -53,6 +58,15 @@ async fn main() -> anyhow::Result<()> {
         nop_interval: Duration::from_millis(args.nop_interval_ms),
         client_timeout: Duration::from_millis(args.client_timeout_ms),
         connections: Mutex::default(),
+        record: match &args.record {
+            Some(path) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            None => None,
+        },
     });
     println!("listening {}", listener.local_addr()?);
     std::io::stdout().flush()?;

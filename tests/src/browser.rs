@@ -1,0 +1,130 @@
+//! The browser side of the end-to-end tests: Debian's Chromium driven by playwright-core (`web/e2e/page.mjs`)
+//! through the built web client page, and HAProxy balancing round robin, without stickiness, in front of the
+//! edges.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::process::free_port;
+
+/// The workspace's `web/` folder.
+pub fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../web")
+}
+
+/// Where screenshots and browser logs are left for people to look at.
+pub fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// True when the browser tests can run here; outside CI a missing piece skips them with the reason.
+pub fn available() -> anyhow::Result<bool> {
+    let missing: Vec<&str> = [
+        ("/usr/bin/chromium", "apt-get install chromium"),
+        ("/usr/sbin/haproxy", "apt-get install haproxy"),
+    ]
+    .into_iter()
+    .filter(|(path, _)| !std::path::Path::new(path).exists())
+    .map(|(_, hint)| hint)
+    .chain(
+        (!web_dir().join("dist/index.html").exists())
+            .then_some("cd web && npm ci && npm run build"),
+    )
+    .collect();
+    match (missing.is_empty(), std::env::var_os("CI").is_some()) {
+        (true, _) => Ok(true),
+        (false, true) => bail!("browser tests need: {}", missing.join("; ")),
+        (false, false) => {
+            eprintln!("skipping browser test; missing: {}", missing.join("; "));
+            Ok(false)
+        }
+    }
+}
+
+/// Opens the page as `job` says (see web/e2e/page.mjs) and returns what the page reported.
+pub async fn open_page(job: Value) -> anyhow::Result<Value> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new("node")
+            .arg("e2e/page.mjs")
+            .arg(job.to_string())
+            .current_dir(web_dir())
+            .output(),
+    )
+    .await
+    .context("the browser took over a minute")??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str::<Value>(line).ok());
+    match report {
+        Some(report) => Ok(report),
+        None => bail!(
+            "browser failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+/// HAProxy in HTTP mode, round robin per request, no stickiness.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    pub async fn start(backends: &[SocketAddr]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| format!("    server edge{i} {addr}\n"))
+            .collect();
+        // http-server-close: every request of a kept-alive browser connection is balanced anew, so
+        // consecutive HTTP tunnel requests land on different nodes.
+        let config = format!(
+            "global\n    maxconn 512\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n\
+             \x20   timeout server 60s\n    timeout tunnel 1h\n    option http-server-close\n\
+             frontend web\n    bind 127.0.0.1:{port}\n    default_backend edges\n\
+             backend edges\n    balance roundrobin\n{servers}"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config)?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning haproxy")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(Self {
+                    addr,
+                    _child: child,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("haproxy did not open {addr}")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}

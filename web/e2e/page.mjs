@@ -1,0 +1,42 @@
+// Drives the web client page in headless Chromium (Debian's, through playwright-core: no browser download)
+// for deskbroker's end-to-end tests. Takes one JSON argument:
+//   { url, screenshot, type?: string, click?: [x, y], settleMs?: number }
+// opens the page, waits until it says it is connected, clicks and types as asked, takes a screenshot, and
+// prints one JSON line: { status, colours, console }. Exits non-zero if the page never connects.
+import { chromium } from 'playwright-core';
+
+const job = JSON.parse(process.argv[2]);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+});
+const logs = [];
+let status = '';
+try {
+  const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+  page.on('console', (message) => logs.push(`${message.type()}: ${message.text()}`));
+  page.on('pageerror', (error) => logs.push(`pageerror: ${error.message}`));
+  await page.goto(job.url);
+  await page.waitForFunction(() => document.getElementById('status')?.dataset.state === 'open', null, { timeout: 20000 })
+    .catch(() => {});
+  status = await page.textContent('#status');
+  if (job.click) await page.mouse.click(job.click[0], job.click[1]);
+  if (job.type) await page.keyboard.type(job.type, { delay: 40 });
+  await page.waitForTimeout(job.settleMs ?? 1000);
+  status = await page.textContent('#status');
+  // Distinct colours over every canvas on the page: a blank screen has one.
+  const colours = await page.evaluate(() => {
+    const seen = new Set();
+    for (const canvas of document.querySelectorAll('canvas')) {
+      if (!canvas.width || !canvas.height) continue;
+      const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+      for (let i = 0; i < data.length && seen.size < 1000; i += 4 * 7) seen.add(`${data[i]},${data[i + 1]},${data[i + 2]}`);
+    }
+    return seen.size;
+  });
+  await page.screenshot({ path: job.screenshot });
+  console.log(JSON.stringify({ status, colours, console: logs }));
+} finally {
+  await browser.close();
+}
