@@ -1,7 +1,7 @@
 // Drives the web client page in headless Chromium (Debian's, through playwright-core: no browser download)
 // for deskbroker's end-to-end tests. Takes one JSON argument:
-//   { url, screenshot, type?: string, click?: [x, y], settleMs?: number }
-// opens the page, waits until it says it is connected, clicks and types as asked, takes a screenshot, and
+//   { url, screenshot, type?: string, click?: [x, y], settleMs?: number, expect?: 'open' | 'error' }
+// opens the page, waits until it says it is connected (or, with expect 'error', that it failed), clicks and types as asked, takes a screenshot, and
 // prints one JSON line: { status, colours, console }. Exits non-zero if the page never connects.
 import { chromium } from 'playwright-core';
 
@@ -18,7 +18,8 @@ try {
   page.on('console', (message) => logs.push(`${message.type()}: ${message.text()}`));
   page.on('pageerror', (error) => logs.push(`pageerror: ${error.message}`));
   await page.goto(job.url);
-  await page.waitForFunction(() => document.getElementById('status')?.dataset.state === 'open', null, { timeout: 20000 })
+  const expected = job.expect ?? 'open';
+  await page.waitForFunction((state) => document.getElementById('status')?.dataset.state === state, expected, { timeout: 20000 })
     .catch(() => {});
   status = await page.textContent('#status');
   if (job.click) await page.mouse.click(job.click[0], job.click[1]);

@@ -249,3 +249,38 @@ async fn guacamole_over_the_websocket_tunnel() {
         "the click reached guacd"
     );
 }
+
+#[tokio::test]
+async fn guacamole_over_the_chained_tunnel() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    stack
+        .open(
+            "guacamole-chained",
+            "g",
+            "chained",
+            json!({"type": "q", "settleMs": 1000}),
+        )
+        .await;
+    assert_eq!(typed(&stack.received("key")), "q");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_explained_in_words() {
+    let Some(stack) = Stack::start().await else {
+        return;
+    };
+    for transport in ["chained", "http"] {
+        let job = json!({
+            "url": stack.balancer.url(&format!("/?token=nope&transport={transport}")),
+            "screenshot": browser::artifacts().join(format!("refused-{transport}.png")),
+            "expect": "error",
+        });
+        let report = browser::open_page(job).await.unwrap();
+        assert_eq!(
+            report["status"], "Unknown or expired session token.",
+            "{report}"
+        );
+    }
+}
