@@ -14,14 +14,20 @@ use tokio::process::{Child, Command};
 /// How long a process may take to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A built binary of this workspace, next to the test executable's `deps/` folder.
+/// A built binary of this workspace, of the same profile as the running executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
+    // Beside this executable (a binary such as the benchmark), or beside its `deps/` folder (a test).
+    let beside = exe.with_file_name(name);
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target dir");
-    let path = dir.join(name);
+    let path = if beside.exists() {
+        beside
+    } else {
+        dir.join(name)
+    };
     assert!(
         path.exists(),
         "{} is not built: run `cargo build --workspace --bins` first (scripts/test does)",

@@ -1,0 +1,322 @@
+//! `bench`: deskbroker against its peers in one run, on the same client and the same upstream, reported as
+//! a Markdown table (median and min-max of the repetitions). `scripts/bench` runs the full suite;
+//! `scripts/bench --short` (what CI runs) checks that the suite runs and that every byte arrives.
+//!
+//! Measured per relay: one stream's throughput, 50 concurrent streams' throughput (both checked by count
+//! and SHA-256), the relay's CPU seconds per GiB moved and its peak memory (its whole process tree, PSS), and
+//! the round-trip latency of 32-byte messages after a warm-up.
+
+mod relays;
+mod system;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use relays::Relay;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Small sizes and one repetition: proves the suite runs and bytes arrive whole.
+    #[arg(long)]
+    short: bool,
+    /// The websockify program to compare with (a venv's `bin/websockify`).
+    #[arg(long)]
+    websockify: Option<String>,
+}
+
+struct Plan {
+    repetitions: usize,
+    one_stream: u64,
+    streams: usize,
+    per_stream: u64,
+    round_trips: usize,
+}
+
+const MIB: u64 = 1 << 20;
+const CHUNK: usize = 256 * 1024;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let plan = match args.short {
+        true => Plan {
+            repetitions: 1,
+            one_stream: 64 * MIB,
+            streams: 50,
+            per_stream: MIB,
+            round_trips: 200,
+        },
+        false => Plan {
+            repetitions: 5,
+            one_stream: 1024 * MIB,
+            streams: 50,
+            per_stream: 20 * MIB,
+            round_trips: 2000,
+        },
+    };
+    let source = start_source().await?;
+    let echo = start_echo().await?;
+    let dir = tempfile::tempdir()?;
+    let sessions = dir.path().join("sessions");
+    std::fs::write(&sessions, format!("source: {source}\necho: {echo}\n"))?;
+
+    println!(
+        "| relay | 1 stream MiB/s | {} streams MiB/s | CPU s/GiB (1 / {}) | peak memory, {} streams | echo p50 / p90 / p99 us |",
+        plan.streams, plan.streams, plan.streams
+    );
+    println!("|---|---|---|---|---|---|");
+    let kinds = ["direct", "socat", "websockify", "deskbroker"];
+    for kind in kinds {
+        let mut one = Vec::new();
+        let mut many = Vec::new();
+        let mut cpu_one = Vec::new();
+        let mut cpu_many = Vec::new();
+        let mut memory = Vec::new();
+        let mut latency = Vec::new();
+        let mut name = kind;
+        for _ in 0..plan.repetitions {
+            let Some(source_relay) =
+                start(kind, source, &sessions, args.websockify.as_deref()).await?
+            else {
+                break;
+            };
+            name = source_relay.name();
+            let run = throughput(&source_relay, 1, plan.one_stream).await?;
+            one.push(run.mib_per_s);
+            cpu_one.extend(run.cpu_per_gib);
+            let run = throughput(&source_relay, plan.streams, plan.per_stream).await?;
+            many.push(run.mib_per_s);
+            cpu_many.extend(run.cpu_per_gib);
+            memory.extend(run.peak_kib);
+            drop(source_relay);
+            let Some(echo_relay) = start(kind, echo, &sessions, args.websockify.as_deref()).await?
+            else {
+                break;
+            };
+            latency.push(round_trips(&echo_relay, plan.round_trips).await?);
+        }
+        if one.is_empty() {
+            println!("| {kind} | not run (missing) | | | | |");
+            continue;
+        }
+        let lat = |i: usize| median(&latency.iter().map(|l: &[f64; 3]| l[i]).collect::<Vec<_>>());
+        println!(
+            "| {name} | {} | {} | {} / {} | {} | {:.0} / {:.0} / {:.0} |",
+            spread(&one, 0),
+            spread(&many, 0),
+            spread(&cpu_one, 2),
+            spread(&cpu_many, 2),
+            memory_cell(&memory),
+            lat(0),
+            lat(1),
+            lat(2),
+        );
+    }
+    Ok(())
+}
+
+async fn start(
+    kind: &str,
+    upstream: SocketAddr,
+    sessions: &std::path::Path,
+    websockify: Option<&str>,
+) -> anyhow::Result<Option<Relay>> {
+    Ok(Some(match kind {
+        "direct" => Relay::Direct { upstream },
+        "socat" => Relay::socat(upstream).await?,
+        "websockify" => match websockify {
+            Some(program) => Relay::websockify(program, upstream).await?,
+            None => return Ok(None),
+        },
+        _ => Relay::deskbroker(sessions).await?,
+    }))
+}
+
+/// The upstream for throughput: reads an 8-byte length, then writes that many bytes of a fixed pattern.
+async fn start_source() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let block = pattern();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let block = block.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let Ok(mut left) = stream.read_u64().await else {
+                    return;
+                };
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if stream.write_all(&block[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn start_echo() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn pattern() -> std::sync::Arc<Vec<u8>> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    std::sync::Arc::new(
+        (0..CHUNK)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect(),
+    )
+}
+
+/// What the pattern source sends for `n` bytes, hashed.
+fn expected_hash(n: u64) -> Vec<u8> {
+    let block = pattern();
+    let mut hash = Sha256::new();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(block.len() as u64) as usize;
+        hash.update(&block[..take]);
+        left -= take as u64;
+    }
+    hash.finalize().to_vec()
+}
+
+struct Run {
+    mib_per_s: f64,
+    cpu_per_gib: Option<f64>,
+    peak_kib: Option<u64>,
+}
+
+/// Pulls `bytes` through the relay on each of `streams` connections at once; checks count and hash.
+async fn throughput(relay: &Relay, streams: usize, bytes: u64) -> anyhow::Result<Run> {
+    let expected = expected_hash(bytes);
+    let cpu_before = relay.pid().map(system::cpu_seconds);
+    let sampler = relay.pid().map(system::MemorySampler::start);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut conn = relay.connect("source").await?;
+        let expected = expected.clone();
+        tasks.push(tokio::spawn(async move {
+            conn.send(&bytes.to_be_bytes()).await?;
+            let mut buf = vec![0; CHUNK];
+            let mut hash = Sha256::new();
+            let mut got = 0u64;
+            while got < bytes {
+                let n = conn.receive(&mut buf).await?;
+                ensure!(n > 0, "stream ended after {got} of {bytes} bytes");
+                hash.update(&buf[..n]);
+                got += n as u64;
+            }
+            ensure!(
+                got == bytes && hash.finalize().to_vec() == expected,
+                "bytes arrived changed"
+            );
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await.context("stream task")??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = bytes * streams as u64;
+    let gib = total as f64 / (1u64 << 30) as f64;
+    let cpu_per_gib = match (relay.pid(), cpu_before) {
+        (Some(pid), Some(before)) => Some((system::cpu_seconds(pid) - before) / gib),
+        _ => None,
+    };
+    let peak_kib = match sampler {
+        Some(sampler) => Some(sampler.stop().await),
+        None => None,
+    };
+    Ok(Run {
+        mib_per_s: total as f64 / MIB as f64 / elapsed,
+        cpu_per_gib,
+        peak_kib,
+    })
+}
+
+/// p50, p90 and p99 of 32-byte round trips, in microseconds, after a tenth as many warm-ups.
+async fn round_trips(relay: &Relay, count: usize) -> anyhow::Result<[f64; 3]> {
+    let mut conn = relay.connect("echo").await?;
+    let message = [0x42u8; 32];
+    let mut buf = [0u8; 64];
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count + count / 10 {
+        let started = Instant::now();
+        conn.send(&message).await?;
+        let mut got = 0;
+        while got < message.len() {
+            let n = conn.receive(&mut buf[got..]).await?;
+            ensure!(n > 0, "echo ended");
+            got += n;
+        }
+        if i >= count / 10 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    Ok([at(0.5), at(0.9), at(0.99)])
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `median (min-max)`, or `-` when nothing was measured.
+fn spread(values: &[f64], decimals: usize) -> String {
+    if values.is_empty() {
+        return "-".into();
+    }
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match values.len() {
+        1 => format!("{:.*}", decimals, values[0]),
+        _ => format!(
+            "{:.*} ({:.*}-{:.*})",
+            decimals,
+            median(values),
+            decimals,
+            min,
+            decimals,
+            max
+        ),
+    }
+}
+
+fn memory_cell(kib: &[u64]) -> String {
+    let mib: Vec<f64> = kib.iter().map(|k| *k as f64 / 1024.0).collect();
+    match mib.is_empty() {
+        true => "-".into(),
+        false => format!("{} MiB", spread(&mib, 1)),
+    }
+}
