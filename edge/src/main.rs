@@ -45,9 +45,12 @@ async fn main() -> anyhow::Result<()> {
         }
         None => BrokerConfig::default(),
     };
-    let demo = match args.demo {
-        true => Some(standalone::start_demo(&mut sessions, shutdown.clone()).await?),
-        false => None,
+    let (demo, mut routes) = match args.demo {
+        true => {
+            let demo = standalone::start_demo(&mut sessions, shutdown.clone()).await?;
+            (Some(demo.task), demo.routes)
+        }
+        false => (None, axum::Router::new()),
     };
     for (token, session) in &sessions {
         registry
@@ -82,18 +85,17 @@ async fn main() -> anyhow::Result<()> {
 
     let secret = args.cluster_secret.clone().map(ClusterSecret::new);
     let edge = Edge::new(membership.clone(), secret, args.edge_config());
-    let control_plane = match &args.redis_url {
+    if args.redis_url.is_none() {
         // In a cluster the control plane is deskbroker-broker; alone, the node serves it itself.
-        Some(_) => None,
-        None => Some(
-            standalone::control_plane(&edge, config, args.admin_key.as_deref(), args.demo).await?,
-        ),
-    };
+        let admin_key = args.admin_key.as_deref();
+        routes =
+            routes.merge(standalone::control_plane(&edge, config, admin_key, args.demo).await?);
+    }
     if let Some(peer) = &peer_listener {
         info!(addr = %peer.local_addr()?, url = %membership.me().peer_url, "peer listening");
     }
     info!(addr = %listener.local_addr()?, node = %membership.me().id, "listening");
-    deskbroker_edge::run(listener, peer_listener, edge, control_plane, shutdown).await?;
+    deskbroker_edge::run(listener, peer_listener, edge, routes, shutdown).await?;
     leave.cancel();
     leases.await?;
     if let Some(demo) = demo {

@@ -265,10 +265,10 @@ pub async fn run(
     listener: TcpListener,
     peer_listener: Option<TcpListener>,
     edge: Edge,
-    control_plane: Option<Router>,
+    extra_routes: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(edge.clone()).merge(control_plane.unwrap_or_default());
+    let app = router(edge.clone()).merge(extra_routes);
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());

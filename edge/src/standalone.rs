@@ -34,11 +34,19 @@ pub enum StandaloneError {
     Registry(#[from] RegistryError),
 }
 
+/// The running demo desktop.
+pub struct Demo {
+    pub task: JoinHandle<()>,
+    /// `GET /demo/input`: what viewers typed and pointed at (the last key's keysym, the pointer and its
+    /// buttons), so a person or a browser test can check that input arrived.
+    pub routes: Router,
+}
+
 /// Starts the demo desktop on a loopback port and grants it to the token `demo`.
 pub async fn start_demo(
     sessions: &mut Vec<(SessionToken, Session)>,
     shutdown: CancellationToken,
-) -> Result<JoinHandle<()>, StandaloneError> {
+) -> Result<Demo, StandaloneError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let target = Target::Vnc {
@@ -54,9 +62,20 @@ pub async fn start_demo(
     ));
     info!(%addr, "demo desktop serving; open /websockify?token=demo");
     let desktop = DemoDesktop::new(deskbroker_demo::Config::default());
-    Ok(tokio::spawn(async move {
-        desktop.serve(listener, shutdown).await
-    }))
+    let viewed = desktop.clone();
+    let routes = Router::new().route(
+        "/demo/input",
+        axum::routing::get(move || {
+            let input = viewed.input_state();
+            async move {
+                axum::Json(serde_json::json!({
+                    "last_key": input.last_key, "x": input.x, "y": input.y, "buttons": input.buttons,
+                }))
+            }
+        }),
+    );
+    let task = tokio::spawn(async move { desktop.serve(listener, shutdown).await });
+    Ok(Demo { task, routes })
 }
 
 /// The control-plane API for a node without Redis: the configured tenants, and with `demo` a tenant `demo`

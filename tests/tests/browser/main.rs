@@ -156,14 +156,21 @@ async fn novnc_shows_the_demo_desktop_through_the_balancer() {
     let Some(stack) = Stack::start().await else {
         return;
     };
-    stack
-        .open(
-            "novnc-demo",
-            "demo",
-            "chained",
-            json!({"click": [500, 350]}),
-        )
-        .await;
+    let typing = json!({"click": [500, 350], "type": "k", "settleMs": 1500});
+    stack.open("novnc-demo", "demo", "chained", typing).await;
+    // The demo desktop runs beside the first edge and says what it received.
+    let input = reqwest::get(stack.edges[0].http_url("/demo/input"))
+        .await
+        .unwrap();
+    let input: Value = serde_json::from_str(&input.text().await.unwrap()).unwrap();
+    assert_eq!(
+        input["last_key"], 0x6b,
+        "the key typed in the page reached the demo desktop: {input}"
+    );
+    assert!(
+        input["x"].as_u64().unwrap() > 0,
+        "the click moved its pointer: {input}"
+    );
 }
 
 #[tokio::test]
