@@ -59,3 +59,7 @@ pub const LEASE: Duration = Duration::from_secs(10);
 
 /// Pause before subscribing to the control channel again after it broke (Redis away).
 pub const CONTROL_RETRY: Duration = Duration::from_millis(500);
+
+/// A raw relay queues frames without flushing while the VNC server has more ready, up to this much: fewer
+/// writes under load, and a bound on what waits in memory.
+pub const FLUSH_AFTER: usize = 256 * 1024;

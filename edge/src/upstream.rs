@@ -38,6 +38,15 @@ pub async fn read_some(stream: &OwnedReadHalf, buffer: &mut BytesMut) -> io::Res
     }
 }
 
+/// Reads what the socket has right now without waiting: `None` when it has nothing, `Some(0)` at EOF.
+pub fn read_ready(stream: &OwnedReadHalf, buffer: &mut BytesMut) -> io::Result<Option<usize>> {
+    buffer.reserve(READ_CHUNK);
+    match stream.try_read_buf(buffer) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        result => result.map(Some),
+    }
+}
+
 /// Connects to `addr` with the connect deadline; Nagle is off, since remote desktop input is latency-bound.
 pub async fn connect(addr: &HostPort) -> Result<TcpStream, TunnelError> {
     let connecting = TcpStream::connect((addr.host.as_str(), addr.port));

@@ -22,7 +22,7 @@ use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::rfb::ReadOnlyFilter;
 use deskbroker_shared::session::Target;
 
-use crate::defaults::RELAY_MAX_MESSAGE;
+use crate::defaults::{FLUSH_AFTER, RELAY_MAX_MESSAGE};
 use crate::error::TunnelError;
 use crate::local::{LocalTunnel, Traffic};
 use crate::server::Edge;
@@ -124,9 +124,29 @@ async fn relay(
             if read == 0 {
                 return Ok(());
             }
-            traffic.received_upstream(read);
-            let frame = Message::Binary(buffer.split().freeze());
-            to_browser.send(frame).await.map_err(downstream_error)?;
+            // While the VNC server has more ready, queue frames without flushing each one; flush when
+            // it has nothing more, or when a flush's worth is queued (bounding what waits in memory).
+            let mut queued = 0;
+            loop {
+                traffic.received_upstream(buffer.len());
+                queued += buffer.len();
+                let frame = Message::Binary(buffer.split().freeze());
+                to_browser.feed(frame).await.map_err(downstream_error)?;
+                if queued >= FLUSH_AFTER {
+                    break;
+                }
+                match upstream::read_ready(&from_vnc, &mut buffer)
+                    .map_err(TunnelError::UpstreamIo)?
+                {
+                    Some(0) => {
+                        to_browser.flush().await.map_err(downstream_error)?;
+                        return Ok(());
+                    }
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
+            to_browser.flush().await.map_err(downstream_error)?;
         }
     };
     let to_upstream = async {
