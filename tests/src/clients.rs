@@ -157,6 +157,15 @@ pub struct HttpError {
 }
 
 impl HttpError {
+    /// A request that got no HTTP answer at all.
+    fn transport(error: reqwest::Error) -> Self {
+        Self {
+            http: 0,
+            guac: None,
+            message: Some(error.to_string()),
+        }
+    }
+
     fn of(response: &reqwest::Response) -> Self {
         let header = |name: &str| {
             response
@@ -205,11 +214,7 @@ impl HttpTunnel {
             .body(data.to_owned())
             .send()
             .await
-            .map_err(|e| HttpError {
-                http: 0,
-                guac: None,
-                message: Some(e.to_string()),
-            })?;
+            .map_err(HttpError::transport)?;
         if response.status() != 200 {
             return Err(HttpError::of(&response));
         }
@@ -290,11 +295,7 @@ impl HttpTunnel {
             .body(body)
             .send()
             .await
-            .map_err(|e| HttpError {
-                http: 0,
-                guac: None,
-                message: Some(e.to_string()),
-            })?;
+            .map_err(HttpError::transport)?;
         match response.status().as_u16() {
             200 => Ok(()),
             _ => Err(HttpError::of(&response)),
