@@ -63,3 +63,8 @@ pub const CONTROL_RETRY: Duration = Duration::from_millis(500);
 /// A raw relay queues frames without flushing while the VNC server has more ready, up to this much: fewer
 /// writes under load, and a bound on what waits in memory.
 pub const FLUSH_AFTER: usize = 256 * 1024;
+
+/// Each browser WebSocket's read buffer, allocated with the socket and kept for its life: what a browser
+/// sends is small (input events, one instruction per frame), and tungstenite's default of 128 KiB would cost
+/// 1.25 GiB for 10,000 idle tunnels. It grows only for a large message (a pasted clipboard).
+pub const WS_READ_BUFFER: usize = 4 * 1024;

@@ -10,6 +10,7 @@ use axum::response::Response;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
 
+use crate::defaults::WS_READ_BUFFER;
 use crate::error::TunnelError;
 use crate::server::Edge;
 
@@ -32,6 +33,7 @@ where
         .protocols([protocol])
         .max_message_size(max_message)
         .max_frame_size(max_message)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| edge.track_tunnel(tunnel(socket).instrument(span)))
 }
 

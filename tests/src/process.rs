@@ -217,15 +217,31 @@ impl Xvnc {
             eprintln!("skipping: {hint}");
             return Ok(None);
         }
+        // A port can be taken between probing and binding, by a parallel test: try again on another.
+        let mut failure = None;
+        for _ in 0..3 {
+            match Self::spawn().await {
+                Ok(xvnc) => return Ok(Some(xvnc)),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| anyhow::anyhow!("Xvnc did not start")))
+    }
+
+    /// Starts one Xvnc; the X server picks a free display itself and reports it (`-displayfd`), so parallel
+    /// tests and stale lock files never collide.
+    async fn spawn() -> anyhow::Result<Self> {
         let port = free_port()?;
-        let display = format!(":{}", 100 + port % 800);
         let mut command = Command::new("Xvnc");
         command.args([
-            &display,
+            "-displayfd",
+            "1",
             "-rfbport",
             &port.to_string(),
             "-interface",
             "127.0.0.1",
+        ]);
+        command.args([
             "-SecurityTypes",
             "None",
             "-geometry",
@@ -237,22 +253,31 @@ impl Xvnc {
         ]);
         command
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::null())
             .kill_on_drop(true);
-        let child = command.spawn().context("spawning Xvnc")?;
+        let mut child = command.spawn().context("spawning Xvnc")?;
+        let stdout = child.stdout.take().context("Xvnc stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let number = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
+            .await
+            .context("Xvnc did not report its display")??
+            .context("Xvnc exited before reporting its display")?;
+        let display = format!(":{}", number.trim());
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        // Xvnc announces readiness on stderr in a version-dependent way: wait for the port instead.
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 let process = Process {
                     child,
                     output: Arc::default(),
                 };
-                return Ok(Some(Self {
+                return Ok(Self {
                     process,
                     addr,
                     display,
-                }));
+                });
+            }
+            if child.try_wait()?.is_some() {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

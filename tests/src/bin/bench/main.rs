@@ -33,6 +33,11 @@ struct Args {
 
 struct Plan {
     repetitions: usize,
+    /// Idle tunnels held open through deskbroker, and through websockify (a process each). Each tunnel takes
+    /// two descriptors in the edge and two here (client and echo server): this machine's hard limit of
+    /// 20,000 descriptors per process caps the count below 10,000.
+    idle: usize,
+    idle_websockify: usize,
     one_stream: u64,
     streams: usize,
     per_stream: u64,
@@ -47,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let plan = match args.short {
         true => Plan {
+            idle: 500,
+            idle_websockify: 20,
             repetitions: 1,
             one_stream: 64 * MIB,
             streams: 50,
@@ -54,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
             round_trips: 200,
         },
         false => Plan {
+            idle: 9_000,
+            idle_websockify: 100,
             repetitions: 5,
             one_stream: 1024 * MIB,
             streams: 50,
@@ -128,7 +137,46 @@ async fn main() -> anyhow::Result<()> {
             lat(2),
         );
     }
+    println!();
+    println!("| relay | idle tunnels | memory per idle tunnel (PSS) | a new tunnel still relays |");
+    println!("|---|---|---|---|");
+    for (kind, count) in [
+        ("deskbroker", plan.idle),
+        ("websockify", plan.idle_websockify),
+    ] {
+        let Some(relay) = start(kind, echo, &sessions, args.websockify.as_deref()).await? else {
+            continue;
+        };
+        let per_tunnel = idle(&relay, count).await?;
+        println!("| {} | {count} | {per_tunnel:.1} KiB | yes |", relay.name());
+    }
     Ok(())
+}
+
+/// Opens `count` tunnels to the echo upstream and leaves them idle; returns the relay's memory per tunnel,
+/// after checking that a new tunnel still relays.
+async fn idle(relay: &Relay, count: usize) -> anyhow::Result<f64> {
+    use futures_util::StreamExt;
+    let pid = relay.pid().context("a relay process")?;
+    let before = system::pss_kib(pid);
+    let opening = futures_util::stream::iter(0..count).map(|_| async {
+        let mut conn = relay.connect("echo").await?;
+        conn.send(b"!").await?;
+        let mut byte = [0u8; 1];
+        ensure!(conn.receive(&mut byte).await? == 1, "no echo");
+        anyhow::Ok(conn)
+    });
+    let held: Vec<_> = opening
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after = system::pss_kib(pid);
+    round_trips(relay, 10).await?;
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / count as f64)
 }
 
 async fn start(
