@@ -7,6 +7,7 @@
 //! and its peak memory (its whole process tree, PSS) on the unhashed runs, and the round-trip latency of
 //! 32-byte messages after a warm-up.
 
+mod registry;
 mod relays;
 mod system;
 
@@ -38,6 +39,8 @@ struct Plan {
     /// 20,000 descriptors per process caps the count below 10,000.
     idle: usize,
     idle_websockify: usize,
+    /// Tunnels opened through one node with Redis, for the connect rate.
+    connects: usize,
     one_stream: u64,
     streams: usize,
     per_stream: u64,
@@ -54,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         true => Plan {
             idle: 500,
             idle_websockify: 20,
+            connects: 200,
             repetitions: 1,
             one_stream: 64 * MIB,
             streams: 50,
@@ -63,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         false => Plan {
             idle: 9_000,
             idle_websockify: 100,
+            connects: 2_000,
             repetitions: 5,
             one_stream: 1024 * MIB,
             streams: 50,
@@ -150,6 +155,23 @@ async fn main() -> anyhow::Result<()> {
         let per_tunnel = idle(&relay, count).await?;
         println!("| {} | {count} | {per_tunnel:.1} KiB | yes |", relay.name());
     }
+
+    println!();
+    println!(
+        "| registry | tunnels opened | tunnels/s on one node | Redis commands per tunnel: open / close | Redis commands while all stay open |"
+    );
+    println!("|---|---|---|---|---|");
+    let hold = std::time::Duration::from_secs(if args.short { 3 } else { 10 });
+    let costs = registry::measure(&sessions, plan.connects, hold).await?;
+    println!(
+        "| Redis 7, lease 2 s | {} | {:.0} | {:.1} / {:.1} | {} in {} s (renewals: independent of the tunnel count) |",
+        costs.tunnels,
+        costs.per_second,
+        costs.open,
+        costs.close,
+        costs.held,
+        costs.held_for.as_secs()
+    );
     Ok(())
 }
 
