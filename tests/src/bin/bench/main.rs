@@ -158,6 +158,20 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
+        "| back pressure | edge memory growth while a reader is stalled | second tunnel's MiB/s: alone / beside it |"
+    );
+    println!("|---|---|---|");
+    let relay = Relay::deskbroker(&sessions).await?;
+    let (growth, alone, beside) = back_pressure(&relay, plan.per_stream * 8).await?;
+    let ratio = beside / alone;
+    println!(
+        "| deskbroker | {:.1} MiB | {alone:.0} / {beside:.0} ({ratio:.2}x) |",
+        growth as f64 / 1024.0
+    );
+    drop(relay);
+
+    println!();
+    println!(
         "| registry | tunnels opened | tunnels/s on one node | Redis commands per tunnel: open / close | Redis commands while all stay open |"
     );
     println!("|---|---|---|---|---|");
@@ -173,6 +187,21 @@ async fn main() -> anyhow::Result<()> {
         costs.held_for.as_secs()
     );
     Ok(())
+}
+
+/// A browser that stops reading: one tunnel asks for a gigabyte and reads nothing. Returns the edge's memory
+/// growth (KiB) meanwhile, and a second tunnel's throughput alone and beside the stalled one.
+async fn back_pressure(relay: &Relay, bytes: u64) -> anyhow::Result<(u64, f64, f64)> {
+    let pid = relay.pid().context("a relay process")?;
+    let alone = throughput(relay, 1, bytes, false).await?.mib_per_s;
+    let before = system::pss_kib(pid);
+    let mut stalled = relay.connect("source").await?;
+    stalled.send(&(1u64 << 30).to_be_bytes()).await?;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let beside = throughput(relay, 1, bytes, false).await?.mib_per_s;
+    let growth = system::pss_kib(pid).saturating_sub(before);
+    drop(stalled);
+    Ok((growth, alone, beside))
 }
 
 /// Opens `count` tunnels to the echo upstream and leaves them idle; returns the relay's memory per tunnel,
