@@ -207,22 +207,9 @@ async fn back_pressure(relay: &Relay, bytes: u64) -> anyhow::Result<(u64, f64, f
 /// Opens `count` tunnels to the echo upstream and leaves them idle; returns the relay's memory per tunnel,
 /// after checking that a new tunnel still relays.
 async fn idle(relay: &Relay, count: usize) -> anyhow::Result<f64> {
-    use futures_util::StreamExt;
     let pid = relay.pid().context("a relay process")?;
     let before = system::pss_kib(pid);
-    let opening = futures_util::stream::iter(0..count).map(|_| async {
-        let mut conn = relay.connect("echo").await?;
-        conn.send(b"!").await?;
-        let mut byte = [0u8; 1];
-        ensure!(conn.receive(&mut byte).await? == 1, "no echo");
-        anyhow::Ok(conn)
-    });
-    let held: Vec<_> = opening
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let held = relay.open_echo_tunnels(count).await?;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let after = system::pss_kib(pid);
     round_trips(relay, 10).await?;

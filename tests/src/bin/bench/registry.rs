@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use futures_util::StreamExt;
 
 use deskbroker_tests::Edge;
 use deskbroker_tests::redis::Redis;
@@ -63,19 +62,7 @@ pub async fn measure(sessions: &Path, tunnels: usize, hold: Duration) -> anyhow:
 
     let before = commands(&redis).await?;
     let started = Instant::now();
-    let opening = futures_util::stream::iter(0..tunnels).map(|_| async {
-        let mut conn = relay.connect("echo").await?;
-        conn.send(b"!").await?;
-        let mut byte = [0u8; 1];
-        ensure!(conn.receive(&mut byte).await? == 1, "no echo");
-        anyhow::Ok(conn)
-    });
-    let held: Vec<_> = opening
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
+    let held = relay.open_echo_tunnels(tunnels).await?;
     let per_second = tunnels as f64 / started.elapsed().as_secs_f64();
     let opened = commands(&redis).await?;
     tokio::time::sleep(hold).await;

@@ -83,6 +83,23 @@ impl Relay {
         }
     }
 
+    /// Opens `count` tunnels to the echo upstream, 64 at a time, each proven by one echoed byte.
+    pub async fn open_echo_tunnels(&self, count: usize) -> anyhow::Result<Vec<Conn>> {
+        let opening = futures_util::stream::iter(0..count).map(|_| async {
+            let mut conn = self.connect("echo").await?;
+            conn.send(b"!").await?;
+            let mut byte = [0u8; 1];
+            anyhow::ensure!(conn.receive(&mut byte).await? == 1, "no echo");
+            anyhow::Ok(conn)
+        });
+        opening
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// A client connection through the relay; `token` picks the upstream on deskbroker.
     pub async fn connect(&self, token: &str) -> anyhow::Result<Conn> {
         Ok(match self {
