@@ -111,7 +111,7 @@ impl Balancer {
             .spawn()
             .context("spawning haproxy")?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        for _ in 0..200 {
+        for _ in 0..800 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 return Ok(Self {
                     addr,

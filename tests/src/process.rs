@@ -264,7 +264,7 @@ impl Xvnc {
             .context("Xvnc exited before reporting its display")?;
         let display = format!(":{}", number.trim());
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        for _ in 0..200 {
+        for _ in 0..800 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
                 let process = Process {
                     child,

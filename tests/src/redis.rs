@@ -10,6 +10,9 @@ use tokio::process::{Child, Command};
 
 use crate::process::free_port;
 
+/// How long a redis-server may take to answer its first PING.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One `redis-server` that keeps nothing on disk, so a restart comes back empty.
 pub struct Redis {
     pub port: u16,
@@ -23,17 +26,31 @@ impl Redis {
         Self::start_with(Vec::new()).await
     }
 
+    /// Starts a server with `extra` arguments; a port taken between probing and binding (by a parallel
+    /// test) is retried on another.
     async fn start_with(extra: Vec<String>) -> anyhow::Result<Self> {
         require("redis-server", "apt-get install redis-server")?;
-        let dir = tempfile::tempdir()?;
-        let mut redis = Self {
-            port: free_port()?,
-            child: None,
-            extra,
-            _dir: dir,
-        };
-        redis.spawn().await?;
-        Ok(redis)
+        let mut failure = None;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let mut redis = Self {
+                port: free_port()?,
+                child: None,
+                extra: extra.clone(),
+                _dir: dir,
+            };
+            if redis.extra.iter().any(|arg| arg == "--cluster-enabled") {
+                // The cluster bus otherwise takes port + 10000, which may be taken or past 65535.
+                redis
+                    .extra
+                    .extend(["--cluster-port".to_owned(), free_port()?.to_string()]);
+            }
+            match redis.spawn().await {
+                Ok(()) => return Ok(redis),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
     fn dir(&self) -> PathBuf {
@@ -58,10 +75,16 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        self.child = Some(command.spawn().context("spawning redis-server")?);
-        for _ in 0..200 {
+        let mut child = command.spawn().context("spawning redis-server")?;
+        // Generous: a loaded CI machine can take seconds to start a process; an exit ends the wait at once.
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
             if self.ping().await {
+                self.child = Some(child);
                 return Ok(());
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("redis-server on port {} exited: {status}", self.port);
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -146,7 +169,7 @@ impl RedisCluster {
                 if info.iter().any(|line| line.trim() == "cluster_state:ok") {
                     break;
                 }
-                anyhow::ensure!(attempt < 400, "cluster state not ok");
+                anyhow::ensure!(attempt < 800, "cluster state not ok");
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
