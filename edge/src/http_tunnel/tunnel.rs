@@ -49,14 +49,6 @@ impl HttpTunnels {
         self.lock().remove(digest);
     }
 
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenDigest, Arc<HttpTunnel>>> {
         // Only single inserts, removes and lookups happen under this lock; none can leave it half done.
         self.map
