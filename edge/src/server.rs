@@ -11,11 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use deskbroker_broker::Membership;
 use deskbroker_shared::cluster::{ControlEvent, TrafficReport, TunnelKind, TunnelRecord, unix_ms};
@@ -259,6 +260,14 @@ async fn follow_control(edge: Edge) {
     }
 }
 
+/// Sends small writes at once: a keystroke's echo or a frame's last bytes must not wait, under Nagle's
+/// algorithm, for the ACK of what went before (up to the peer's 40 ms delayed ACK).
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "TCP_NODELAY not set");
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then stops: no new connections, tunnels get the drain timeout to
 /// end by themselves, the rest are closed with a status, and the function returns.
 pub async fn run(
@@ -269,14 +278,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(edge.clone()).merge(extra_routes);
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener.tap_io(no_delay), app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(server.into_future());
     tokio::spawn(follow_control(edge.clone()));
     if let Some(peer_listener) = peer_listener {
         // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
-        let peers = axum::serve(peer_listener, crate::peer::router(edge.clone()))
-            .with_graceful_shutdown(edge.closing().clone().cancelled_owned());
+        let peers = axum::serve(
+            peer_listener.tap_io(no_delay),
+            crate::peer::router(edge.clone()),
+        )
+        .with_graceful_shutdown(edge.closing().clone().cancelled_owned());
         tokio::spawn(peers.into_future());
     }
 
