@@ -47,6 +47,24 @@ pub fn instructions(count: u64, size: usize, seed: u64) -> impl Iterator<Item = 
     (0..count).map(move |i| instruction(seed, i, size))
 }
 
+/// What the test guacd sends over and over on `x-repeat`: 64 flood instructions of 4,000 code points (about
+/// 280 KiB), made once, so that a benchmark measures the relay rather than the payload generator. With
+/// `ascii`, every multi-byte character is replaced by `~`: the same lengths, one byte per character.
+pub fn block(ascii: bool) -> &'static [u8] {
+    static BLOCKS: [std::sync::OnceLock<Vec<u8>>; 2] = [const { std::sync::OnceLock::new() }; 2];
+    BLOCKS[ascii as usize].get_or_init(|| {
+        let text: String = instructions(64, 4000, 0).collect();
+        match ascii {
+            true => text
+                .chars()
+                .map(|c| if c.is_ascii() { c } else { '~' })
+                .collect::<String>(),
+            false => text,
+        }
+        .into_bytes()
+    })
+}
+
 /// A mixed-width text of `n` code points, for `x-big`.
 pub fn big_text(n: usize) -> String {
     payload(0xb16, 0, n)

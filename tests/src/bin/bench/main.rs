@@ -7,6 +7,7 @@
 //! and its peak memory (its whole process tree, PSS) on the unhashed runs, and the round-trip latency of
 //! 32-byte messages after a warm-up.
 
+mod guacamole;
 mod registry;
 mod relays;
 mod system;
@@ -30,6 +31,9 @@ struct Args {
     /// The websockify program to compare with (a venv's `bin/websockify`).
     #[arg(long)]
     websockify: Option<String>,
+    /// guacamole-lite's launcher (`tests/peers/guacamole-lite.js`, once `npm ci` has installed it there).
+    #[arg(long)]
+    guacamole_lite: Option<std::path::PathBuf>,
 }
 
 struct Plan {
@@ -45,6 +49,9 @@ struct Plan {
     streams: usize,
     per_stream: u64,
     round_trips: usize,
+    /// Blocks of `x-repeat` (about 280 KiB each) read through each Guacamole tunnel, and round trips.
+    guac_blocks: u64,
+    guac_trips: usize,
 }
 
 const MIB: u64 = 1 << 20;
@@ -63,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
             streams: 50,
             per_stream: MIB,
             round_trips: 200,
+            guac_blocks: 16,
+            guac_trips: 50,
         },
         false => Plan {
             idle: 9_000,
@@ -73,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
             streams: 50,
             per_stream: 20 * MIB,
             round_trips: 2000,
+            guac_blocks: 1024,
+            guac_trips: 1000,
         },
     };
     let source = start_source().await?;
@@ -170,6 +181,8 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(relay);
 
+    guacamole_tunnels(&plan, args.guacamole_lite.as_deref()).await?;
+
     println!();
     println!(
         "| registry | tunnels opened | tunnels/s on one node | Redis commands per tunnel: open / close | Redis commands while all stay open |"
@@ -186,6 +199,58 @@ async fn main() -> anyhow::Result<()> {
         costs.held,
         costs.held_for.as_secs()
     );
+    Ok(())
+}
+
+/// The HTTP tunnel on its owner and forwarded by another node, and the WebSocket tunnel against
+/// guacamole-lite, all in front of the same test guacd, repetitions interleaved; then whether multi-byte
+/// text arrives intact through each (last, since it brings guacamole-lite down).
+async fn guacamole_tunnels(plan: &Plan, lite: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use guacamole::Case;
+    let mut setup = guacamole::Setup::start(lite).await?;
+    let mut cases = vec![Case::Owner, Case::Forwarded, Case::Deskbroker];
+    cases.extend(setup.lite.as_ref().map(|_| Case::Lite));
+    let mut samples: Vec<Vec<guacamole::Sample>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..plan.repetitions {
+        for (case, runs) in cases.iter().zip(&mut samples) {
+            let sample = setup.sample(*case, plan.guac_blocks, plan.guac_trips).await;
+            runs.push(sample.with_context(|| case.name())?);
+        }
+    }
+    let mut intact = Vec::new();
+    for case in &cases {
+        intact.push(match setup.intact(*case, 16).await {
+            Ok(()) => "yes".to_owned(),
+            Err(error) => format!("no: {error:#}"),
+        });
+    }
+    if let Some(lite) = &mut setup.lite
+        && !lite.alive()
+    {
+        if let Some(verdict) = intact.last_mut() {
+            verdict.push_str("; the server process died, with all its connections");
+        }
+    }
+    println!();
+    println!(
+        "| Guacamole tunnel | read MiB/s | relay CPU s/GiB read | write round trip p50 / p90 / p99 us \
+         | multi-byte text intact |"
+    );
+    println!("|---|---|---|---|---|");
+    for ((case, runs), intact) in cases.iter().zip(&samples).zip(&intact) {
+        let mut trips: Vec<f64> = runs.iter().flat_map(|s| s.round_trips.clone()).collect();
+        trips.sort_by(f64::total_cmp);
+        let at = |q: f64| trips[((trips.len() - 1) as f64 * q) as usize];
+        println!(
+            "| {} | {} | {} | {:.0} / {:.0} / {:.0} | {intact} |",
+            case.name(),
+            spread(&runs.iter().map(|s| s.mib_per_s).collect::<Vec<_>>(), 0),
+            spread(&runs.iter().map(|s| s.cpu_per_gib).collect::<Vec<_>>(), 2),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,8 @@
 //! Test commands (a real guacd logs and ignores unknown opcodes; this one acts on these):
 //! - `x-flood,<count>,<size>,<seed>`: sends `deskbroker_tests::flood::instructions`, written in pieces of
 //!   1 to 4096 bytes so instructions straddle TCP segments, then `x-flood-end,<count>`.
+//! - `x-repeat,<times>[,ascii]`: sends `deskbroker_tests::flood::block` `times` over, a block per write,
+//!   then `x-flood-end,<times>`: for benchmarks.
 //! - `x-big,<n>`: one `x-big` instruction of `n` mixed-width code points, written 1 to 7 bytes at a time.
 //! - What users send comes back as `echo,<opcode>,<args…>`, with `∅` for an empty element.
 //! - `x-disconnect`: `disconnect`, then close. `x-eof`: close at once. `x-error,<code>,<message>`: an
@@ -266,6 +268,22 @@ async fn session(
                 }
                 writer
                     .send(&Instruction::new("x-flood-end", [count.to_string()]))
+                    .await?;
+            }
+            "x-repeat" => {
+                let times: u64 = arg(args, 0).parse()?;
+                let block = flood::block(arg(args, 1) == "ascii");
+                if times.saturating_mul(block.len() as u64) > FLOOD_MAX_BYTES {
+                    writer
+                        .send(&Instruction::new("error", ["Flood too large.", "768"]))
+                        .await?;
+                    return Ok(());
+                }
+                for _ in 0..times {
+                    writer.send_raw(block).await?;
+                }
+                writer
+                    .send(&Instruction::new("x-flood-end", [times.to_string()]))
                     .await?;
             }
             "x-big" => {
