@@ -392,16 +392,15 @@ async fn throughput(
         let expected = expected.clone();
         tasks.push(tokio::spawn(async move {
             conn.send(&bytes.to_be_bytes()).await?;
-            let mut buf = vec![0; CHUNK];
             let mut hash = Sha256::new();
             let mut got = 0u64;
             while got < bytes {
-                let n = conn.receive(&mut buf).await?;
-                ensure!(n > 0, "stream ended after {got} of {bytes} bytes");
+                let chunk = conn.receive().await?;
+                ensure!(!chunk.is_empty(), "stream ended after {got} of {bytes} bytes");
                 if hash_bytes {
-                    hash.update(&buf[..n]);
+                    hash.update(chunk);
                 }
-                got += n as u64;
+                got += chunk.len() as u64;
             }
             ensure!(got == bytes, "{got} bytes arrived of {bytes}");
             ensure!(
@@ -436,14 +435,13 @@ async fn throughput(
 async fn round_trips(relay: &Relay, count: usize) -> anyhow::Result<[f64; 3]> {
     let mut conn = relay.connect("echo").await?;
     let message = [0x42u8; 32];
-    let mut buf = [0u8; 64];
     let mut times = Vec::with_capacity(count);
     for i in 0..count + count / 10 {
         let started = Instant::now();
         conn.send(&message).await?;
         let mut got = 0;
         while got < message.len() {
-            let n = conn.receive(&mut buf[got..]).await?;
+            let n = conn.receive().await?.len();
             ensure!(n > 0, "echo ended");
             got += n;
         }

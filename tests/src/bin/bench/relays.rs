@@ -7,14 +7,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 
 use deskbroker_tests::Edge;
-use deskbroker_tests::clients::{Ws, ws_connect};
+use deskbroker_tests::clients::ws_connect;
 use deskbroker_tests::process::free_port;
 
 pub enum Relay {
@@ -88,8 +88,7 @@ impl Relay {
         let opening = futures_util::stream::iter(0..count).map(|_| async {
             let mut conn = self.connect("echo").await?;
             conn.send(b"!").await?;
-            let mut byte = [0u8; 1];
-            anyhow::ensure!(conn.receive(&mut byte).await? == 1, "no echo");
+            anyhow::ensure!(conn.receive().await?.len() == 1, "no echo");
             anyhow::Ok(conn)
         });
         opening
@@ -103,8 +102,10 @@ impl Relay {
     /// A client connection through the relay; `token` picks the upstream on deskbroker.
     pub async fn connect(&self, token: &str) -> anyhow::Result<Conn> {
         Ok(match self {
-            Relay::Direct { upstream } => Conn::Tcp(TcpStream::connect(upstream).await?),
-            Relay::Socat { port, .. } => Conn::Tcp(TcpStream::connect(("127.0.0.1", *port)).await?),
+            Relay::Direct { upstream } => Conn::new(TcpStream::connect(upstream).await?, None),
+            Relay::Socat { port, .. } => {
+                Conn::new(TcpStream::connect(("127.0.0.1", *port)).await?, None)
+            }
             Relay::Websockify { port, .. } => Conn::ws(&format!("ws://127.0.0.1:{port}/")).await?,
             Relay::Deskbroker { edge } => {
                 Conn::ws(&edge.ws_url(&format!("/websockify?token={token}"))).await?
@@ -123,44 +124,127 @@ async fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on {port}")
 }
 
-/// A client's connection: plain TCP, or a WebSocket carrying binary frames.
-pub enum Conn {
-    Tcp(TcpStream),
-    Ws(Box<Ws>, Vec<u8>),
+/// A client's connection: plain TCP, or a WebSocket carrying binary frames. Both read into one buffer and
+/// hand out slices of it, so that every relay's client costs the same: one copy out of the kernel, no
+/// other. (tungstenite, used for the handshake, copies each frame twice more.)
+pub struct Conn {
+    stream: TcpStream,
+    buf: Box<[u8]>,
+    /// What has been read but not handed out: `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// For a WebSocket, the payload bytes of the current frame not yet handed out.
+    frame: Option<Frame>,
+}
+
+#[derive(Default)]
+struct Frame {
+    left: u64,
+    data: bool,
 }
 
 impl Conn {
+    fn new(stream: TcpStream, frame: Option<Frame>) -> Self {
+        Self {
+            stream,
+            buf: vec![0; crate::CHUNK].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            frame,
+        }
+    }
+
     async fn ws(url: &str) -> anyhow::Result<Self> {
         let (socket, _) = ws_connect(url, &["binary"]).await?;
-        Ok(Conn::Ws(Box::new(socket), Vec::new()))
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        match self {
-            Conn::Tcp(stream) => stream.write_all(bytes).await?,
-            Conn::Ws(socket, _) => socket.send(Message::binary(bytes.to_vec())).await?,
+        // Nothing arrives before the client speaks, so tungstenite holds no bytes past the handshake.
+        match socket.into_inner() {
+            MaybeTlsStream::Plain(stream) => Ok(Self::new(stream, Some(Frame::default()))),
+            _ => bail!("a TLS stream"),
         }
-        Ok(())
     }
 
-    /// Reads some bytes into `buf`; 0 at the end.
-    pub async fn receive(&mut self, buf: &mut [u8]) -> anyhow::Result<usize> {
-        match self {
-            Conn::Tcp(stream) => Ok(stream.read(buf).await?),
-            Conn::Ws(socket, pending) => {
-                while pending.is_empty() {
-                    match socket.next().await {
-                        Some(Ok(Message::Binary(bytes))) => pending.extend_from_slice(&bytes),
-                        Some(Ok(Message::Close(_))) | None => return Ok(0),
-                        Some(Ok(_)) => continue,
-                        Some(Err(error)) => return Err(error.into()),
-                    }
+    /// Sends `bytes`: as they are, or as one masked binary frame.
+    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        if self.frame.is_none() {
+            return Ok(self.stream.write_all(bytes).await?);
+        }
+        let mut frame = vec![0x82];
+        match bytes.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x5a, 0xa5, 0x3c, 0xc3];
+        frame.extend_from_slice(&mask);
+        frame.extend(bytes.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        Ok(self.stream.write_all(&frame).await?)
+    }
+
+    /// The next bytes that arrived; empty at the end.
+    pub async fn receive(&mut self) -> anyhow::Result<&[u8]> {
+        loop {
+            let Some(frame) = &mut self.frame else {
+                if self.start == self.end && !self.fill().await? {
+                    return Ok(&[]);
                 }
-                let n = pending.len().min(buf.len());
-                buf[..n].copy_from_slice(&pending[..n]);
-                pending.drain(..n);
-                Ok(n)
+                let range = self.start..self.end;
+                self.start = self.end;
+                return Ok(&self.buf[range]);
+            };
+            if frame.left > 0 && self.start < self.end {
+                let take = frame.left.min((self.end - self.start) as u64) as usize;
+                let range = self.start..self.start + take;
+                frame.left -= take as u64;
+                self.start += take;
+                if frame.data {
+                    return Ok(&self.buf[range]);
+                }
+                continue;
+            }
+            if frame.left == 0 {
+                match header(&self.buf[self.start..self.end]) {
+                    Some((_, 0x8)) => return Ok(&[]),
+                    Some((length, opcode)) => {
+                        self.start += length.0;
+                        frame.left = length.1;
+                        frame.data = matches!(opcode, 0x0 | 0x2);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            if !self.fill().await? {
+                return Ok(&[]);
             }
         }
     }
+
+    /// Reads more, after moving what is left to the front; false at the end.
+    async fn fill(&mut self) -> anyhow::Result<bool> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+}
+
+/// A server frame's header at the start of `bytes`, if it is all there: ((header length, payload length),
+/// opcode). Server frames are not masked.
+fn header(bytes: &[u8]) -> Option<((usize, u64), u8)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let opcode = first & 0x0f;
+    let length = match second & 0x7f {
+        126 => (4, u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64),
+        127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
+        n => (2, n as u64),
+    };
+    Some((length, opcode))
 }
