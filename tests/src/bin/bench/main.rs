@@ -221,7 +221,7 @@ async fn guacamole_tunnels(plan: &Plan, lite: Option<&std::path::Path>) -> anyho
     for case in &cases {
         intact.push(match setup.intact(*case, 16).await {
             Ok(()) => "yes".to_owned(),
-            Err(error) => format!("no: {error:#}"),
+            Err(error) => format!("no: {error}"),
         });
     }
     if let Some(lite) = &mut setup.lite
