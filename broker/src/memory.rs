@@ -29,8 +29,25 @@ struct State {
     session_ids: HashMap<SessionId, TokenDigest>,
     nodes: HashMap<NodeId, NodeRecord>,
     tunnels: HashMap<TunnelId, TunnelRecord>,
+    /// HTTP tunnels by the digest of their `Guacamole-Tunnel-Token`, for forwarding.
+    http_tunnels: HashMap<TokenDigest, TunnelId>,
     tenants: HashMap<TenantId, Tenant>,
     slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
+}
+
+impl State {
+    /// Drops a tunnel's record, its token, and the quota slot it held.
+    fn remove_tunnel(&mut self, id: &TunnelId) {
+        let Some(tunnel) = self.tunnels.remove(id) else {
+            return;
+        };
+        if let Some(token) = &tunnel.http_token {
+            self.http_tunnels.remove(token);
+        }
+        if let Some(slots) = self.slots.get_mut(&tunnel.tenant) {
+            slots.remove(id);
+        }
+    }
 }
 
 /// Control events buffered for a slow subscriber before it misses some.
@@ -107,17 +124,14 @@ impl Registry for MemoryRegistry {
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>> {
         let mut state = self.lock();
         state.nodes.remove(id);
-        let gone: Vec<TunnelRecord> = state
+        let gone: Vec<TunnelId> = state
             .tunnels
             .values()
             .filter(|t| &t.owner == id)
-            .cloned()
+            .map(|t| t.id)
             .collect();
         for tunnel in gone {
-            state.tunnels.remove(&tunnel.id);
-            if let Some(slots) = state.slots.get_mut(&tunnel.tenant) {
-                slots.remove(&tunnel.id);
-            }
+            state.remove_tunnel(&tunnel);
         }
         ready(())
     }
@@ -138,16 +152,19 @@ impl Registry for MemoryRegistry {
     }
 
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
-        self.lock().tunnels.insert(tunnel.id, tunnel.clone());
+        let mut state = self.lock();
+        let previous = state.tunnels.insert(tunnel.id, tunnel.clone());
+        if let Some(token) = previous.and_then(|previous| previous.http_token) {
+            state.http_tunnels.remove(&token);
+        }
+        if let Some(token) = tunnel.http_token {
+            state.http_tunnels.insert(token, tunnel.id);
+        }
         ready(())
     }
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
-        let mut state = self.lock();
-        state.tunnels.remove(&tunnel.id);
-        if let Some(slots) = state.slots.get_mut(&tunnel.tenant) {
-            slots.remove(&tunnel.id);
-        }
+        self.lock().remove_tunnel(&tunnel.id);
         ready(())
     }
 
@@ -156,12 +173,8 @@ impl Registry for MemoryRegistry {
         token: &'a TokenDigest,
     ) -> BoxFuture<'a, Result<Option<TunnelRecord>>> {
         let state = self.lock();
-        let found = state
-            .tunnels
-            .values()
-            .find(|t| t.http_token.as_ref() == Some(token))
-            .cloned();
-        ready(found)
+        let id = state.http_tunnels.get(token);
+        ready(id.and_then(|id| state.tunnels.get(id)).cloned())
     }
 
     fn tunnels_of<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, Result<Vec<TunnelRecord>>> {
@@ -301,5 +314,37 @@ mod tests {
         assert!(lookup("nope").await.is_none());
         assert!(registry.revoke(&SessionId::new("s")).await.unwrap());
         assert!(lookup("live").await.is_none() || lookup("old").await.is_none());
+    }
+
+    #[tokio::test]
+    async fn finds_http_tunnels_by_token_until_they_end() {
+        let registry = MemoryRegistry::new();
+        let mut tunnel = TunnelRecord {
+            id: TunnelId::from_random_bytes([7; 16]),
+            owner: NodeId::new("a"),
+            incarnation: deskbroker_shared::cluster::Incarnation(uuid::Uuid::from_u128(1)),
+            tenant: TenantId::new("t"),
+            session: SessionId::new("s"),
+            kind: deskbroker_shared::cluster::TunnelKind::HttpTunnel,
+            created_ms: 0,
+            http_token: Some(TokenDigest::of("first")),
+            connection: None,
+        };
+        let find = |token: &'static str| {
+            let registry = registry.clone();
+            async move { registry.http_tunnel(&TokenDigest::of(token)).await.unwrap() }
+        };
+        registry.add_tunnel(&tunnel).await.unwrap();
+        assert_eq!(find("first").await.map(|t| t.id), Some(tunnel.id));
+        assert!(find("other").await.is_none());
+
+        // Written again with another token: only the new one finds it.
+        tunnel.http_token = Some(TokenDigest::of("second"));
+        registry.add_tunnel(&tunnel).await.unwrap();
+        assert!(find("first").await.is_none());
+        assert!(find("second").await.is_some());
+
+        registry.remove_node(&NodeId::new("a")).await.unwrap();
+        assert!(find("second").await.is_none());
     }
 }

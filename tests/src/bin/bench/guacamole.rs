@@ -113,7 +113,9 @@ impl Setup {
             Case::Forwarded => http(1).await?,
             Case::Deskbroker => {
                 let base = self.edges[0].ws_url("");
-                Link::Ws(GuacWs::connect(&base, &connect_data("guac")).await?)
+                Link::Ws(Box::new(
+                    GuacWs::connect(&base, &connect_data("guac")).await?,
+                ))
             }
             Case::Lite => {
                 let lite = self
@@ -121,7 +123,9 @@ impl Setup {
                     .as_ref()
                     .context("guacamole-lite is not installed")?;
                 let base = format!("ws://127.0.0.1:{}", lite.port);
-                Link::Ws(GuacWs::connect(&base, &format!("token={}", lite.token)).await?)
+                Link::Ws(Box::new(
+                    GuacWs::connect(&base, &format!("token={}", lite.token)).await?,
+                ))
             }
         })
     }
@@ -183,7 +187,7 @@ enum Link {
         base: String,
         reader: Reader,
     },
-    Ws(GuacWs),
+    Ws(Box<GuacWs>),
 }
 
 impl Link {

@@ -226,10 +226,9 @@ async fn guacamole_tunnels(plan: &Plan, lite: Option<&std::path::Path>) -> anyho
     }
     if let Some(lite) = &mut setup.lite
         && !lite.alive()
+        && let Some(verdict) = intact.last_mut()
     {
-        if let Some(verdict) = intact.last_mut() {
-            verdict.push_str("; the server process died, with all its connections");
-        }
+        verdict.push_str("; the server process died, with all its connections");
     }
     println!();
     println!(
@@ -396,7 +395,10 @@ async fn throughput(
             let mut got = 0u64;
             while got < bytes {
                 let chunk = conn.receive().await?;
-                ensure!(!chunk.is_empty(), "stream ended after {got} of {bytes} bytes");
+                ensure!(
+                    !chunk.is_empty(),
+                    "stream ended after {got} of {bytes} bytes"
+                );
                 if hash_bytes {
                     hash.update(chunk);
                 }

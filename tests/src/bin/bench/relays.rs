@@ -242,7 +242,10 @@ fn header(bytes: &[u8]) -> Option<((usize, u64), u8)> {
     let (&first, &second) = (bytes.first()?, bytes.get(1)?);
     let opcode = first & 0x0f;
     let length = match second & 0x7f {
-        126 => (4, u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64),
+        126 => (
+            4,
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as u64,
+        ),
         127 => (10, u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?)),
         n => (2, n as u64),
     };
