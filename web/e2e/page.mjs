@@ -22,7 +22,17 @@ try {
   await page.waitForFunction((state) => document.getElementById('status')?.dataset.state === state, expected, { timeout: 20000 })
     .catch(() => {});
   status = await page.textContent('#status');
-  if (job.click) await page.mouse.click(job.click[0], job.click[1]);
+  if (job.click) {
+    // The desktop must be under the pointer first: the page says it is connected on guacd's `ready`, and
+    // the display takes its size from the `size` that follows.
+    await page.waitForFunction(([x, y]) => {
+      const screen = document.getElementById('screen');
+      const target = document.elementFromPoint(x, y);
+      const sized = [...screen.querySelectorAll('canvas')].some((canvas) => canvas.width > 0);
+      return sized && target !== screen && screen.contains(target);
+    }, job.click, { timeout: 10000 }).catch(() => {});
+    await page.mouse.click(job.click[0], job.click[1]);
+  }
   if (job.type) await page.keyboard.type(job.type, { delay: 40 });
   await page.waitForTimeout(job.settleMs ?? 1000);
   status = await page.textContent('#status');
