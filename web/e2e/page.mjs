@@ -3,6 +3,7 @@
 //   { url, screenshot, type?: string, click?: [x, y], settleMs?: number, expect?: 'open' | 'error' }
 // opens the page, waits until it says it is connected (or, with expect 'error', that it failed), clicks and types as asked, takes a screenshot, and
 // prints one JSON line: { status, colours, console }. Exits non-zero if the page never connects.
+import { inflateSync } from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const job = JSON.parse(process.argv[2]);
@@ -36,18 +37,54 @@ try {
   if (job.type) await page.keyboard.type(job.type, { delay: 40 });
   await page.waitForTimeout(job.settleMs ?? 1000);
   status = await page.textContent('#status');
-  // Distinct colours over every canvas on the page: a blank screen has one.
-  const colours = await page.evaluate(() => {
-    const seen = new Set();
-    for (const canvas of document.querySelectorAll('canvas')) {
-      if (!canvas.width || !canvas.height) continue;
-      const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-      for (let i = 0; i < data.length && seen.size < 1000; i += 4 * 7) seen.add(`${data[i]},${data[i + 1]},${data[i + 2]}`);
-    }
-    return seen.size;
-  });
-  await page.screenshot({ path: job.screenshot });
+  // Distinct colours the page shows below its header, from the screenshot: what a person would see (a
+  // canvas can be drawn yet hidden behind the page), and a blank screen has one.
+  const colours = visibleColours(await page.screenshot({ path: job.screenshot }), 50);
   console.log(JSON.stringify({ status, colours, console: logs }));
 } finally {
   await browser.close();
+}
+
+// Distinct colours (up to 1000) in an 8-bit RGB or RGBA PNG, from row `top` down.
+function visibleColours(png, top) {
+  let offset = 8;
+  let width = 0, height = 0, channels = 0;
+  const idat = [];
+  while (offset < png.length) {
+    const length = png.readUInt32BE(offset);
+    const type = png.toString('latin1', offset + 4, offset + 8);
+    const data = png.subarray(offset + 8, offset + 8 + length);
+    if (type === 'IHDR') {
+      [width, height] = [data.readUInt32BE(0), data.readUInt32BE(4)];
+      channels = { 2: 3, 6: 4 }[data[9]];
+    } else if (type === 'IDAT') idat.push(data);
+    offset += 12 + length;
+  }
+  const raw = inflateSync(Buffer.concat(idat));
+  const stride = width * channels;
+  const rows = [];
+  let previous = Buffer.alloc(stride);
+  for (let y = 0; y < height; y++) {
+    const filter = raw[y * (stride + 1)];
+    const line = Buffer.from(raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1)));
+    for (let i = 0; i < stride; i++) {
+      const left = i >= channels ? line[i - channels] : 0;
+      const up = previous[i];
+      const upLeft = i >= channels ? previous[i - channels] : 0;
+      const guess = left + up - upLeft;
+      const [pa, pb, pc] = [Math.abs(guess - left), Math.abs(guess - up), Math.abs(guess - upLeft)];
+      const paeth = pa <= pb && pa <= pc ? left : pb <= pc ? up : upLeft;
+      line[i] = (line[i] + [0, left, up, (left + up) >> 1, paeth][filter]) & 0xff;
+    }
+    rows.push(line);
+    previous = line;
+  }
+  const seen = new Set();
+  for (let y = top; y < height && seen.size < 1000; y++) {
+    for (let x = 0; x < width; x++) {
+      const i = x * channels;
+      seen.add((rows[y][i] << 16) | (rows[y][i + 1] << 8) | rows[y][i + 2]);
+    }
+  }
+  return seen.size;
 }
