@@ -35,7 +35,7 @@ pub struct Sample {
 /// The three-node cluster, the guacd behind it, and guacamole-lite beside it when it is installed.
 pub struct Setup {
     _guacd: TestGuacd,
-    pub edges: Vec<Edge>,
+    edges: Vec<Edge>,
     _redis: Redis,
     _dir: tempfile::TempDir,
     pub lite: Option<GuacamoleLite>,
