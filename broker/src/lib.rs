@@ -42,6 +42,10 @@ pub enum RegistryError {
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
 
+/// How long the registry remembers that a session was closed, for nodes that were cut off from the control
+/// channel when it happened: longer than any outage a node survives with its tunnels.
+pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Whether a lease renewal found the node's record in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -109,8 +113,13 @@ pub trait Registry: Send + Sync + 'static {
     /// A tenant's live sessions.
     fn sessions_of<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<Session>>>;
 
-    /// Revokes a session's token; true if it was live.
+    /// Revokes a session's token; true if it was live. The registry remembers it for
+    /// [`REVOCATION_MEMORY`].
     fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>>;
+
+    /// Which of these sessions were revoked: what a node that missed control events checks its tunnels
+    /// against once it hears the channel again.
+    fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>>;
 
     fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>>;
 

@@ -15,7 +15,7 @@ use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::{Session, SessionId};
 
 use crate::tenants::Tenant;
-use crate::{BoxFuture, EventStream, Registry, Renewal, Result};
+use crate::{BoxFuture, EventStream, REVOCATION_MEMORY, Registry, Renewal, Result};
 
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
@@ -31,6 +31,8 @@ struct State {
     tunnels: HashMap<TunnelId, TunnelRecord>,
     /// HTTP tunnels by the digest of their `Guacamole-Tunnel-Token`, for forwarding.
     http_tunnels: HashMap<TokenDigest, TunnelId>,
+    /// Sessions revoked, and when.
+    revoked: HashMap<SessionId, SystemTime>,
     tenants: HashMap<TenantId, Tenant>,
     slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
 }
@@ -230,10 +232,26 @@ impl Registry for MemoryRegistry {
     fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>> {
         let mut state = self.lock();
         let digest = state.session_ids.remove(id);
+        let live = digest
+            .and_then(|digest| state.sessions.remove(&digest))
+            .is_some();
+        if live {
+            let now = SystemTime::now();
+            state
+                .revoked
+                .retain(|_, at| now.duration_since(*at).unwrap_or_default() < REVOCATION_MEMORY);
+            state.revoked.insert(id.clone(), now);
+        }
+        ready(live)
+    }
+
+    fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
+        let state = self.lock();
         ready(
-            digest
-                .and_then(|digest| state.sessions.remove(&digest))
-                .is_some(),
+            ids.iter()
+                .filter(|id| state.revoked.contains_key(*id))
+                .cloned()
+                .collect(),
         )
     }
 
@@ -314,6 +332,12 @@ mod tests {
         assert!(lookup("nope").await.is_none());
         assert!(registry.revoke(&SessionId::new("s")).await.unwrap());
         assert!(lookup("live").await.is_none() || lookup("old").await.is_none());
+        let asked = [SessionId::new("s"), SessionId::new("other")];
+        assert_eq!(
+            registry.revoked(&asked).await.unwrap(),
+            [SessionId::new("s")],
+            "remembered as revoked"
+        );
     }
 
     #[tokio::test]

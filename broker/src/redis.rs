@@ -22,7 +22,10 @@ use deskbroker_shared::keys;
 use deskbroker_shared::session::{Session, SessionId};
 
 use crate::tenants::Tenant;
-use crate::{BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl};
+use crate::{
+    BoxFuture, EventStream, REVOCATION_MEMORY, Registry, RegistryError, Renewal, Result,
+    session_ttl,
+};
 
 /// Deadline for one command: long enough for a loaded Redis, short enough that a browser waiting on a
 /// lookup gets its 503 before its own timeouts fire.
@@ -374,7 +377,28 @@ impl Registry for RedisRegistry {
             conn.srem::<_, _, ()>(keys::tenant_sessions(&session.tenant), id.as_str())
                 .await
                 .map_err(unavailable)?;
+            conn.set_ex::<_, _, ()>(keys::revoked(id), 1, REVOCATION_MEMORY.as_secs())
+                .await
+                .map_err(unavailable)?;
             Ok(true)
+        })
+    }
+
+    fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            let mut revoked = Vec::new();
+            // One key per command: the keys live in different slots on Redis Cluster.
+            for id in ids {
+                if conn
+                    .exists::<_, bool>(keys::revoked(id))
+                    .await
+                    .map_err(unavailable)?
+                {
+                    revoked.push(id.clone());
+                }
+            }
+            Ok(revoked)
         })
     }
 

@@ -136,6 +136,11 @@ impl LocalTunnels {
         }
     }
 
+    /// The sessions this node has tunnels of.
+    pub fn sessions(&self) -> Vec<SessionId> {
+        self.lock().keys().cloned().collect()
+    }
+
     /// Stops every tunnel of a revoked session.
     pub fn close_session(&self, session: &SessionId) {
         let tunnels = self.lock().remove(session).unwrap_or_default();

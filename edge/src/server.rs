@@ -228,11 +228,15 @@ pub fn router(edge: Edge) -> Router {
 }
 
 /// Acts on the control channel (a revoked session's tunnels close) until the node closes its tunnels;
-/// subscribes again whenever the subscription breaks.
+/// subscribes again whenever the subscription breaks, then closes what was revoked meanwhile.
 async fn follow_control(edge: Edge) {
     let registry = edge.membership().registry().clone();
     while !edge.closing().is_cancelled() {
-        let mut events = match registry.subscribe().await {
+        let subscribed = match registry.subscribe().await {
+            Ok(events) => close_revoked(&edge).await.map(|()| events),
+            Err(error) => Err(error),
+        };
+        let mut events = match subscribed {
             Ok(events) => events,
             Err(error) => {
                 warn!(%error, "control channel unavailable; retrying");
@@ -258,6 +262,18 @@ async fn follow_control(edge: Edge) {
             }
         }
     }
+}
+
+/// Closes the tunnels of sessions revoked while this node was not listening (it was cut off from Redis):
+/// the control channel keeps nothing for a subscriber that was away, but the registry remembers.
+async fn close_revoked(edge: &Edge) -> deskbroker_broker::Result<()> {
+    let sessions = edge.inner.local.sessions();
+    if !sessions.is_empty() {
+        for session in edge.membership().registry().revoked(&sessions).await? {
+            edge.inner.local.close_session(&session);
+        }
+    }
+    Ok(())
 }
 
 /// Sends small writes at once: a keystroke's echo or a frame's last bytes must not wait, under Nagle's

@@ -10,6 +10,7 @@
 //! | `deskbroker:session:{<digest>}` | string | `Session` JSON, by SHA-256 of the session token, expiring with it |
 //! | `deskbroker:session-id:{<session>}` | string | the session token's digest, by session id, expiring with it |
 //! | `deskbroker:session-tunnels:{<session>}` | set | ids of the session's open tunnels |
+//! | `deskbroker:revoked:{<session>}` | string | present for a while after the session was closed |
 //! | `deskbroker:tenant-sessions:{<tenant>}` | set | ids of the tenant's sessions (expired ones pruned when listed) |
 //! | `deskbroker:tenant-tunnels:{<tenant>}` | set | ids of the tenant's open tunnels: its used slots |
 //! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
@@ -47,6 +48,10 @@ pub fn session_id(id: &SessionId) -> String {
 
 pub fn session_tunnels(id: &SessionId) -> String {
     format!("deskbroker:session-tunnels:{{{id}}}")
+}
+
+pub fn revoked(id: &SessionId) -> String {
+    format!("deskbroker:revoked:{{{id}}}")
 }
 
 pub fn tenant_sessions(tenant: &TenantId) -> String {

@@ -9,6 +9,7 @@ pub mod browser;
 pub mod clients;
 pub mod flood;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 pub mod upstreams;
 

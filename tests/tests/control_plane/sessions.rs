@@ -7,7 +7,9 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use deskbroker_tests::Edge;
 use deskbroker_tests::clients::{HttpTunnel, STEP, close_frame, connect_data, ws_connect};
+use deskbroker_tests::proxy::Proxy;
 
 use crate::{ACME, ADMIN, Platform};
 
@@ -160,4 +162,48 @@ async fn sessions_expire() {
         .await;
     let expires = humantime::parse_rfc3339(long["expires_at"].as_str().unwrap()).unwrap();
     assert!(expires < std::time::SystemTime::now() + Duration::from_secs(3601));
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_closes_what_was_revoked_meanwhile() {
+    let platform = Platform::start().await;
+    // A fourth node reaches Redis through a link the test can cut.
+    let link = Proxy::start(([127, 0, 0, 1], platform.redis.port).into())
+        .await
+        .unwrap();
+    let url = format!("redis://{}", link.addr);
+    let env = [
+        ("DESKBROKER_REDIS_URL", url.as_str()),
+        ("DESKBROKER_CLUSTER_SECRET", "s3cret"),
+    ];
+    let edge = Edge::start_with_env(&["--node-id", "edge-cut-off"], &env)
+        .await
+        .unwrap();
+    let vnc = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let path = format!("/websockify?token={}", vnc["token"].as_str().unwrap());
+    let (mut relay, _) = ws_connect(&edge.ws_url(&path), &[]).await.unwrap();
+    let mut echo = async |bytes: &[u8]| {
+        relay.send(Message::binary(bytes.to_vec())).await.unwrap();
+        let echoed = tokio::time::timeout(STEP, relay.next()).await.unwrap();
+        assert_eq!(echoed.unwrap().unwrap().into_data().as_ref(), bytes);
+    };
+    echo(b"before").await;
+
+    // The session is killed while the node cannot hear the control channel: its relay runs on.
+    link.cut();
+    let id = vnc["id"].as_str().unwrap();
+    let (status, _) = platform
+        .api("DELETE", &format!("/api/v1/sessions/{id}"), ACME, None)
+        .await;
+    assert_eq!(status, 204);
+    echo(b"meanwhile").await;
+
+    // Back in touch, the node asks what was revoked while it was away, and closes the relay.
+    link.heal();
+    assert_eq!(
+        close_frame(&mut relay).await.unwrap(),
+        (4410, "session closed".into())
+    );
 }
