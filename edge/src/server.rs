@@ -268,10 +268,8 @@ async fn follow_control(edge: Edge) {
 /// the control channel keeps nothing for a subscriber that was away, but the registry remembers.
 async fn close_revoked(edge: &Edge) -> deskbroker_broker::Result<()> {
     let sessions = edge.inner.local.sessions();
-    if !sessions.is_empty() {
-        for session in edge.membership().registry().revoked(&sessions).await? {
-            edge.inner.local.close_session(&session);
-        }
+    for session in edge.membership().registry().revoked(&sessions).await? {
+        edge.inner.local.close_session(&session);
     }
     Ok(())
 }

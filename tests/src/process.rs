@@ -138,6 +138,25 @@ impl Edge {
         Ok(Self { process, addr })
     }
 
+    /// Starts an edge as node `id` of a cluster on the Redis at `redis_url`, with a peer listener and the
+    /// cluster secret `secret`; `args` and `env` are added.
+    pub async fn start_node(
+        id: &str,
+        redis_url: &str,
+        secret: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let mut all_args = vec!["--node-id", id, "--peer-listen", "127.0.0.1:0"];
+        all_args.extend_from_slice(args);
+        let mut all_env = vec![
+            ("DESKBROKER_REDIS_URL", redis_url),
+            ("DESKBROKER_CLUSTER_SECRET", secret),
+        ];
+        all_env.extend_from_slice(env);
+        Self::start_with_env(&all_args, &all_env).await
+    }
+
     pub fn ws_url(&self, path_and_query: &str) -> String {
         format!("ws://{}{path_and_query}", self.addr)
     }

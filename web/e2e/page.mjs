@@ -62,9 +62,9 @@ function visibleColours(png, top) {
   }
   const raw = inflateSync(Buffer.concat(idat));
   const stride = width * channels;
-  const rows = [];
+  const seen = new Set();
   let previous = Buffer.alloc(stride);
-  for (let y = 0; y < height; y++) {
+  for (let y = 0; y < height && seen.size < 1000; y++) {
     const filter = raw[y * (stride + 1)];
     const line = Buffer.from(raw.subarray(y * (stride + 1) + 1, (y + 1) * (stride + 1)));
     for (let i = 0; i < stride; i++) {
@@ -76,15 +76,10 @@ function visibleColours(png, top) {
       const paeth = pa <= pb && pa <= pc ? left : pb <= pc ? up : upLeft;
       line[i] = (line[i] + [0, left, up, (left + up) >> 1, paeth][filter]) & 0xff;
     }
-    rows.push(line);
-    previous = line;
-  }
-  const seen = new Set();
-  for (let y = top; y < height && seen.size < 1000; y++) {
-    for (let x = 0; x < width; x++) {
-      const i = x * channels;
-      seen.add((rows[y][i] << 16) | (rows[y][i + 1] << 8) | rows[y][i + 2]);
+    if (y >= top) {
+      for (let i = 0; i < stride; i += channels) seen.add((line[i] << 16) | (line[i + 1] << 8) | line[i + 2]);
     }
+    previous = line;
   }
   return seen.size;
 }

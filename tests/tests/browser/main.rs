@@ -47,24 +47,13 @@ impl Stack {
         let mut edges = Vec::new();
         for i in 1..=2 {
             let id = format!("edge-{i}");
-            let mut args = vec![
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                &id,
-                "--web-dir",
-                web.to_str().unwrap(),
-            ];
+            let mut args = vec!["--web-dir", web.to_str().unwrap()];
             args.extend(["--sessions", path.to_str().unwrap()]);
             if i == 1 {
                 args.push("--demo");
             }
-            let env = [
-                ("DESKBROKER_REDIS_URL", redis.url()),
-                ("DESKBROKER_CLUSTER_SECRET", "s3cret".to_owned()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            edges.push(Edge::start_with_env(&args, &env).await.unwrap());
+            let edge = Edge::start_node(&id, &redis.url(), "s3cret", &args, &[]).await;
+            edges.push(edge.unwrap());
         }
         let balancer = Balancer::start(&edges.iter().map(|e| e.addr).collect::<Vec<_>>())
             .await

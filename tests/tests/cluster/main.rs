@@ -26,22 +26,11 @@ impl Cluster {
         let (dir, path) = deskbroker_tests::process::session_file(&sessions).expect("session file");
         let mut edges = Vec::new();
         for i in 1..=nodes {
+            let args = ["--sessions", path.to_str().unwrap()];
+            let env = [("DESKBROKER_LEASE", LEASE)];
             let id = format!("edge-{i}");
-            let args = [
-                "--sessions",
-                path.to_str().unwrap(),
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                &id,
-            ];
-            let env = [
-                ("DESKBROKER_REDIS_URL", redis_url),
-                ("DESKBROKER_CLUSTER_SECRET", SECRET),
-                ("DESKBROKER_LEASE", LEASE),
-            ];
             edges.push(
-                Edge::start_with_env(&args, &env)
+                Edge::start_node(&id, redis_url, SECRET, &args, &env)
                     .await
                     .expect("edge starts"),
             );

@@ -17,6 +17,8 @@ use deskbroker_tests::{Broker, Edge, TestGuacd};
 pub const ADMIN: &str = "admin-key-0123456789";
 pub const ACME: &str = "acme-key-0123456789";
 pub const GLOBEX: &str = "globex-key-0123456789";
+/// The edges' cluster secret.
+pub const SECRET: &str = "s3cret";
 
 pub struct Platform {
     pub redis: Redis,
@@ -52,14 +54,9 @@ impl Platform {
         let mut edges = Vec::new();
         for i in 1..=3 {
             let id = format!("edge-{i}");
-            let args = ["--peer-listen", "127.0.0.1:0", "--node-id", &id];
-            let env = [
-                ("DESKBROKER_REDIS_URL", redis.url()),
-                ("DESKBROKER_CLUSTER_SECRET", "s3cret".into()),
-                ("DESKBROKER_LEASE", "2s".into()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            edges.push(Edge::start_with_env(&args, &env).await.unwrap());
+            let env = [("DESKBROKER_LEASE", "2s")];
+            let edge = Edge::start_node(&id, &redis.url(), SECRET, &[], &env).await;
+            edges.push(edge.unwrap());
         }
         Platform {
             redis,

@@ -52,21 +52,10 @@ impl Setup {
         let mut edges = Vec::new();
         for i in 1..=3 {
             let id = format!("bench-{i}");
-            let args = [
-                "--sessions",
-                sessions.to_str().unwrap_or_default(),
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--node-id",
-                &id,
-            ];
-            let env = [
-                ("DESKBROKER_REDIS_URL", redis.url()),
-                ("DESKBROKER_CLUSTER_SECRET", "bench-secret".into()),
-                ("DESKBROKER_LOG", "warn,deskbroker_edge=info".into()),
-            ];
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            edges.push(Edge::start_with_env(&args, &env).await?);
+            let args = ["--sessions", sessions.to_str().unwrap_or_default()];
+            let env = [("DESKBROKER_LOG", "warn,deskbroker_edge=info")];
+            let edge = Edge::start_node(&id, &redis.url(), "bench-secret", &args, &env).await;
+            edges.push(edge?);
         }
         let lite = match guacamole_lite {
             Some(script) => Some(GuacamoleLite::start(script, guacd.addr).await?),
