@@ -18,9 +18,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
-use deskbroker_shared::session::{Session, SessionId};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::session::Session;
 
 use crate::tenants::Tenant;
 

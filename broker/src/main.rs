@@ -14,7 +14,7 @@ use deskbroker_broker::api::traffic::PeerTraffic;
 use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::{RedisRegistry, Registry};
-use deskbroker_shared::ids::TokenDigest;
+use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +79,7 @@ async fn main() -> anyhow::Result<()> {
         traffic: args
             .cluster_secret
             .clone()
-            .map(|secret| PeerTraffic::new(secret) as _),
+            .map(|secret| PeerTraffic::new(ClusterSecret::new(secret)) as _),
         admin_key: args.admin_key.as_deref().map(TokenDigest::of),
         guacd_pools: config.pools()?,
     };

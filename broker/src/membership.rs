@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use deskbroker_shared::cluster::{Incarnation, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::TunnelId;
+use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, TunnelId};
 
 use crate::{Registry, Renewal, Result};
 
@@ -218,7 +218,7 @@ mod tests {
             owner: owner.id.clone(),
             incarnation: owner.incarnation,
             tenant: TenantId::new("t"),
-            session: deskbroker_shared::session::SessionId::new("s"),
+            session: deskbroker_shared::ids::SessionId::new("s"),
             kind: TunnelKind::HttpTunnel,
             created_ms: 0,
             http_token: Some(TokenDigest::of("h")),

@@ -10,9 +10,9 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
-use deskbroker_shared::session::{Session, SessionId};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::session::Session;
 
 use crate::tenants::Tenant;
 use crate::{BoxFuture, EventStream, REVOCATION_MEMORY, Registry, Renewal, Result};
@@ -301,8 +301,7 @@ impl Registry for MemoryRegistry {
 mod tests {
     use std::time::Duration;
 
-    use deskbroker_shared::ids::TenantId;
-    use deskbroker_shared::session::{SessionId, Target};
+    use deskbroker_shared::session::Target;
 
     use super::*;
 

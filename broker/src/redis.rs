@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 
 use futures_util::StreamExt;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::keys;
-use deskbroker_shared::session::{Session, SessionId};
+use deskbroker_shared::session::Session;
 
 use crate::tenants::Tenant;
 use crate::{

@@ -13,8 +13,8 @@
 
 use std::time::SystemTime;
 
-use deskbroker_shared::ids::{SessionToken, TenantId};
-use deskbroker_shared::session::{BadTarget, Session, SessionId, Target};
+use deskbroker_shared::ids::{SessionId, SessionToken, TenantId};
+use deskbroker_shared::session::{BadTarget, Session, Target};
 
 /// Tenant of sessions whose line names none.
 pub const DEFAULT_TENANT: &str = "default";

@@ -24,7 +24,8 @@ use deskbroker_shared::ids::TokenDigest;
 use crate::defaults::OWNER_CACHE_ENTRIES;
 use crate::error::TunnelError;
 use crate::guac::error_response;
-use crate::peer::{CLUSTER_SECRET, ClusterSecret};
+use crate::peer::CLUSTER_SECRET;
+use deskbroker_shared::ids::ClusterSecret;
 
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,

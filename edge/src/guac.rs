@@ -7,8 +7,8 @@ use tracing::info;
 
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::connect::ConnectRequest;
-use deskbroker_shared::ids::{TunnelId, TunnelToken};
-use deskbroker_shared::session::{Session, SessionId, Target};
+use deskbroker_shared::ids::{SessionId, TunnelId};
+use deskbroker_shared::session::{Session, Target};
 
 use crate::error::TunnelError;
 use crate::server::Edge;
@@ -48,7 +48,7 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
         client: &request.client,
     })
     .await?;
-    let id = new_tunnel_id();
+    let id = TunnelId::random();
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
     Ok(Opened { id, guacd, session })
 }
@@ -66,21 +66,6 @@ async fn running_connection(edge: &Edge, session: &SessionId) -> Result<String, 
         }
     }
     Err(TunnelError::NothingToJoin)
-}
-
-pub fn new_tunnel_id() -> TunnelId {
-    TunnelId::from_random_bytes(random())
-}
-
-pub fn new_tunnel_token() -> TunnelToken {
-    TunnelToken::from_random_bytes(random())
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0; N];
-    // The OS's CSPRNG does not fail on any platform we run on; a failure here means no secure tokens at all.
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
-    bytes
 }
 
 /// An error in the Java servlet's form, with an HTTP status of its own (the table's is the default).

@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use deskbroker_shared::cluster::TunnelRecord;
-use deskbroker_shared::ids::TunnelId;
-use deskbroker_shared::session::SessionId;
+use deskbroker_shared::ids::{SessionId, TunnelId};
 
 use crate::error::TunnelError;
 

@@ -14,9 +14,8 @@ use tracing::info;
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::{Membership, MemoryRegistry, RedisRegistry, Registry, session_file};
 use deskbroker_edge::config::{Args, LogFormat};
-use deskbroker_edge::peer::ClusterSecret;
 use deskbroker_edge::{Edge, standalone};
-use deskbroker_shared::cluster::NodeId;
+use deskbroker_shared::ids::{ClusterSecret, NodeId};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

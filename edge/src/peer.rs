@@ -5,8 +5,6 @@
 //! unauthenticated way into a tunnel. A peer request is served from this node's own tunnels only, never
 //! forwarded again: a request for a tunnel this node does not own gets 404/516.
 
-use std::fmt;
-
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -14,43 +12,17 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use subtle::ConstantTimeEq;
 use tracing::warn;
 
 use deskbroker_shared::GuacStatus;
-use deskbroker_shared::cluster::CLUSTER_SECRET_HEADER;
-use deskbroker_shared::ids::TunnelId;
-use deskbroker_shared::session::SessionId;
+use deskbroker_shared::ids::{SessionId, TunnelId};
+use deskbroker_shared::peer::CLUSTER_SECRET_HEADER;
 
 use crate::guac::error_response;
 use crate::http_tunnel;
 use crate::server::Edge;
 
 pub const CLUSTER_SECRET: HeaderName = HeaderName::from_static(CLUSTER_SECRET_HEADER);
-
-/// The secret shared by the nodes of one cluster; never printed.
-#[derive(Clone)]
-pub struct ClusterSecret(String);
-
-impl ClusterSecret {
-    pub fn new(secret: impl Into<String>) -> Self {
-        Self(secret.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    fn matches(&self, presented: &[u8]) -> bool {
-        self.0.as_bytes().ct_eq(presented).into()
-    }
-}
-
-impl fmt::Debug for ClusterSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClusterSecret(****)")
-    }
-}
 
 pub fn router(edge: Edge) -> Router {
     Router::new()

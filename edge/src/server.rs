@@ -19,16 +19,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use deskbroker_broker::Membership;
-use deskbroker_shared::cluster::{ControlEvent, TrafficReport, TunnelKind, TunnelRecord, unix_ms};
-use deskbroker_shared::ids::{SessionToken, TokenDigest, TunnelId};
-use deskbroker_shared::session::{Session, SessionId};
+use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
+use deskbroker_shared::ids::{ClusterSecret, SessionId, SessionToken, TokenDigest, TunnelId};
+use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::session::Session;
+use deskbroker_shared::time::unix_ms;
 
 use crate::defaults::{CLOSE_TIMEOUT, CONTROL_RETRY};
 use crate::error::TunnelError;
 use crate::forward::Forwarder;
 use crate::http_tunnel::{self, HttpTunnels};
 use crate::local::{LocalTunnel, LocalTunnels};
-use crate::peer::ClusterSecret;
 use crate::{websockify, ws_tunnel};
 
 /// What the edge needs to know beyond its listener.

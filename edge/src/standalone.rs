@@ -15,9 +15,10 @@ use deskbroker_broker::config::{BrokerConfig, ConfigError};
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{BoxFuture, RegistryError, session_file};
 use deskbroker_demo::DemoDesktop;
-use deskbroker_shared::cluster::{NodeRecord, TrafficReport, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId, TokenDigest};
-use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
+use deskbroker_shared::cluster::{NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::session::{HostPort, Session, Target};
 
 use crate::server::Edge;
 

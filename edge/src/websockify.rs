@@ -19,6 +19,7 @@ use tracing::{debug, info, info_span, warn};
 use deskbroker_shared::RelayClose;
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::ids::TunnelId;
 use deskbroker_shared::rfb::ReadOnlyFilter;
 use deskbroker_shared::session::Target;
 
@@ -92,7 +93,7 @@ async fn open(
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
     };
-    let id = crate::guac::new_tunnel_id();
+    let id = TunnelId::random();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let vnc = upstream::connect(addr).await?;
     let tunnel = edge

@@ -7,45 +7,12 @@
 //! crashed node's tunnels are gone everywhere as soon as its lease lapses.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{TenantId, TokenDigest, TunnelId};
-use crate::session::SessionId;
-
-/// The header carrying the cluster secret on requests to a node's peer listener.
-pub const CLUSTER_SECRET_HEADER: &str = "deskbroker-cluster-secret";
-
-/// What a node's peer listener answers about one of its tunnels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrafficReport {
-    /// Bytes from the browser to the VNC server or guacd.
-    pub to_upstream: u64,
-    /// Bytes from the VNC server or guacd to the browser.
-    pub from_upstream: u64,
-}
-
-/// A node's stable name (its pod name in Kubernetes).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(String);
-
-impl NodeId {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use crate::ids::{NodeId, SessionId, TenantId, TokenDigest, TunnelId};
+use crate::time::unix_ms;
 
 /// One run of a node process: new at every start, so a restarted node's old tunnels are recognisably gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,12 +23,6 @@ impl fmt::Display for Incarnation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
-}
-
-/// Milliseconds since the Unix epoch, as records store time.
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A node's lease: who it is, where peers reach it, and until when it is alive.
@@ -123,6 +84,19 @@ impl TunnelRecord {
     }
 }
 
+/// Messages every node hears on the registry's control channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum ControlEvent {
+    /// The session was revoked: close its tunnels wherever they are.
+    SessionClosed { session: SessionId },
+    /// A newer connection took over an exclusive session: close this tunnel of it.
+    TakenOver {
+        session: SessionId,
+        tunnel: TunnelId,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,17 +146,4 @@ mod tests {
         assert!(json.contains("\"kind\":\"http-tunnel\""), "{json}");
         assert_eq!(serde_json::from_str::<TunnelRecord>(&json).unwrap(), record);
     }
-}
-
-/// Messages every node hears on the registry's control channel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "kebab-case")]
-pub enum ControlEvent {
-    /// The session was revoked: close its tunnels wherever they are.
-    SessionClosed { session: SessionId },
-    /// A newer connection took over an exclusive session: close this tunnel of it.
-    TakenOver {
-        session: SessionId,
-        tunnel: TunnelId,
-    },
 }

@@ -1,8 +1,11 @@
-//! Identifiers and secrets as newtypes, so a token can never be logged or compared by accident.
+//! Every identifier and secret of deskbroker as a newtype, so that one can never be passed for another, and
+//! a token can never be logged or compared by accident.
 //!
-//! Secrets ([`SessionToken`], [`TunnelToken`]) print as a mask in `Debug`. They are looked up by their
-//! SHA-256 [`TokenDigest`]: a map keyed by the digest leaks nothing useful through timing, and the final
-//! comparison of digests is constant-time.
+//! Names ([`NodeId`], [`SessionId`], [`TenantId`]) are strings chosen by operators and the control plane;
+//! [`TunnelId`] is a random UUID. Secrets ([`SessionToken`], [`TunnelToken`], [`ClusterSecret`]) print as a
+//! mask in `Debug`. Tokens are looked up by their SHA-256 [`TokenDigest`]: a map keyed by the digest leaks
+//! nothing useful through timing, and the final comparison of digests is constant-time. New ids and tokens
+//! come from the operating system's CSPRNG.
 
 use std::fmt;
 
@@ -18,6 +21,11 @@ use uuid::Uuid;
 pub struct TunnelId(Uuid);
 
 impl TunnelId {
+    /// A new, random tunnel id.
+    pub fn random() -> Self {
+        Self::from_random_bytes(random_bytes())
+    }
+
     pub fn from_random_bytes(bytes: [u8; 16]) -> Self {
         Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
@@ -127,33 +135,98 @@ secret!(
     TunnelToken
 );
 
+secret!(
+    /// The secret every node of a cluster shares, presented on requests to a node's peer listener.
+    ClusterSecret
+);
+
+impl SessionToken {
+    /// A new token: 32 random bytes, URL-safe Base64 (43 characters), so it can sit in a query string.
+    pub fn random() -> Self {
+        use base64::Engine;
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()))
+    }
+}
+
 impl TunnelToken {
-    /// 33 random bytes in standard Base64, as the Java servlet makes them: 44 characters, no padding.
+    /// A new token, as the Java servlet makes them: 33 random bytes in standard Base64, 44 characters.
+    pub fn random() -> Self {
+        Self::from_random_bytes(random_bytes())
+    }
+
     pub fn from_random_bytes(bytes: [u8; 33]) -> Self {
         use base64::Engine;
         Self(base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 }
 
-/// The tenant a session belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TenantId(String);
-
-impl TenantId {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+impl ClusterSecret {
+    /// Whether `presented` is this secret, compared in constant time.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
     }
 }
 
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+macro_rules! name {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name!(
+    /// A node's stable name (its pod name in Kubernetes).
+    NodeId
+);
+
+name!(
+    /// A session's public id: what the control plane lists, kills and shares (never the token).
+    SessionId
+);
+
+name!(
+    /// The tenant a session belongs to.
+    TenantId
+);
+
+impl SessionId {
+    /// A new session id: a random UUID.
+    pub fn random() -> Self {
+        Self(
+            uuid::Builder::from_random_bytes(random_bytes())
+                .into_uuid()
+                .to_string(),
+        )
     }
+}
+
+/// Bytes from the operating system's CSPRNG.
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    #[allow(
+        clippy::expect_used,
+        reason = "the OS's CSPRNG does not fail on any platform deskbroker runs on; if it did, no token could be secure"
+    )]
+    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
+    bytes
 }
 
 #[cfg(test)]
@@ -164,6 +237,20 @@ mod tests {
     fn secrets_never_print() {
         let token = SessionToken::new("hunter2");
         assert_eq!(format!("{token:?}"), "SessionToken(****)");
+        let secret = ClusterSecret::new("hunter2");
+        assert_eq!(format!("{secret:?}"), "ClusterSecret(****)");
+        assert!(secret.matches(b"hunter2"));
+        assert!(!secret.matches(b"hunter"));
+    }
+
+    #[test]
+    fn random_ids_and_tokens_differ() {
+        assert_ne!(TunnelId::random(), TunnelId::random());
+        assert_ne!(SessionId::random(), SessionId::random());
+        let token = SessionToken::random();
+        assert_eq!(token.expose().len(), 43);
+        assert_ne!(token, SessionToken::random());
+        assert_eq!(TunnelToken::random().expose().len(), 44);
     }
 
     #[test]

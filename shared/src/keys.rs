@@ -17,9 +17,7 @@
 //! | `deskbroker:tenant-keys` | hash | SHA-256 of an API key → tenant id |
 //! | `deskbroker:control` | pub/sub channel | `ControlEvent` JSON, heard by every node |
 
-use crate::cluster::NodeId;
-use crate::ids::{TenantId, TokenDigest, TunnelId};
-use crate::session::SessionId;
+use crate::ids::{NodeId, SessionId, TenantId, TokenDigest, TunnelId};
 
 pub const NODES: &str = "deskbroker:nodes";
 pub const TENANTS: &str = "deskbroker:tenants";

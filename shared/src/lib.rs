@@ -1,7 +1,8 @@
-//! Pure types and codecs shared by deskbroker's crates. Nothing here does I/O: the Guacamole instruction
-//! codec (incremental, bounded), the guacd handshake rules, Guacamole statuses with their HTTP and WebSocket
-//! mappings, ids and secrets as newtypes, and session records. The edge and the broker build on these; tests
-//! and the test guacd use them to speak the protocol the same way.
+//! Pure types and codecs shared by deskbroker's crates. Nothing here does I/O (new ids only draw on the
+//! OS's random numbers): the Guacamole instruction codec (incremental, bounded), the guacd handshake rules,
+//! Guacamole statuses with their HTTP and WebSocket mappings, ids and secrets as newtypes, session and
+//! registry records, Redis key names, the peer API's paths, and time as records store it. The edge and the
+//! broker build on these; tests and the test guacd use them to speak the protocol the same way.
 
 pub mod cluster;
 pub mod connect;
@@ -9,10 +10,12 @@ pub mod handshake;
 pub mod ids;
 pub mod instruction;
 pub mod keys;
+pub mod peer;
 pub mod rfb;
 pub mod scanner;
 pub mod session;
 pub mod status;
+pub mod time;
 
 pub use instruction::Instruction;
 pub use scanner::{InstructionBuffer, ParseError};

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::TenantId;
+use crate::ids::{SessionId, TenantId};
 
 /// What a session token grants: a target, owned by a tenant, until an optional expiry, with the way it
 /// may be used.
@@ -17,7 +17,7 @@ pub struct Session {
     pub id: SessionId,
     pub tenant: TenantId,
     pub target: Target,
-    #[serde(with = "unix_ms_option")]
+    #[serde(with = "crate::time::unix_ms_option")]
     pub expires: Option<SystemTime>,
     /// At most one open tunnel; a new connection takes over from the old one.
     #[serde(default)]
@@ -42,51 +42,6 @@ impl Session {
             read_only: false,
             join: None,
         }
-    }
-}
-
-/// A session's public id: what the control plane lists, kills and shares (never the token).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(String);
-
-impl SessionId {
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Expiry times as optional Unix milliseconds in stored records.
-mod unix_ms_option {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(
-        time: &Option<SystemTime>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        match time {
-            Some(time) => serializer.serialize_some(&crate::cluster::unix_ms(*time)),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<SystemTime>, D::Error> {
-        let ms = Option::<u64>::deserialize(deserializer)?;
-        Ok(ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
     }
 }
 

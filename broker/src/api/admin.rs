@@ -134,7 +134,7 @@ pub async fn nodes(
             peer_url: peer_url.clone(),
             alive: node.is_alive(now),
             lease_expires_at: humantime::format_rfc3339_millis(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(*expires_ms),
+                deskbroker_shared::time::from_unix_ms(*expires_ms),
             )
             .to_string(),
             tunnels: tunnels

@@ -140,14 +140,6 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Random bytes from the operating system's CSPRNG.
-fn random<const N: usize>() -> [u8; N] {
-    let mut bytes = [0; N];
-    // The OS's CSPRNG does not fail on any platform we run on; a failure here means no secure tokens at all.
-    getrandom::fill(&mut bytes).expect("the operating system's random number generator failed");
-    bytes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

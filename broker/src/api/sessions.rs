@@ -2,22 +2,22 @@
 //! open tunnels, and kill one (its token is revoked and every node closes its tunnels).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeId, NodeRecord, TunnelKind, TunnelRecord};
-use deskbroker_shared::ids::{SessionToken, TenantId};
-use deskbroker_shared::session::{HostPort, Session, SessionId, Target};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelKind, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId};
+use deskbroker_shared::session::{HostPort, Session, Target};
+use deskbroker_shared::time::from_unix_ms;
 
-use super::{Api, ApiError, Caller, random};
+use super::{Api, ApiError, Caller};
 use crate::tenants::Tenant;
 
 /// What to connect to, as the backend describes it.
@@ -132,7 +132,7 @@ impl SessionView {
                 id: t.id.to_string(),
                 node: t.owner.to_string(),
                 kind: t.kind,
-                since: rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(t.created_ms)),
+                since: rfc3339(from_unix_ms(t.created_ms)),
                 bytes_in: None,
                 bytes_out: None,
             })
@@ -205,7 +205,7 @@ pub async fn create(
         expires: Some(SystemTime::now() + lifetime),
         exclusive: request.exclusive,
         read_only: request.read_only,
-        ..Session::new(new_session_id(), tenant.id.clone(), target)
+        ..Session::new(SessionId::random(), tenant.id.clone(), target)
     };
     created(&api, session).await
 }
@@ -240,7 +240,7 @@ pub async fn share(
         read_only: request.read_only.unwrap_or(true),
         join: Some(parent.id.clone()),
         ..Session::new(
-            new_session_id(),
+            SessionId::random(),
             parent.tenant.clone(),
             parent.target.clone(),
         )
@@ -250,8 +250,7 @@ pub async fn share(
 
 /// Stores a new session under a fresh token and answers with the token and the URLs to use it.
 async fn created(api: &Api, session: Session) -> Result<Response, ApiError> {
-    let token =
-        SessionToken::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random::<32>()));
+    let token = SessionToken::random();
     api.registry().put_session(&token, &session).await?;
     tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
     let mut view = SessionView::of(&session, &[]);
@@ -263,10 +262,6 @@ async fn created(api: &Api, session: Session) -> Result<Response, ApiError> {
     });
     view.token = Some(token.expose().to_owned());
     Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-fn new_session_id() -> SessionId {
-    SessionId::new(uuid::Uuid::from_bytes(random()).to_string())
 }
 
 /// A session the caller may see, or `NotFound` (also for another tenant's session).

@@ -10,7 +10,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use deskbroker_shared::cluster::{CLUSTER_SECRET_HEADER, NodeRecord, TrafficReport, TunnelRecord};
+use deskbroker_shared::cluster::{NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::ClusterSecret;
+use deskbroker_shared::peer::{self, CLUSTER_SECRET_HEADER, TrafficReport};
 
 use crate::BoxFuture;
 
@@ -29,11 +31,11 @@ pub trait TrafficSource: Send + Sync + 'static {
 /// Asks the owning node's peer listener.
 pub struct PeerTraffic {
     client: Client<HttpConnector, Body>,
-    secret: String,
+    secret: ClusterSecret,
 }
 
 impl PeerTraffic {
-    pub fn new(secret: String) -> Arc<Self> {
+    pub fn new(secret: ClusterSecret) -> Arc<Self> {
         Arc::new(Self {
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             secret,
@@ -49,15 +51,14 @@ impl TrafficSource for PeerTraffic {
     ) -> BoxFuture<'a, Option<TrafficReport>> {
         Box::pin(async move {
             let url = format!(
-                "{}/tunnels/{}/{}/traffic",
+                "{}{}",
                 owner.peer_url.trim_end_matches('/'),
-                tunnel.session,
-                tunnel.id
+                peer::traffic_path(&tunnel.session, &tunnel.id)
             );
             let mut request = Request::get(url).body(Body::empty()).ok()?;
             request.headers_mut().insert(
                 CLUSTER_SECRET_HEADER,
-                HeaderValue::from_str(&self.secret).ok()?,
+                HeaderValue::from_str(self.secret.expose()).ok()?,
             );
             let asking = async {
                 let response = self.client.request(request).await.ok()?;

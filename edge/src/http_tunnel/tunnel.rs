@@ -82,7 +82,7 @@ impl HttpTunnel {
     /// task; returns its id and token.
     pub async fn open(edge: &Edge, opened: Opened) -> Result<(TunnelId, TunnelToken), TunnelError> {
         let Opened { id, guacd, session } = opened;
-        let token = crate::guac::new_tunnel_token();
+        let token = TunnelToken::random();
         let digest = token.digest();
         let local = edge
             .record_tunnel(
