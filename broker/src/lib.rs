@@ -1,152 +1,25 @@
-//! deskbroker's registry: sessions (what a token grants), nodes with their leases, and tunnels with their
-//! owners.
+//! deskbroker's registry and control plane: sessions (what a token grants), nodes with their leases,
+//! tunnels with their owners, tenants with their policies, and the API the platform's backend calls.
 //!
 //! The edge talks to the registry through the [`Registry`] trait only. Single-node mode uses the embedded
 //! [`MemoryRegistry`]; a cluster shares a [`RedisRegistry`] (Redis or Redis Cluster). [`Membership`] runs
-//! a node's side of the lease rules on top of either. This crate reads no files and no environment:
-//! callers hand it text and values.
+//! a node's side of the lease rules on top of either. [`service`] runs the control plane; [`process`] holds
+//! what both binaries do as processes. This crate reads no files and no environment: callers hand it text
+//! and values. The crate root only declares modules and re-exports; nothing imports it back.
 
 pub mod api;
 pub mod config;
+pub mod defaults;
 pub mod membership;
 pub mod memory;
+pub mod process;
 pub mod redis;
+pub mod registry;
+pub mod service;
 pub mod session_file;
 pub mod tenants;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::time::Duration;
-
-use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
-use deskbroker_shared::session::Session;
-
-use crate::tenants::Tenant;
 
 pub use membership::Membership;
 pub use memory::MemoryRegistry;
 pub use redis::RedisRegistry;
-
-/// A boxed future, so that the edge can hold any registry as `Arc<dyn Registry>`.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The registry could not answer (as opposed to answering "no such thing").
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("registry unavailable: {0}")]
-    Unavailable(String),
-    #[error("registry holds a record that does not parse: {0}")]
-    Corrupt(String),
-}
-
-pub type Result<T> = std::result::Result<T, RegistryError>;
-
-/// How long the registry remembers that a session was closed, for nodes that were cut off from the control
-/// channel when it happened: longer than any outage a node survives with its tunnels.
-pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Whether a lease renewal found the node's record in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewal {
-    /// The record was there and is renewed.
-    Renewed,
-    /// The registry did not know the node (first start, or it lost its data): the node must register its
-    /// tunnels again.
-    Fresh,
-}
-
-pub trait Registry: Send + Sync + 'static {
-    /// The live session a token grants: `None` when the token is unknown, expired or revoked.
-    fn session<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Option<Session>>>;
-
-    /// Grants a session to a token, until the session's expiry.
-    fn put_session<'a>(
-        &'a self,
-        token: &'a SessionToken,
-        session: &'a Session,
-    ) -> BoxFuture<'a, Result<()>>;
-
-    /// Writes a node's lease (its record with a fresh expiry).
-    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Renewal>>;
-
-    /// Every node record, live or lapsed.
-    fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>>;
-
-    /// Removes a node and the records of every tunnel it owned.
-    fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>>;
-
-    /// Takes one of a tenant's tunnel slots for `tunnel`, atomically: false when all `limit` are taken.
-    /// The slot is given back when the tunnel's record is removed (also by the cleanup of a lapsed node).
-    fn reserve_slot<'a>(
-        &'a self,
-        tenant: &'a TenantId,
-        tunnel: &'a TunnelId,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<bool>>;
-
-    fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
-
-    fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
-
-    /// The HTTP tunnel whose `Guacamole-Tunnel-Token` has this digest, whoever owns it.
-    fn http_tunnel<'a>(
-        &'a self,
-        token: &'a TokenDigest,
-    ) -> BoxFuture<'a, Result<Option<TunnelRecord>>>;
-
-    /// The tunnels a node has recorded.
-    fn tunnels_of<'a>(&'a self, node: &'a NodeId) -> BoxFuture<'a, Result<Vec<TunnelRecord>>>;
-
-    /// The tunnels recorded for a session.
-    fn session_tunnels<'a>(
-        &'a self,
-        session: &'a SessionId,
-    ) -> BoxFuture<'a, Result<Vec<TunnelRecord>>>;
-
-    /// A live session by its public id, with its token's digest.
-    fn session_by_id<'a>(
-        &'a self,
-        id: &'a SessionId,
-    ) -> BoxFuture<'a, Result<Option<(TokenDigest, Session)>>>;
-
-    /// A tenant's live sessions.
-    fn sessions_of<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<Session>>>;
-
-    /// Revokes a session's token; true if it was live. The registry remembers it for
-    /// [`REVOCATION_MEMORY`].
-    fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>>;
-
-    /// Which of these sessions were revoked: what a node that missed control events checks its tunnels
-    /// against once it hears the channel again.
-    fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>>;
-
-    fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>>;
-
-    fn tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<Option<Tenant>>>;
-
-    /// The tenant whose API key has this digest.
-    fn tenant_by_key<'a>(&'a self, key: &'a TokenDigest) -> BoxFuture<'a, Result<Option<Tenant>>>;
-
-    fn tenants(&self) -> BoxFuture<'_, Result<Vec<Tenant>>>;
-
-    /// Removes a tenant; its sessions stop working (the edges check the tenant on every connect).
-    fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>>;
-
-    /// Tells every node (this one included) about an event.
-    fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>>;
-
-    /// The control events from now on; the stream ends when the subscription breaks, and the caller
-    /// subscribes again.
-    fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>>;
-}
-
-/// Control events as they arrive.
-pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = ControlEvent> + Send>>;
-
-/// How long a session record may live in a registry: until its expiry, or forever without one.
-pub fn session_ttl(session: &Session, now: std::time::SystemTime) -> Option<Duration> {
-    session
-        .expires
-        .map(|expires| expires.duration_since(now).unwrap_or_default())
-}
+pub use registry::{BoxFuture, EventStream, Registry, RegistryError, Renewal, Result};

@@ -1,5 +1,5 @@
 //! `deskbroker-broker`: the control plane the platform's backend calls. Reads flags and the configuration
-//! file, stores the configured tenants in the registry, serves the API until SIGINT or SIGTERM.
+//! file, starts logging, connects to Redis, serves the API until SIGINT or SIGTERM, then stops.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
 use tracing::info;
 
-use deskbroker_broker::api::traffic::PeerTraffic;
-use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::config::BrokerConfig;
-use deskbroker_broker::{RedisRegistry, Registry};
+use deskbroker_broker::process::{self, LogArgs};
+use deskbroker_broker::service::{self, Settings};
+use deskbroker_broker::{RedisRegistry, defaults};
 use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
 
 #[derive(Debug, Parser)]
@@ -24,11 +23,7 @@ use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
 )]
 struct Args {
     /// Address for the API.
-    #[arg(
-        long,
-        env = "DESKBROKER_BROKER_LISTEN",
-        default_value = "127.0.0.1:8090"
-    )]
+    #[arg(long, env = "DESKBROKER_BROKER_LISTEN", default_value = defaults::LISTEN)]
     listen: SocketAddr,
     /// The cluster's registry: `redis://host:port` or `redis+cluster://host:port[,…]`.
     #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
@@ -42,66 +37,35 @@ struct Args {
     /// The admin key; prefer the variable.
     #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DESKBROKER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .json()
-        .flatten_event(true)
-        .init();
-    let registry: Arc<dyn Registry> = Arc::new(
-        RedisRegistry::connect(&args.redis_url)
-            .await
-            .context("connecting to Redis")?,
-    );
+    process::init_logging(&args.log).context("DESKBROKER_LOG")?;
+    let stop = process::stop_signal().context("installing the stop signal handlers")?;
     let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            BrokerConfig::parse(&text)?
+            BrokerConfig::parse(&text).with_context(|| path.display().to_string())?
         }
         None => BrokerConfig::default(),
     };
-    for tenant in &config.tenants {
-        registry
-            .put_tenant(tenant)
-            .await
-            .context("storing tenants")?;
-    }
-    let api_config = ApiConfig {
-        // The live view's byte counts come from the owning nodes, asked with the cluster secret.
-        traffic: args
-            .cluster_secret
-            .clone()
-            .map(|secret| PeerTraffic::new(ClusterSecret::new(secret)) as _),
-        admin_key: args.admin_key.as_deref().map(TokenDigest::of),
-        guacd_pools: config.pools()?,
-    };
-    let listener = TcpListener::bind(args.listen)
+    let registry = RedisRegistry::connect(&args.redis_url)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    info!(addr = %listener.local_addr()?, tenants = config.tenants.len(), "listening");
-    let app = api::router(Api::new(registry, api_config));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop_signal())
-        .await?;
+        .context("connecting to Redis")?;
+    let settings = Settings {
+        listen: args.listen,
+        config,
+        admin_key: args.admin_key.as_deref().map(TokenDigest::of),
+        cluster_secret: args.cluster_secret.map(ClusterSecret::new),
+    };
+    let broker = service::start(Arc::new(registry), settings).await?;
+    stop.await;
+    broker.stop().await?;
     info!("stopped");
     Ok(())
-}
-
-async fn stop_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

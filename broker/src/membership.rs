@@ -17,10 +17,8 @@ use tracing::{debug, info, warn};
 use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, TunnelId};
 
-use crate::{Registry, Renewal, Result};
-
-/// Renewals per lease: the margin that keeps a live node from ever looking lapsed.
-pub const RENEWALS_PER_LEASE: u32 = 3;
+use crate::defaults::RENEWALS_PER_LEASE;
+use crate::registry::{Registry, Renewal, Result};
 
 #[derive(Clone)]
 pub struct Membership {
@@ -210,7 +208,7 @@ mod tests {
     use deskbroker_shared::ids::{TenantId, TokenDigest};
 
     use super::*;
-    use crate::MemoryRegistry;
+    use crate::memory::MemoryRegistry;
 
     fn tunnel(owner: &NodeRecord) -> TunnelRecord {
         TunnelRecord {

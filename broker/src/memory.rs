@@ -14,8 +14,9 @@ use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
+use crate::defaults::{CONTROL_BUFFER, REVOCATION_MEMORY};
+use crate::registry::{BoxFuture, EventStream, Registry, Renewal, Result};
 use crate::tenants::Tenant;
-use crate::{BoxFuture, EventStream, REVOCATION_MEMORY, Registry, Renewal, Result};
 
 #[derive(Debug, Clone)]
 pub struct MemoryRegistry {
@@ -51,9 +52,6 @@ impl State {
         }
     }
 }
-
-/// Control events buffered for a slow subscriber before it misses some.
-const CONTROL_BUFFER: usize = 1024;
 
 impl Default for MemoryRegistry {
     fn default() -> Self {

@@ -5,7 +5,7 @@
 //! Redis). Key names come from `deskbroker_shared::keys`. Costs per tunnel are fixed: five commands to
 //! open and five to close (two round trips each), none while it lives; leases cost one command per node per renewal.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -21,19 +21,13 @@ use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDig
 use deskbroker_shared::keys;
 use deskbroker_shared::session::Session;
 
-use crate::tenants::Tenant;
-use crate::{
-    BoxFuture, EventStream, REVOCATION_MEMORY, Registry, RegistryError, Renewal, Result,
-    session_ttl,
+use crate::defaults::{
+    REDIS_CONNECT_TIMEOUT, REDIS_MAX_RECONNECT_DELAY, REDIS_RESPONSE_TIMEOUT, REVOCATION_MEMORY,
 };
-
-/// Deadline for one command: long enough for a loaded Redis, short enough that a browser waiting on a
-/// lookup gets its 503 before its own timeouts fire.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Deadline for (re)connecting to Redis.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Longest pause between reconnection attempts.
-pub const MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+use crate::registry::{
+    BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl,
+};
+use crate::tenants::Tenant;
 
 /// Takes a slot if fewer than ARGV[1] are taken (or this tunnel already holds one).
 static RESERVE_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -101,8 +95,8 @@ impl RedisRegistry {
         let connection = match url.strip_prefix("redis+cluster://") {
             Some(_) => {
                 let client = ClusterClient::builder(nodes)
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
+                    .connection_timeout(REDIS_CONNECT_TIMEOUT)
+                    .response_timeout(REDIS_RESPONSE_TIMEOUT)
                     .build()
                     .map_err(unavailable)?;
                 Connection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
@@ -110,9 +104,9 @@ impl RedisRegistry {
             None => {
                 let client = redis::Client::open(url).map_err(unavailable)?;
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_max_delay(MAX_RECONNECT_DELAY)
+                    .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_RESPONSE_TIMEOUT))
+                    .set_max_delay(REDIS_MAX_RECONNECT_DELAY)
                     .set_number_of_retries(1);
                 Connection::Single(
                     ConnectionManager::new_with_config(client, config)

@@ -15,10 +15,7 @@ use serde::{Deserialize, Serialize};
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 use deskbroker_shared::session::Target;
 
-/// A tenant's concurrent tunnels when its configuration says nothing.
-pub const DEFAULT_MAX_TUNNELS: u32 = 10;
-/// A session's longest life when its tenant's configuration says nothing.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+use crate::defaults;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,18 +55,18 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_tunnels: DEFAULT_MAX_TUNNELS,
-            max_lifetime: DEFAULT_MAX_LIFETIME,
+            max_tunnels: defaults::MAX_TUNNELS,
+            max_lifetime: defaults::MAX_LIFETIME,
         }
     }
 }
 
 fn default_max_tunnels() -> u32 {
-    DEFAULT_MAX_TUNNELS
+    defaults::MAX_TUNNELS
 }
 
 fn default_max_lifetime() -> Duration {
-    DEFAULT_MAX_LIFETIME
+    defaults::MAX_LIFETIME
 }
 
 /// Durations written as `8h`, `30m`, `90s`.
@@ -244,7 +241,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(tenant.limits.max_lifetime, Duration::from_secs(1800));
-        assert_eq!(tenant.limits.max_tunnels, DEFAULT_MAX_TUNNELS);
+        assert_eq!(tenant.limits.max_tunnels, defaults::MAX_TUNNELS);
         assert!(
             serde_json::from_str::<Tenant>(r#"{"id":"x","key_sha256":"00","color":1}"#).is_err()
         );

@@ -184,6 +184,7 @@ impl Broker {
             .env("DESKBROKER_REDIS_URL", redis_url)
             .env("DESKBROKER_ADMIN_KEY", admin_key)
             .env("DESKBROKER_CLUSTER_SECRET", "s3cret")
+            .env("DESKBROKER_LOG_FORMAT", "json")
             .env("DESKBROKER_LOG", "debug")
             .arg("--config")
             .arg(config);

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use deskbroker_shared::cluster::{NodeRecord, TunnelKind};
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 
+use super::error::ApiError;
 use super::sessions::close;
-use super::{Api, ApiError, Caller};
+use super::state::{Api, Caller};
 use crate::tenants::{Limits, Policy, Tenant};
 
 async fn admin(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::RegistryError;
+use crate::registry::RegistryError;
 use crate::tenants::PolicyViolation;
 
 #[derive(Debug, thiserror::Error)]

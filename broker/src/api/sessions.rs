@@ -17,7 +17,8 @@ use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId};
 use deskbroker_shared::session::{HostPort, Session, Target};
 use deskbroker_shared::time::from_unix_ms;
 
-use super::{Api, ApiError, Caller};
+use super::error::ApiError;
+use super::state::{Api, Caller};
 use crate::tenants::Tenant;
 
 /// What to connect to, as the backend describes it.
@@ -334,7 +335,7 @@ async fn live_view(
         .filter(|t| t.is_alive(nodes.get(&t.owner), now))
         .collect();
     let mut view = SessionView::of(session, &live);
-    if let Some(source) = &api.inner.config.traffic {
+    if let Some(source) = api.traffic() {
         for (shown, record) in view.tunnels.iter_mut().zip(&live) {
             let Some(owner) = nodes.get(&record.owner) else {
                 continue;

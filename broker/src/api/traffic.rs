@@ -14,10 +14,8 @@ use deskbroker_shared::cluster::{NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::ClusterSecret;
 use deskbroker_shared::peer::{self, CLUSTER_SECRET_HEADER, TrafficReport};
 
-use crate::BoxFuture;
-
-/// How long the live view waits for a node's byte counts before showing none.
-pub const TRAFFIC_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+use crate::defaults::{PEER_CONNECT_TIMEOUT, TRAFFIC_TIMEOUT};
+use crate::registry::BoxFuture;
 
 pub trait TrafficSource: Send + Sync + 'static {
     /// What a tunnel has moved, if its owner answers.
@@ -36,8 +34,10 @@ pub struct PeerTraffic {
 
 impl PeerTraffic {
     pub fn new(secret: ClusterSecret) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
         Arc::new(Self {
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             secret,
         })
     }

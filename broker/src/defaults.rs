@@ -1,0 +1,46 @@
+//! Every timeout and limit of the registry and the control plane, each with the reason for its value. Those
+//! an operator may need to change are flags or configuration; the rest are facts of the design.
+
+use std::time::Duration;
+
+/// Default address of the control plane's API: loopback, so a broker exposes nothing until told to.
+pub const LISTEN: &str = "127.0.0.1:8090";
+
+/// Deadline for one Redis command: long enough for a loaded Redis, short enough that a browser waiting on a
+/// lookup gets its 503 before its own timeouts fire.
+pub const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Deadline for (re)connecting to Redis, for the same reason.
+pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Longest pause between attempts to reconnect to Redis: a Redis that is back is used within this.
+pub const REDIS_MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+
+/// Lease renewals per lease: a live node may miss two in a row (Redis slow or briefly away) and still never
+/// look lapsed to the others.
+pub const RENEWALS_PER_LEASE: u32 = 3;
+
+/// How long the registry remembers that a session was closed, for nodes that were cut off from the control
+/// channel when it happened: longer than any outage a node survives with its tunnels.
+pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Control events the in-memory registry buffers for a slow subscriber before it misses some.
+pub const CONTROL_BUFFER: usize = 1024;
+
+/// How long the live view waits for a node's byte counts before showing none: a slow node must not make
+/// the session list slow.
+pub const TRAFFIC_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Deadline for opening a connection to a node's peer listener when asking for byte counts: within the
+/// traffic deadline, so a node that drops packets costs no more than one that refuses.
+pub const PEER_CONNECT_TIMEOUT: Duration = TRAFFIC_TIMEOUT;
+
+/// A tenant's concurrent tunnels when its configuration says nothing.
+pub const MAX_TUNNELS: u32 = 10;
+
+/// A session's longest life when its tenant's configuration says nothing: a working day.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// How long a stopping broker waits for API requests in progress before it exits anyway: every request is a
+/// few registry commands, each with its own deadline.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);

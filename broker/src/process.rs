@@ -1,0 +1,189 @@
+//! What both services (`deskbroker-edge`, `deskbroker-broker`) share as running processes, written once:
+//! the logging flags and their setup, the stop signal, and the set of long-running tasks a service awaits
+//! when it stops. The flags are parsed by each binary's `main`; libraries never read the environment.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people.
+    Human,
+    /// One JSON object per event, fields flattened, for log shippers.
+    Json,
+}
+
+/// The logging flags both binaries take.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Which events to log, as `tracing` filter directives (e.g. `info`, `deskbroker_edge=debug`).
+    #[arg(long = "log", env = "DESKBROKER_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Installs the process's logger. A filter that does not parse is an error, not a silent fallback.
+pub fn init_logging(args: &LogArgs) -> Result<(), tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(&args.log_filter)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+/// Installs the handlers for SIGTERM (what Kubernetes sends) and SIGINT now, and returns what completes
+/// when either arrives. Failing to install them is an error: a process that cannot hear SIGTERM cannot
+/// drain, and would only ever be killed.
+pub fn stop_signal() -> io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        info!(signal = name, "stop requested");
+    })
+}
+
+/// Why a stop was not clean. The service is stopped either way; this says what was cut short.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("{open} tunnels still open when the node exited")]
+    TunnelsLeft { open: usize },
+    #[error("still running {after:?} after the stop: {tasks:?}")]
+    Timeout {
+        after: Duration,
+        tasks: Vec<&'static str>,
+    },
+    #[error("{task} failed: {source}")]
+    Failed {
+        task: &'static str,
+        source: io::Error,
+    },
+    #[error("{task} panicked")]
+    Panicked { task: &'static str },
+}
+
+/// The long-running tasks of a service (listeners, the lease, the control channel), each named for the
+/// logs. Each is told to stop by its own means (a cancellation token it watches); [`Tasks::join`] then
+/// waits for all of them with one deadline. Nothing is spawned detached: dropping this aborts what is left.
+#[derive(Default)]
+pub struct Tasks {
+    set: JoinSet<(&'static str, io::Result<()>)>,
+    running: BTreeSet<&'static str>,
+}
+
+impl Tasks {
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = io::Result<()>> + Send + 'static,
+    {
+        self.running.insert(name);
+        self.set.spawn(async move { (name, task.await) });
+    }
+
+    /// Waits for every task to end, for at most `limit`. Returns the first failure, or the tasks that did
+    /// not end in time (they are aborted).
+    pub async fn join(mut self, limit: Duration) -> Result<(), StopError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut first_error = None;
+        loop {
+            let ended = match tokio::time::timeout_at(deadline, self.set.join_next()).await {
+                Ok(Some(ended)) => ended,
+                Ok(None) => break,
+                Err(_) => {
+                    let tasks = std::mem::take(&mut self.running).into_iter().collect();
+                    return Err(StopError::Timeout {
+                        after: limit,
+                        tasks,
+                    });
+                }
+            };
+            // A task that panicked takes its name with it: it is the one left in `running`.
+            if let Ok((name, result)) = ended {
+                self.running.remove(name);
+                if let Err(source) = result {
+                    first_error.get_or_insert(StopError::Failed { task: name, source });
+                }
+            }
+        }
+        match self.running.pop_first() {
+            Some(task) => Err(StopError::Panicked { task }),
+            None => first_error.map_or(Ok(()), Err),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn logging_flags_parse() {
+        let flags = Flags::try_parse_from(["x", "--log-format", "json", "--log", "debug"]).unwrap();
+        assert_eq!(flags.log.log_format, LogFormat::Json);
+        assert_eq!(flags.log.log_filter, "debug");
+        assert!(Flags::try_parse_from(["x", "--log-format", "xml"]).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_report_what_did_not_stop() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("quick", async { Ok(()) });
+        tasks.spawn("stuck", std::future::pending());
+        let error = tasks.join(Duration::from_secs(1)).await.unwrap_err();
+        assert!(
+            matches!(&error, StopError::Timeout { tasks, .. } if tasks == &["stuck"]),
+            "{error}"
+        );
+
+        let mut tasks = Tasks::default();
+        tasks.spawn("failing", async { Err(io::Error::other("boom")) });
+        tasks.spawn("fine", async { Ok(()) });
+        let error = tasks.join(Duration::from_secs(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StopError::Failed {
+                    task: "failing",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+
+        let mut tasks = Tasks::default();
+        tasks.spawn("panicking", async { panic!("on purpose") });
+        let error = tasks.join(Duration::from_secs(1)).await.unwrap_err();
+        assert!(
+            matches!(error, StopError::Panicked { task: "panicking" }),
+            "{error}"
+        );
+
+        let mut tasks = Tasks::default();
+        tasks.spawn("fine", async { Ok(()) });
+        assert!(tasks.join(Duration::from_secs(1)).await.is_ok());
+    }
+}

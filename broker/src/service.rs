@@ -1,0 +1,136 @@
+//! `deskbroker-broker` as a running service: [`start`] stores the configured tenants, binds the API's
+//! listener and serves it; [`BrokerHandle::stop`] stops it, with a deadline. The binary only reads flags and
+//! files and calls these, so a test can run the control plane in its own process too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
+
+use crate::api::traffic::PeerTraffic;
+use crate::api::{self, Api, ApiConfig};
+use crate::config::{BrokerConfig, ConfigError};
+use crate::defaults::STOP_TIMEOUT;
+use crate::process::{StopError, Tasks};
+use crate::registry::{Registry, RegistryError};
+
+/// What a broker needs besides its registry.
+#[derive(Debug)]
+pub struct Settings {
+    /// Address for the API.
+    pub listen: SocketAddr,
+    /// Tenants to store at start, and the guacd pools sessions may use.
+    pub config: BrokerConfig,
+    /// SHA-256 of the admin key; without one, no caller is an administrator.
+    pub admin_key: Option<TokenDigest>,
+    /// To ask nodes for their tunnels' byte counts; without it the live view shows none.
+    pub cluster_secret: Option<ClusterSecret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("storing the configured tenants: {0}")]
+    Tenants(#[from] RegistryError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Tasks,
+}
+
+/// Stores the configured tenants, then serves the API on `settings.listen` until stopped.
+pub async fn start(
+    registry: Arc<dyn Registry>,
+    settings: Settings,
+) -> Result<BrokerHandle, StartError> {
+    let guacd_pools = settings.config.pools()?;
+    for tenant in &settings.config.tenants {
+        registry.put_tenant(tenant).await?;
+    }
+    let api_config = ApiConfig {
+        // The live view's byte counts come from the owning nodes, asked with the cluster secret.
+        traffic: settings
+            .cluster_secret
+            .map(|secret| PeerTraffic::new(secret) as _),
+        admin_key: settings.admin_key,
+        guacd_pools,
+    };
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.listen,
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let app = api::router(Api::new(registry, api_config));
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut tasks = Tasks::default();
+    tasks.spawn("the API listener", server.into_future());
+    info!(%addr, tenants = settings.config.tenants.len(), "listening");
+    Ok(BrokerHandle { addr, stop, tasks })
+}
+
+impl BrokerHandle {
+    /// The address the API listens on (the port chosen, when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in progress finish within [`STOP_TIMEOUT`], and returns.
+    pub async fn stop(self) -> Result<(), StopError> {
+        self.stop.cancel();
+        self.tasks.join(STOP_TIMEOUT).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryRegistry;
+
+    #[tokio::test]
+    async fn serves_the_api_until_stopped() {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            config: BrokerConfig::default(),
+            admin_key: None,
+            cluster_secret: None,
+        };
+        let broker = start(Arc::new(MemoryRegistry::new()), settings)
+            .await
+            .unwrap();
+        let addr = broker.addr();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /api/v1/sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+        broker.stop().await.unwrap();
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "nothing listens after the stop"
+        );
+    }
+}
