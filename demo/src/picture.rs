@@ -1,7 +1,7 @@
 //! What the demo desktop shows: colour bars that scroll one step per frame, a frame counter, the last key
 //! typed and a cross at the pointer, so a viewer sees at once that pixels flow and input arrives.
 
-use crate::InputState;
+use crate::state::InputState;
 
 /// Width of one colour bar, in pixels.
 const BAR: usize = 40;

@@ -1,16 +1,34 @@
 //! The RFB side of the demo desktop (RFC 6143): the version and security handshake (security type None),
 //! ServerInit, and the client messages a viewer sends. Updates use the raw encoding in whatever pixel format
 //! the client asked for; incremental requests are answered at the next animation tick, so a viewer gets a
-//! steady frame rate instead of a flood.
+//! steady frame rate instead of a flood. It reads and changes the desktop's `State`; serving sockets and
+//! spawning a task per viewer is `DemoDesktop`'s.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::time::{Instant, sleep_until};
 
 use crate::picture::Picture;
-use crate::{DemoDesktop, DemoError, InputState, TICK};
+use crate::state::{InputState, State, TICK};
 
 /// Longest ClientCutText accepted; a longer one closes the connection.
 pub const MAX_CUT_TEXT: u32 = 1024 * 1024;
+
+/// Why a viewer's connection ended: its socket, or something it sent that this server does not speak.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("unsupported RFB version")]
+    Version,
+    #[error("client chose a security type other than None")]
+    Security,
+    #[error("unsupported pixel format")]
+    PixelFormat,
+    #[error("unknown client message type {0}")]
+    UnknownMessage(u8),
+    #[error("ClientCutText of {0} bytes is over the limit")]
+    CutTextTooLong(u32),
+}
 
 /// How a client wants its pixels (RFC 6143 §7.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +106,7 @@ impl PixelFormat {
 
 /// Runs one client connection to the end.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    desktop: &DemoDesktop,
+    desktop: &State,
     stream: S,
 ) -> Result<(), DemoError> {
     let mut stream = BufReader::new(stream);

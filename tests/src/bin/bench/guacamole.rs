@@ -23,7 +23,8 @@ use deskbroker_tests::process::{free_port, session_file};
 use deskbroker_tests::redis::Redis;
 use deskbroker_tests::{Edge, TestGuacd, flood};
 
-use crate::{MIB, system};
+use crate::sizes::MIB;
+use crate::system;
 
 /// What one way of reaching guacd did: read MiB/s, relay CPU s/GiB, and write round trips in microseconds.
 pub struct Sample {

@@ -10,18 +10,20 @@
 mod guacamole;
 mod registry;
 mod relays;
+mod sizes;
+mod streams;
 mod system;
+mod upstreams;
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
-use anyhow::{Context, ensure};
+use anyhow::Context;
 use clap::Parser;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 use relays::Relay;
+use sizes::MIB;
+use streams::{back_pressure, idle, round_trips, throughput};
+use upstreams::{start_echo, start_source};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -53,9 +55,6 @@ struct Plan {
     guac_blocks: u64,
     guac_trips: usize,
 }
-
-const MIB: u64 = 1 << 20;
-const CHUNK: usize = 256 * 1024;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -253,34 +252,6 @@ async fn guacamole_tunnels(plan: &Plan, lite: Option<&std::path::Path>) -> anyho
     Ok(())
 }
 
-/// A browser that stops reading: one tunnel asks for a gigabyte and reads nothing. Returns the edge's memory
-/// growth (KiB) meanwhile, and a second tunnel's throughput alone and beside the stalled one.
-async fn back_pressure(relay: &Relay, bytes: u64) -> anyhow::Result<(u64, f64, f64)> {
-    let pid = relay.pid().context("a relay process")?;
-    let alone = throughput(relay, 1, bytes, false).await?.mib_per_s;
-    let before = system::pss_kib(pid);
-    let mut stalled = relay.connect("source").await?;
-    stalled.send(&(1u64 << 30).to_be_bytes()).await?;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    let beside = throughput(relay, 1, bytes, false).await?.mib_per_s;
-    let growth = system::pss_kib(pid).saturating_sub(before);
-    drop(stalled);
-    Ok((growth, alone, beside))
-}
-
-/// Opens `count` tunnels to the echo upstream and leaves them idle; returns the relay's memory per tunnel,
-/// after checking that a new tunnel still relays.
-async fn idle(relay: &Relay, count: usize) -> anyhow::Result<f64> {
-    let pid = relay.pid().context("a relay process")?;
-    let before = system::pss_kib(pid);
-    let held = relay.open_echo_tunnels(count).await?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let after = system::pss_kib(pid);
-    round_trips(relay, 10).await?;
-    drop(held);
-    Ok(after.saturating_sub(before) as f64 / count as f64)
-}
-
 async fn start(
     kind: &str,
     upstream: SocketAddr,
@@ -296,164 +267,6 @@ async fn start(
         },
         _ => Relay::deskbroker(sessions).await?,
     }))
-}
-
-/// The upstream for throughput: reads an 8-byte length, then writes that many bytes of a fixed pattern.
-async fn start_source() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let block = pattern();
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let block = block.clone();
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let Ok(mut left) = stream.read_u64().await else {
-                    return;
-                };
-                while left > 0 {
-                    let n = left.min(block.len() as u64) as usize;
-                    if stream.write_all(&block[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n as u64;
-                }
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-async fn start_echo() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-fn pattern() -> std::sync::Arc<Vec<u8>> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    std::sync::Arc::new(
-        (0..CHUNK)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect(),
-    )
-}
-
-/// What the pattern source sends for `n` bytes, hashed.
-fn expected_hash(n: u64) -> Vec<u8> {
-    let block = pattern();
-    let mut hash = Sha256::new();
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(block.len() as u64) as usize;
-        hash.update(&block[..take]);
-        left -= take as u64;
-    }
-    hash.finalize().to_vec()
-}
-
-struct Run {
-    mib_per_s: f64,
-    cpu_per_gib: Option<f64>,
-    peak_kib: Option<u64>,
-}
-
-/// Pulls `bytes` through the relay on each of `streams` connections at once; checks the count, and the
-/// SHA-256 when `hash` (a single-threaded hash caps a stream near 1 GiB/s, so both are measured).
-async fn throughput(
-    relay: &Relay,
-    streams: usize,
-    bytes: u64,
-    hash_bytes: bool,
-) -> anyhow::Result<Run> {
-    let expected = expected_hash(bytes);
-    let cpu_before = relay.pid().map(system::cpu_seconds);
-    let sampler = relay.pid().map(system::MemorySampler::start);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let mut conn = relay.connect("source").await?;
-        let expected = expected.clone();
-        tasks.push(tokio::spawn(async move {
-            conn.send(&bytes.to_be_bytes()).await?;
-            let mut hash = Sha256::new();
-            let mut got = 0u64;
-            while got < bytes {
-                let chunk = conn.receive().await?;
-                ensure!(
-                    !chunk.is_empty(),
-                    "stream ended after {got} of {bytes} bytes"
-                );
-                if hash_bytes {
-                    hash.update(chunk);
-                }
-                got += chunk.len() as u64;
-            }
-            ensure!(got == bytes, "{got} bytes arrived of {bytes}");
-            ensure!(
-                !hash_bytes || hash.finalize().to_vec() == expected,
-                "bytes arrived changed"
-            );
-            anyhow::Ok(())
-        }));
-    }
-    for task in tasks {
-        task.await.context("stream task")??;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let total = bytes * streams as u64;
-    let gib = total as f64 / (1u64 << 30) as f64;
-    let cpu_per_gib = match (relay.pid(), cpu_before) {
-        (Some(pid), Some(before)) => Some((system::cpu_seconds(pid) - before) / gib),
-        _ => None,
-    };
-    let peak_kib = match sampler {
-        Some(sampler) => Some(sampler.stop().await),
-        None => None,
-    };
-    Ok(Run {
-        mib_per_s: total as f64 / MIB as f64 / elapsed,
-        cpu_per_gib,
-        peak_kib,
-    })
-}
-
-/// p50, p90 and p99 of 32-byte round trips, in microseconds, after a tenth as many warm-ups.
-async fn round_trips(relay: &Relay, count: usize) -> anyhow::Result<[f64; 3]> {
-    let mut conn = relay.connect("echo").await?;
-    let message = [0x42u8; 32];
-    let mut times = Vec::with_capacity(count);
-    for i in 0..count + count / 10 {
-        let started = Instant::now();
-        conn.send(&message).await?;
-        let mut got = 0;
-        while got < message.len() {
-            let n = conn.receive().await?.len();
-            ensure!(n > 0, "echo ended");
-            got += n;
-        }
-        if i >= count / 10 {
-            times.push(started.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
-    Ok([at(0.5), at(0.9), at(0.99)])
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -17,6 +17,8 @@ use deskbroker_tests::Edge;
 use deskbroker_tests::clients::ws_connect;
 use deskbroker_tests::process::free_port;
 
+use crate::sizes::CHUNK;
+
 pub enum Relay {
     Direct { upstream: SocketAddr },
     Socat { port: u16, child: Child },
@@ -147,7 +149,7 @@ impl Conn {
     fn new(stream: TcpStream, frame: Option<Frame>) -> Self {
         Self {
             stream,
-            buf: vec![0; crate::CHUNK].into_boxed_slice(),
+            buf: vec![0; CHUNK].into_boxed_slice(),
             start: 0,
             end: 0,
             frame,

@@ -24,7 +24,8 @@ use deskbroker_shared::InstructionBuffer;
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_tests::flood;
 
-use crate::{Guacd, png, protocols};
+use crate::state::Guacd;
+use crate::{png, protocols};
 
 /// guacd waits this long for each handshake instruction (`GUACD_USEC_TIMEOUT`).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);

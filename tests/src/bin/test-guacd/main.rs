@@ -11,8 +11,8 @@
 mod connection;
 mod png;
 mod protocols;
+mod state;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
+
+use state::Guacd;
 
 #[derive(Debug, Parser)]
 pub struct Args {
@@ -38,15 +40,6 @@ pub struct Args {
     /// line, so browser tests can see what reached guacd.
     #[arg(long)]
     record: Option<std::path::PathBuf>,
-}
-
-/// What every connection shares: the settings and the open connections, by id, with their protocol.
-pub struct Guacd {
-    pub version: Option<String>,
-    pub nop_interval: Duration,
-    pub client_timeout: Duration,
-    pub connections: Mutex<HashMap<String, &'static str>>,
-    pub record: Option<Mutex<std::fs::File>>,
 }
 
 #[tokio::main]
