@@ -186,12 +186,19 @@ impl Membership {
         added
     }
 
-    /// Forgets a tunnel this node closed; a failed removal is retried at the next renewals.
-    pub async fn remove_tunnel(&self, id: &TunnelId) {
-        let removed = self.lock().tunnels.remove(id);
-        if let Some(tunnel) = removed {
-            self.remove_record(tunnel).await;
-        }
+    /// Forgets a tunnel this node closed, or failed to record (whatever of it reached the registry goes,
+    /// its quota slot included); a failed removal is retried at the next renewals.
+    pub async fn remove_tunnel(&self, tunnel: &TunnelRecord) {
+        self.lock().tunnels.remove(&tunnel.id);
+        self.remove_record(tunnel.clone()).await;
+    }
+
+    /// [`Membership::remove_tunnel`] for a caller that cannot wait: the registry is told at the next
+    /// renewal.
+    pub fn remove_tunnel_later(&self, tunnel: &TunnelRecord) {
+        let mut state = self.lock();
+        state.tunnels.remove(&tunnel.id);
+        state.unremoved.push(tunnel.clone());
     }
 
     async fn remove_record(&self, tunnel: TunnelRecord) {

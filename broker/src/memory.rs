@@ -39,16 +39,16 @@ struct State {
 }
 
 impl State {
-    /// Drops a tunnel's record, its token, and the quota slot it held.
-    fn remove_tunnel(&mut self, id: &TunnelId) {
-        let Some(tunnel) = self.tunnels.remove(id) else {
-            return;
-        };
-        if let Some(token) = &tunnel.http_token {
+    /// Drops a tunnel's record, its token, and the quota slot it held (also a slot taken for a tunnel
+    /// whose record was never written).
+    fn remove_tunnel(&mut self, tunnel: &TunnelRecord) {
+        if let Some(recorded) = self.tunnels.remove(&tunnel.id)
+            && let Some(token) = &recorded.http_token
+        {
             self.http_tunnels.remove(token);
         }
         if let Some(slots) = self.slots.get_mut(&tunnel.tenant) {
-            slots.remove(id);
+            slots.remove(&tunnel.id);
         }
     }
 }
@@ -124,14 +124,14 @@ impl Registry for MemoryRegistry {
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>> {
         let mut state = self.lock();
         state.nodes.remove(id);
-        let gone: Vec<TunnelId> = state
+        let gone: Vec<TunnelRecord> = state
             .tunnels
             .values()
             .filter(|t| &t.owner == id)
-            .map(|t| t.id)
+            .cloned()
             .collect();
-        for tunnel in gone {
-            state.remove_tunnel(&tunnel);
+        for tunnel in &gone {
+            state.remove_tunnel(tunnel);
         }
         ready(())
     }
@@ -164,7 +164,7 @@ impl Registry for MemoryRegistry {
     }
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
-        self.lock().remove_tunnel(&tunnel.id);
+        self.lock().remove_tunnel(tunnel);
         ready(())
     }
 

@@ -1,112 +1,83 @@
-//! Command-line flags, each with a `DESKBROKER_*` environment equivalent. This is the only place the edge
-//! reads its environment; everything after it receives typed values.
+//! What a node is told when it starts: typed values only. The binary builds a [`Config`] from its flags
+//! and files (`flags.rs`); a test builds one directly. Nothing here reads the environment or a file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use deskbroker_broker::config::BrokerConfig;
+use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
+use deskbroker_shared::session::Session;
 
 use crate::defaults;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "deskbroker-edge",
-    version,
-    about = "deskbroker's data-plane node"
-)]
-pub struct Args {
-    /// Address for browser connections.
-    #[arg(long, env = "DESKBROKER_LISTEN", default_value = defaults::LISTEN)]
+#[derive(Debug)]
+pub struct Config {
+    /// Address for browser connections (port 0: any free port, reported by the running node).
     pub listen: SocketAddr,
-
-    /// Session file: one `<token>: <target>` per line (docs/sessions.md).
-    #[arg(long, env = "DESKBROKER_SESSIONS")]
-    pub sessions: Option<PathBuf>,
-
-    /// Start the built-in demo desktop on loopback and serve it as the session with token `demo`.
-    #[arg(long, env = "DESKBROKER_DEMO")]
-    pub demo: bool,
-
-    /// Control-plane configuration (tenants, guacd pools); a node without Redis serves the control-plane API
-    /// itself (docs/control-plane.md).
-    #[arg(long, env = "DESKBROKER_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// The control plane's admin key; prefer the variable.
-    #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
-    pub admin_key: Option<String>,
-
-    /// The built web client page (`web/dist`, made by `npm run build` in `web/`), served at `/`.
-    #[arg(long, env = "DESKBROKER_WEB_DIR")]
-    pub web_dir: Option<PathBuf>,
-
-    /// Log format.
-    #[arg(long, env = "DESKBROKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    pub log_format: LogFormat,
-
-    /// Redis holding the cluster's registry: `redis://host:port`, or `redis+cluster://host:port[,…]` for a
-    /// Redis Cluster. Without it the node runs alone with an in-memory registry.
-    #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
-    pub redis_url: Option<String>,
-
-    /// This node's name in the cluster (default: $HOSTNAME, the pod name on Kubernetes).
-    #[arg(long, env = "DESKBROKER_NODE_ID")]
-    pub node_id: Option<String>,
-
-    /// Address for requests forwarded by other nodes.
-    #[arg(long, env = "DESKBROKER_PEER_LISTEN")]
+    /// Address for requests forwarded by other nodes; none for a node that runs alone.
     pub peer_listen: Option<SocketAddr>,
-
-    /// URL other nodes use to reach the peer listener (default: http://<peer listen address>).
-    #[arg(long, env = "DESKBROKER_ADVERTISE")]
+    /// URL other nodes use to reach the peer listener (default: `http://<peer listen address>`).
     pub advertise: Option<String>,
-
-    /// Secret every node of the cluster shares; peer requests without it are refused.
-    #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
-
-    /// How long a silent node keeps its lease, and its tunnels (e.g. `10s`).
-    #[arg(long, env = "DESKBROKER_LEASE", value_parser = humantime::parse_duration, default_value = "10s")]
+    /// This node's unique name in the cluster.
+    pub node_id: NodeId,
+    /// How long after its last renewal a silent node is considered gone, with its tunnels.
     pub lease: Duration,
-
-    /// Close an HTTP tunnel after this long without a request (e.g. `15s`).
-    #[arg(long, env = "DESKBROKER_HTTP_TUNNEL_TIMEOUT", value_parser = humantime::parse_duration,
-          default_value = "15s")]
-    pub http_tunnel_timeout: Duration,
-
-    /// On stop, how long to wait for tunnels to end before closing them (e.g. `10s`).
-    #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration,
-          default_value = "10s")]
-    pub drain_timeout: Duration,
+    /// The secret every node of the cluster shares; without it, peer requests are refused.
+    pub cluster_secret: Option<ClusterSecret>,
+    /// Sessions to store in the registry at start (a session file's).
+    pub sessions: Vec<(SessionToken, Session)>,
+    /// Serve the built-in demo desktop as the session with token `demo`.
+    pub demo: bool,
+    /// Serve the control-plane API on the browser listener: for a node without a separate broker.
+    pub control_plane: Option<ControlPlane>,
+    /// The built web client page, served at `/`.
+    pub web_dir: Option<PathBuf>,
+    pub timeouts: Timeouts,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
+/// The control plane a node serves itself.
+#[derive(Debug, Default)]
+pub struct ControlPlane {
+    /// Tenants to store at start, and guacd pools.
+    pub config: BrokerConfig,
+    /// SHA-256 of the admin key; without one, no caller is an administrator.
+    pub admin_key: Option<TokenDigest>,
 }
 
-impl Args {
-    pub fn edge_config(&self) -> crate::Config {
-        crate::Config {
-            http_tunnel_timeout: self.http_tunnel_timeout,
-            drain_timeout: self.drain_timeout,
-            web_dir: self.web_dir.clone(),
+/// The deadlines an operator may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// HTTP tunnels without a request for this long are closed.
+    pub http_tunnel: Duration,
+    /// How long a stop waits for tunnels to end by themselves.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            http_tunnel: defaults::HTTP_TUNNEL_TIMEOUT,
+            drain: defaults::DRAIN_TIMEOUT,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_parse() {
-        let args = Args::try_parse_from(["edge", "--demo", "--http-tunnel-timeout", "2s"]).unwrap();
-        assert!(args.demo);
-        assert_eq!(args.http_tunnel_timeout, Duration::from_secs(2));
-        assert_eq!(args.listen.to_string(), defaults::LISTEN);
-        assert!(Args::try_parse_from(["edge", "--listen", "nowhere"]).is_err());
+impl Config {
+    /// A node alone, on loopback with any free port, with nothing configured: what a test starts from.
+    pub fn alone(node_id: NodeId) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer_listen: None,
+            advertise: None,
+            node_id,
+            lease: defaults::LEASE,
+            cluster_secret: None,
+            sessions: Vec::new(),
+            demo: false,
+            control_plane: None,
+            web_dir: None,
+            timeouts: Timeouts::default(),
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! Every timeout and limit of the edge, each with the reason for its value. Those an operator may need to
 //! change are flags (see `config.rs`); the rest are protocol facts.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 /// Default address to listen on: loopback, so a node exposes nothing until told to.
-pub const LISTEN: &str = "127.0.0.1:8080";
+pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 
 /// How long to wait for a TCP connection to a VNC server or guacd: Java's guacd socket uses 15 s.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -22,8 +23,13 @@ pub const HTTP_TUNNEL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a stopping node waits for tunnels to end by themselves before closing them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// After the drain deadline, how long closing the remaining tunnels may take before the process exits.
+/// After the drain deadline, how long closing the remaining tunnels may take before the node goes on
+/// stopping without them.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Once the tunnels are closed, how long the listeners, leaving the cluster (a few registry commands, each
+/// with its own deadline) and the demo desktop may take to stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes read from an upstream socket at a time, as socat's 256 KiB buffers: a full-screen update moves in
 /// few frames and few system calls (64 KiB cost a single stream an eighth of its throughput). Idle tunnels
@@ -57,6 +63,10 @@ pub const OWNER_CACHE_ENTRIES: usize = 100_000;
 
 /// A node's lease: how long after its last renewal a silent node is considered gone, with its tunnels.
 pub const LEASE: Duration = Duration::from_secs(10);
+
+/// Deadline for opening a connection to another node's peer listener when forwarding: a node that drops
+/// packets must fail as fast as one that refuses, well within what the browser waits for a request.
+pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Pause before subscribing to the control channel again after it broke (Redis away).
 pub const CONTROL_RETRY: Duration = Duration::from_millis(500);

@@ -1,11 +1,15 @@
-//! Why a tunnel could not open or had to end, and which side is to blame.
+//! Why a tunnel could not open or had to end, which side is to blame, and how the browser is told.
 //!
 //! Each variant maps to one Guacamole status (for the Guacamole tunnels) and one relay close code (for
 //! `/websockify`); docs/errors.md lists them. Messages name addresses and causes for the logs; what reaches
-//! the browser is only the status and a fixed reason, never an internal address.
+//! the browser is only the status and a fixed reason, never an internal address. HTTP error responses, in
+//! the Java servlet's form, are made here and nowhere else.
 
 use std::fmt;
 use std::io;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use deskbroker_broker::RegistryError;
 use deskbroker_shared::handshake::HandshakeError;
@@ -135,13 +139,12 @@ impl TunnelError {
 
     /// The HTTP tunnel's error response: the status's HTTP code, except 503 when the registry is away
     /// (retrying later may work, which is what 503 says to clients and load balancers).
-    pub fn response(&self) -> axum::response::Response {
-        let http = match self {
-            TunnelError::Registry(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            _ => axum::http::StatusCode::from_u16(self.status().http_status())
-                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
-        };
-        crate::guac::error_response_with(http, self.status(), self.public_message())
+    pub fn response(&self) -> Response {
+        let mut response = error_response(self.status(), self.public_message());
+        if let TunnelError::Registry(_) = self {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        response
     }
 
     /// How the raw VNC relay closes for this failure.
@@ -192,5 +195,56 @@ impl TunnelError {
             TakenOver => "Another connection took over this session.",
             ReadOnly(_) => "Not supported for read-only viewing.",
         }
+    }
+}
+
+/// The status code of a failed request, in `Guacamole-Status-Code`.
+pub const STATUS_CODE: HeaderName = HeaderName::from_static("guacamole-status-code");
+/// Why the request failed, for people, in `Guacamole-Error-Message`.
+pub const ERROR_MESSAGE: HeaderName = HeaderName::from_static("guacamole-error-message");
+
+/// An error in the Java servlet's form: the HTTP status of `status`, its code in `Guacamole-Status-Code`,
+/// and the message in `Guacamole-Error-Message` (ASCII only: header values are not UTF-8-safe).
+pub fn error_response(status: GuacStatus, message: &str) -> Response {
+    let http =
+        StatusCode::from_u16(status.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let printable: String = message
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let mut response = (http, format!("{printable}\n")).into_response();
+    let headers = response.headers_mut();
+    headers.insert(STATUS_CODE, HeaderValue::from(status.code()));
+    if let Ok(value) = HeaderValue::from_str(&printable) {
+        headers.insert(ERROR_MESSAGE, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_carry_the_status_and_a_printable_message() {
+        let response = error_response(GuacStatus::ClientTooMany, "Too many, caf\u{e9}.");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[STATUS_CODE], "797");
+        assert_eq!(response.headers()[ERROR_MESSAGE], "Too many, caf?.");
+
+        let unavailable = TunnelError::Registry(RegistryError::Unavailable("down".into()));
+        let response = unavailable.response();
+        assert_eq!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "retry later"
+        );
+        assert_eq!(response.headers()[STATUS_CODE], "520");
     }
 }

@@ -19,13 +19,11 @@ use tracing::debug;
 use deskbroker_broker::Membership;
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::cluster::NodeRecord;
-use deskbroker_shared::ids::TokenDigest;
+use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
+use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TUNNEL_PATH};
 
-use crate::defaults::OWNER_CACHE_ENTRIES;
-use crate::error::TunnelError;
-use crate::guac::error_response;
-use crate::peer::CLUSTER_SECRET;
-use deskbroker_shared::ids::ClusterSecret;
+use crate::defaults::{OWNER_CACHE_ENTRIES, PEER_CONNECT_TIMEOUT};
+use crate::error::{TunnelError, error_response};
 
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
@@ -45,6 +43,7 @@ impl Forwarder {
     pub fn new(secret: Option<ClusterSecret>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(PEER_CONNECT_TIMEOUT));
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self {
             client,
@@ -103,15 +102,17 @@ impl Forwarder {
             .query()
             .map(|q| format!("?{q}"))
             .unwrap_or_default();
-        let Ok(uri) =
-            format!("{}/tunnel{query}", owner.peer_url.trim_end_matches('/')).parse::<Uri>()
-        else {
+        let Ok(uri) = format!(
+            "{}{TUNNEL_PATH}{query}",
+            owner.peer_url.trim_end_matches('/')
+        )
+        .parse::<Uri>() else {
             return error_response(GuacStatus::ServerError, "Bad peer URL.");
         };
         parts.uri = uri;
         parts.headers.remove(axum::http::header::HOST);
         if let Ok(value) = HeaderValue::from_str(secret.expose()) {
-            parts.headers.insert(CLUSTER_SECRET, value);
+            parts.headers.insert(CLUSTER_SECRET_HEADER, value);
         }
         debug!(peer = %owner.id, "forwarding to the owner");
         match self.client.request(Request::from_parts(parts, body)).await {

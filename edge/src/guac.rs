@@ -1,24 +1,17 @@
-//! What the two Guacamole tunnels share: opening a tunnel (token, session kind, guacd handshake), tunnel
-//! ids and tokens from the OS's CSPRNG, and error responses in the servlet's form.
+//! Opening a Guacamole tunnel, as both Guacamole tunnels do it: check the token and the session's kind,
+//! find the running connection a share joins, connect to the session's guacd and run the handshake.
 
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
 use tracing::info;
 
-use deskbroker_shared::GuacStatus;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::{SessionId, TunnelId};
 use deskbroker_shared::session::{Session, Target};
 
 use crate::error::TunnelError;
-use crate::server::Edge;
+use crate::node::Node;
 use crate::upstream::{self, Guacd, GuacdRequest};
 
-pub const STATUS_CODE: HeaderName = HeaderName::from_static("guacamole-status-code");
-pub const ERROR_MESSAGE: HeaderName = HeaderName::from_static("guacamole-error-message");
-pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-token");
-
-/// A tunnel past its guacd handshake, not yet recorded.
+/// A tunnel past its guacd handshake, not yet registered.
 pub struct Opened {
     pub id: TunnelId,
     pub guacd: Guacd,
@@ -26,8 +19,8 @@ pub struct Opened {
 }
 
 /// Checks the token, then connects to the session's guacd and runs the handshake.
-pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, TunnelError> {
-    let session = edge.session(request.token.as_ref()).await?;
+pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelError> {
+    let session = node.session(request.token.as_ref()).await?;
     let Target::Guacd {
         addr,
         protocol,
@@ -38,7 +31,7 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
     };
     // A share joins the running connection of the session it shares: guacd's `select` with its id.
     let joined = match &session.join {
-        Some(parent) => Some(running_connection(edge, parent).await?),
+        Some(parent) => Some(running_connection(node, parent).await?),
         None => None,
     };
     let guacd = upstream::guacd(GuacdRequest {
@@ -54,47 +47,14 @@ pub async fn open(edge: &Edge, request: &ConnectRequest) -> Result<Opened, Tunne
 }
 
 /// The guacd connection id of a live tunnel of `session`, wherever it runs.
-async fn running_connection(edge: &Edge, session: &SessionId) -> Result<String, TunnelError> {
-    let tunnels = edge
-        .membership()
-        .registry()
-        .session_tunnels(session)
-        .await?;
-    for tunnel in tunnels {
-        if tunnel.connection.is_some() && edge.membership().live_owner(&tunnel).await?.is_some() {
-            return Ok(tunnel.connection.unwrap_or_default());
+async fn running_connection(node: &Node, session: &SessionId) -> Result<String, TunnelError> {
+    let membership = node.membership();
+    for tunnel in membership.registry().session_tunnels(session).await? {
+        if let Some(connection) = &tunnel.connection
+            && membership.live_owner(&tunnel).await?.is_some()
+        {
+            return Ok(connection.clone());
         }
     }
     Err(TunnelError::NothingToJoin)
-}
-
-/// An error in the Java servlet's form, with an HTTP status of its own (the table's is the default).
-pub fn error_response_with(http: StatusCode, status: GuacStatus, message: &str) -> Response {
-    let mut response = error_response(status, message);
-    *response.status_mut() = http;
-    response
-}
-
-/// An error in the Java servlet's form: the HTTP status of `status`, its code in `Guacamole-Status-Code`,
-/// and the message in `Guacamole-Error-Message` (ASCII only: header values are not UTF-8-safe).
-pub fn error_response(status: GuacStatus, message: &str) -> Response {
-    let http =
-        StatusCode::from_u16(status.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let printable: String = message
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() || c == ' ' {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    let mut response = (http, format!("{printable}\n")).into_response();
-    let headers = response.headers_mut();
-    headers.insert(STATUS_CODE, HeaderValue::from(status.code()));
-    if let Ok(value) = HeaderValue::from_str(&printable) {
-        headers.insert(ERROR_MESSAGE, value);
-    }
-    response
 }

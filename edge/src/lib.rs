@@ -2,16 +2,25 @@
 //! owns the upstream sockets they lead to: `/websockify` relays raw VNC for noVNC, `/websocket-tunnel` and
 //! `/tunnel` carry the Guacamole protocol to guacd for guacamole-common-js. Sessions (what a token grants)
 //! come from the registry; the edge never lets the browser choose a host or port.
+//!
+//! Modules stand in layers, and imports only run down (docs/architecture.md has the map): the lifecycle on
+//! top, then the routers, the handlers, the node's shared state, and below it the tunnel's registration,
+//! the upstream sockets, errors and defaults. This root only declares and re-exports.
 
 pub mod config;
+pub mod control;
 pub mod defaults;
 pub mod error;
+pub mod flags;
 pub mod forward;
 mod guac;
 pub mod http_tunnel;
+pub mod lifecycle;
 pub mod local;
+pub mod node;
 mod page;
 pub mod peer;
+pub mod registration;
 pub mod server;
 pub mod standalone;
 mod upstream;
@@ -19,4 +28,6 @@ mod websockify;
 mod ws;
 mod ws_tunnel;
 
-pub use server::{Config, Edge, router, run};
+pub use config::Config;
+pub use lifecycle::{NodeHandle, StartError, start};
+pub use node::Node;

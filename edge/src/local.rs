@@ -1,6 +1,7 @@
 //! This node's own tunnels, indexed by session, with what stops each one: the control channel closes a
 //! revoked session's tunnels and the older tunnel of an exclusive session taken over, and the node's stop
-//! closes them all. Each tunnel learns why it was stopped, to tell the browser.
+//! closes them all. Each tunnel learns why it was stopped, to tell the browser. Entries are made and
+//! removed only by a tunnel's [`crate::registration::Registration`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,9 +84,10 @@ impl LocalTunnel {
     }
 }
 
-#[derive(Debug, Default)]
+/// The node's map of its tunnels: a cheap `Clone` handle.
+#[derive(Debug, Clone, Default)]
 pub struct LocalTunnels {
-    sessions: Mutex<HashMap<SessionId, HashMap<TunnelId, Entry>>>,
+    sessions: Arc<Mutex<HashMap<SessionId, HashMap<TunnelId, Entry>>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,12 +127,12 @@ impl LocalTunnels {
         }
     }
 
-    pub fn remove(&self, tunnel: &LocalTunnel) {
+    pub fn remove(&self, record: &TunnelRecord) {
         let mut sessions = self.lock();
-        if let Some(tunnels) = sessions.get_mut(&tunnel.record.session) {
-            tunnels.remove(&tunnel.record.id);
+        if let Some(tunnels) = sessions.get_mut(&record.session) {
+            tunnels.remove(&record.id);
             if tunnels.is_empty() {
-                sessions.remove(&tunnel.record.session);
+                sessions.remove(&record.session);
             }
         }
     }

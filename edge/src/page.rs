@@ -14,7 +14,7 @@ use deskbroker_shared::ids::SessionToken;
 use deskbroker_shared::session::Target;
 
 use crate::error::TunnelError;
-use crate::server::Edge;
+use crate::node::Node;
 
 /// Served at `/` when the node has no built page.
 const NOT_BUILT: &str = "<!doctype html><title>deskbroker</title><p>This node serves no web client page. \
@@ -22,7 +22,10 @@ const NOT_BUILT: &str = "<!doctype html><title>deskbroker</title><p>This node se
     <code>--web-dir web/dist</code> (<code>scripts/demo</code> does both).</p>";
 
 /// Serves the page's files for every path no route claims, or a note on how to build them.
-pub fn with_files(router: Router<Edge>, dir: Option<&Path>) -> Router<Edge> {
+pub fn with_files<S>(router: Router<S>, dir: Option<&Path>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     match dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router.fallback(|| async { (StatusCode::NOT_FOUND, Html(NOT_BUILT)) }),
@@ -42,9 +45,9 @@ pub struct SessionKind {
 }
 
 /// `GET /client/session?token=T`: the kind of session a token grants, and nothing else about it.
-pub async fn session(State(edge): State<Edge>, Query(query): Query<TokenQuery>) -> Response {
+pub async fn session(State(node): State<Node>, Query(query): Query<TokenQuery>) -> Response {
     let token = SessionToken::new(query.token);
-    match edge.session(Some(&token)).await {
+    match node.session(Some(&token)).await {
         Ok(session) => {
             let kind = match session.target {
                 Target::Vnc { .. } => "vnc",

@@ -6,36 +6,24 @@
 //! forwarded again: a request for a tunnel this node does not own gets 404/516.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
 use tracing::warn;
 
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::ids::{SessionId, TunnelId};
 use deskbroker_shared::peer::CLUSTER_SECRET_HEADER;
 
-use crate::guac::error_response;
-use crate::http_tunnel;
-use crate::server::Edge;
-
-pub const CLUSTER_SECRET: HeaderName = HeaderName::from_static(CLUSTER_SECRET_HEADER);
-
-pub fn router(edge: Edge) -> Router {
-    Router::new()
-        .route("/tunnel", any(tunnel))
-        .route("/tunnels/{session}/{tunnel}/traffic", get(traffic))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(edge)
-}
+use crate::error::error_response;
+use crate::http_tunnel::{self, HttpTunnels};
+use crate::node::Node;
 
 /// True when the request carries this node's cluster secret.
-fn authenticated(edge: &Edge, headers: &HeaderMap) -> bool {
-    let presented = headers.get(CLUSTER_SECRET).map(|v| v.as_bytes());
-    let allowed = match (edge.cluster_secret(), presented) {
+fn authenticated(node: &Node, headers: &HeaderMap) -> bool {
+    let presented = headers.get(CLUSTER_SECRET_HEADER).map(|v| v.as_bytes());
+    let allowed = match (node.cluster_secret(), presented) {
         (Some(secret), Some(presented)) => secret.matches(presented),
         _ => false,
     };
@@ -48,24 +36,29 @@ fn authenticated(edge: &Edge, headers: &HeaderMap) -> bool {
     allowed
 }
 
-async fn tunnel(State(edge): State<Edge>, request: Request<Body>) -> Response {
-    if !authenticated(&edge, request.headers()) {
+/// An HTTP tunnel request another node forwarded: served from this node's own tunnels only.
+pub async fn tunnel(
+    State(node): State<Node>,
+    State(tunnels): State<HttpTunnels>,
+    request: Request<Body>,
+) -> Response {
+    if !authenticated(&node, request.headers()) {
         return error_response(GuacStatus::ClientUnauthorized, "Peer request refused.");
     }
-    http_tunnel::serve(edge, request, http_tunnel::Scope::LocalOnly).await
+    http_tunnel::serve(&node, &tunnels, request, http_tunnel::Scope::LocalOnly).await
 }
 
 /// What one of this node's tunnels has moved, for the control plane's live view.
-async fn traffic(
-    State(edge): State<Edge>,
+pub async fn traffic(
+    State(node): State<Node>,
     Path((session, tunnel)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !authenticated(&edge, &headers) {
+    if !authenticated(&node, &headers) {
         return StatusCode::FORBIDDEN.into_response();
     }
     let tunnel = TunnelId::parse(&tunnel);
-    let report = tunnel.and_then(|tunnel| edge.traffic(&SessionId::new(session), &tunnel));
+    let report = tunnel.and_then(|tunnel| node.traffic(&SessionId::new(session), &tunnel));
     match report {
         Some(report) => Json(report).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

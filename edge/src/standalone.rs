@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use deskbroker_broker::api::traffic::TrafficSource;
 use deskbroker_broker::api::{self, Api, ApiConfig};
-use deskbroker_broker::config::{BrokerConfig, ConfigError};
+use deskbroker_broker::config::ConfigError;
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{BoxFuture, RegistryError, session_file};
 use deskbroker_demo::DemoDesktop;
@@ -20,7 +19,8 @@ use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
 use deskbroker_shared::peer::TrafficReport;
 use deskbroker_shared::session::{HostPort, Session, Target};
 
-use crate::server::Edge;
+use crate::config::ControlPlane;
+use crate::node::Node;
 
 /// The demo tenant's API key: `--demo` binds to loopback and is for trying deskbroker out.
 pub const DEMO_KEY: &str = "demo";
@@ -35,15 +35,16 @@ pub enum StandaloneError {
     Registry(#[from] RegistryError),
 }
 
-/// The running demo desktop.
+/// The demo desktop, ready to serve.
 pub struct Demo {
-    pub task: JoinHandle<()>,
+    /// Serves viewers until the token given to [`start_demo`] is cancelled.
+    pub serve: BoxFuture<'static, ()>,
     /// `GET /demo/input`: what viewers typed and pointed at (the last key's keysym, the pointer and its
     /// buttons), so a person or a browser test can check that input arrived.
     pub routes: Router,
 }
 
-/// Starts the demo desktop on a loopback port and grants it to the token `demo`.
+/// Binds the demo desktop to a loopback port and grants it to the token `demo`.
 pub async fn start_demo(
     sessions: &mut Vec<(SessionToken, Session)>,
     shutdown: CancellationToken,
@@ -75,19 +76,19 @@ pub async fn start_demo(
             }
         }),
     );
-    let task = tokio::spawn(async move { desktop.serve(listener, shutdown).await });
-    Ok(Demo { task, routes })
+    let serve = Box::pin(async move { desktop.serve(listener, shutdown).await });
+    Ok(Demo { serve, routes })
 }
 
 /// The control-plane API for a node without Redis: the configured tenants, and with `demo` a tenant `demo`
 /// (API key `demo`) that may reach VNC servers on loopback.
 pub async fn control_plane(
-    edge: &Edge,
-    config: BrokerConfig,
-    admin_key: Option<&str>,
+    node: &Node,
+    plane: ControlPlane,
     demo: bool,
 ) -> Result<Router, StandaloneError> {
-    let registry = edge.membership().registry().clone();
+    let registry = node.membership().registry().clone();
+    let config = plane.config;
     let mut tenants = config.tenants.clone();
     if demo {
         let policy = Policy {
@@ -107,15 +108,15 @@ pub async fn control_plane(
         registry.put_tenant(tenant).await?;
     }
     let api_config = ApiConfig {
-        traffic: Some(Arc::new(LocalTraffic(edge.clone()))),
-        admin_key: admin_key.map(TokenDigest::of),
+        traffic: Some(Arc::new(LocalTraffic(node.clone()))),
+        admin_key: plane.admin_key,
         guacd_pools: config.pools()?,
     };
     Ok(api::router(Api::new(registry, api_config)))
 }
 
 /// Byte counts read from this node's own tunnels.
-struct LocalTraffic(Edge);
+struct LocalTraffic(Node);
 
 impl TrafficSource for LocalTraffic {
     fn traffic<'a>(

@@ -1,15 +1,17 @@
-//! Opening upstream sockets: to a VNC server for the relay, or to guacd followed by its handshake.
+//! Upstream sockets: opening them (to a VNC server for the relay, or to guacd followed by its handshake),
+//! and reading them with bounded, idle-free buffers.
 //!
 //! Targets come only from session records, never from the browser. Every step has a deadline, and the
-//! bytes guacd sends right after `ready` stay in the returned buffer so that none are lost.
+//! bytes guacd sends right after `ready` stay in the returned buffer so that none are lost. After the
+//! handshake both Guacamole tunnels read guacd through one [`GuacdOutput`].
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::time::timeout;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use deskbroker_shared::InstructionBuffer;
 use deskbroker_shared::connect::ClientInfo;
@@ -17,8 +19,11 @@ use deskbroker_shared::handshake::{self, Args};
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_shared::session::HostPort;
 
-use crate::defaults::{GUACD_HANDSHAKE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT};
+use crate::defaults::{
+    GUACD_HANDSHAKE_TIMEOUT, GUACD_SILENCE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT,
+};
 use crate::error::TunnelError;
+use crate::local::Traffic;
 
 /// Reads what the socket has into `buffer`, holding no buffer memory while the socket is idle: the buffer
 /// is kept while data flows, and released (if it holds nothing) when a read would wait. Ten thousand idle
@@ -68,6 +73,58 @@ pub struct Guacd {
     pub buffer: InstructionBuffer,
     /// guacd's connection id (`$` and a UUID), which other users join with.
     pub connection_id: String,
+}
+
+impl Guacd {
+    /// guacd's output, and the socket's half that takes the browser's instructions.
+    pub fn split(self) -> (GuacdOutput, OwnedWriteHalf) {
+        let (stream, to_guacd) = self.stream.into_split();
+        let output = GuacdOutput {
+            stream,
+            buffer: self.buffer,
+            silent_until: None,
+        };
+        (output, to_guacd)
+    }
+}
+
+/// guacd's output after the handshake, taken as batches of whole instructions.
+pub struct GuacdOutput {
+    stream: OwnedReadHalf,
+    buffer: InstructionBuffer,
+    /// While waiting for guacd: when its silence means it is gone.
+    silent_until: Option<Instant>,
+}
+
+impl GuacdOutput {
+    /// The next batch of whole instructions; `None` once guacd has closed. guacd sends `nop` after 5 s
+    /// without output, so [`GUACD_SILENCE_TIMEOUT`] spent waiting for it without a byte means it is gone;
+    /// time spent delivering a batch does not count. Cancel-safe: nothing read is lost when the future
+    /// is dropped, and the silence deadline keeps running.
+    pub async fn next(&mut self, traffic: &Traffic) -> Result<Option<Bytes>, TunnelError> {
+        loop {
+            let batch = self
+                .buffer
+                .take_instructions()
+                .map_err(TunnelError::UpstreamProtocol)?;
+            if batch.is_some() {
+                self.silent_until = None;
+                return Ok(batch);
+            }
+            let deadline = *self
+                .silent_until
+                .get_or_insert_with(|| Instant::now() + GUACD_SILENCE_TIMEOUT);
+            let read = timeout_at(deadline, read_some(&self.stream, self.buffer.bytes_mut()))
+                .await
+                .map_err(|_| TunnelError::UpstreamSilent)?
+                .map_err(TunnelError::UpstreamIo)?;
+            if read == 0 {
+                return Ok(None);
+            }
+            traffic.received_upstream(read);
+            self.silent_until = None;
+        }
+    }
 }
 
 /// What to ask guacd for: `protocol` is a protocol name, or a connection id to join.

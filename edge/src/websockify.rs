@@ -6,7 +6,7 @@
 //! session, never from the request. Bytes are relayed as they come, one read per binary frame, with one
 //! bounded buffer per direction: a browser that stops reading stops the relay reading from VNC.
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,13 +25,14 @@ use deskbroker_shared::session::Target;
 
 use crate::defaults::{FLUSH_AFTER, RELAY_MAX_MESSAGE};
 use crate::error::TunnelError;
-use crate::local::{LocalTunnel, Traffic};
-use crate::server::Edge;
+use crate::local::Traffic;
+use crate::node::Node;
+use crate::registration::{Registration, Tunnel};
 use crate::upstream;
 use crate::ws::{self, downstream_error, offered_protocols};
 
 pub async fn handle(
-    State(edge): State<Edge>,
+    State(node): State<Node>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -46,9 +47,9 @@ pub async fn handle(
     }
     let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
     let span = info_span!("websockify", tunnel = tracing::field::Empty);
-    let tunnel = edge.clone();
+    let tunnel = node.clone();
     ws::accept(
-        &edge,
+        &node,
         upgrade,
         "binary",
         RELAY_MAX_MESSAGE,
@@ -57,8 +58,8 @@ pub async fn handle(
     )
 }
 
-async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
-    let vnc = match open(&edge, &request).await {
+async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
+    let vnc = match open(&node, &request).await {
         Ok(vnc) => vnc,
         Err(error) => {
             warn!(side = %error.side(), %error, "relay refused");
@@ -68,10 +69,10 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     };
     let (tunnel, vnc, filter) = vnc;
     let end = tokio::select! {
-        end = relay(&mut socket, vnc, filter, &tunnel.traffic) => end,
+        end = relay(&mut socket, vnc, filter, tunnel.traffic()) => end,
         stop = tunnel.stopped() => Err(stop),
     };
-    edge.forget_tunnel(&tunnel).await;
+    tunnel.release().await;
     match end {
         Ok(()) => debug!("relay ended"),
         Err(ref error) => debug!(side = %error.side(), %error, "relay ended"),
@@ -83,22 +84,26 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
     .await;
 }
 
-/// Checks the token, connects to the session's VNC server and records the tunnel; returns the filter the
-/// browser's bytes must pass, if the session is read-only or joins another.
+/// Checks the token, connects to the session's VNC server and registers the tunnel; returns the filter
+/// the browser's bytes must pass, if the session is read-only or joins another.
 async fn open(
-    edge: &Edge,
+    node: &Node,
     request: &ConnectRequest,
-) -> Result<(LocalTunnel, TcpStream, Option<ReadOnlyFilter>), TunnelError> {
-    let session = edge.session(request.token.as_ref()).await?;
+) -> Result<(Registration, TcpStream, Option<ReadOnlyFilter>), TunnelError> {
+    let session = node.session(request.token.as_ref()).await?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
     };
     let id = TunnelId::random();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let vnc = upstream::connect(addr).await?;
-    let tunnel = edge
-        .record_tunnel(id, TunnelKind::Websockify, &session, None, None)
-        .await?;
+    let tunnel = Tunnel {
+        id,
+        kind: TunnelKind::Websockify,
+        http_token: None,
+        connection: None,
+    };
+    let tunnel = node.register(tunnel, &session).await?;
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
     let filter = (session.read_only || session.join.is_some())
         .then(|| ReadOnlyFilter::new(session.read_only, session.join.is_some()));
@@ -185,10 +190,5 @@ async fn relay(
 }
 
 async fn close(socket: &mut WebSocket, close: RelayClose) {
-    let frame = CloseFrame {
-        code: close.code(),
-        reason: close.reason().into(),
-    };
-    // The browser may be gone already; there is nobody left to tell.
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    ws::close(socket, close.code(), close.reason()).await;
 }

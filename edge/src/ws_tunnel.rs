@@ -1,14 +1,15 @@
 //! `GET /websocket-tunnel?token=T&GUAC_WIDTH=…`: the Guacamole WebSocket tunnel, as the unmodified
 //! `Guacamole.WebSocketTunnel` expects it.
 //!
-//! The upgrade is accepted first (subprotocol `guacamole`), then the token is checked and the guacd handshake
-//! run; a failure is a close frame whose reason is the decimal Guacamole status, so the client can tell the
-//! user why, and ChainedTunnel does not retry the same token over HTTP after an undiagnosable 1006. On
-//! success the first frame is `0.,36.<uuid>;`. After that guacd's output goes out as text frames of whole
-//! instructions; the browser's instructions go to guacd, except the tunnel-internal ones: pings are answered
-//! here, ahead of guacd's output, and the rest are dropped.
+//! The upgrade is accepted first (subprotocol `guacamole`), then the token is checked and the guacd
+//! handshake run; a failure is a close frame whose reason is the decimal Guacamole status, so the client
+//! can tell the user why instead of seeing an undiagnosable 1006 (a `ChainedTunnel` still retries over
+//! HTTP, which answers with the same status: docs/errors.md). On success the first frame is
+//! `0.,36.<uuid>;`. After that guacd's output goes out as text frames of whole instructions; the browser's
+//! instructions go to guacd, except the tunnel-internal ones: pings are answered here, ahead of guacd's
+//! output, and the rest are dropped.
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -16,39 +17,39 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout_at};
 use tracing::{debug, info_span, warn};
 
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
-use deskbroker_shared::instruction::{self, Instruction};
+use deskbroker_shared::instruction::{self, FromBrowser, Instruction};
 use deskbroker_shared::{GuacStatus, InstructionBuffer};
 
-use crate::defaults::{GUAC_MAX_MESSAGE, GUACD_SILENCE_TIMEOUT, PING_QUEUE};
-use crate::error::TunnelError;
+use crate::defaults::{GUAC_MAX_MESSAGE, PING_QUEUE};
+use crate::error::{TunnelError, error_response};
 use crate::guac;
 use crate::local::Traffic;
-use crate::server::Edge;
-use crate::upstream::{self, Guacd};
+use crate::node::Node;
+use crate::registration::Tunnel;
+use crate::upstream::Guacd;
 use crate::ws::{self, downstream_error, offered_protocols};
 
 pub async fn handle(
-    State(edge): State<Edge>,
+    State(node): State<Node>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if !offered_protocols(&headers).contains(&"guacamole") {
-        return guac::error_response(
+        return error_response(
             GuacStatus::ClientBadRequest,
             "The \"guacamole\" WebSocket subprotocol is required.",
         );
     }
     let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
     let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
-    let tunnel = edge.clone();
+    let tunnel = node.clone();
     ws::accept(
-        &edge,
+        &node,
         upgrade,
         "guacamole",
         GUAC_MAX_MESSAGE,
@@ -57,18 +58,16 @@ pub async fn handle(
     )
 }
 
-async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
+async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
     let opened = async {
-        let guac::Opened { id, guacd, session } = guac::open(&edge, &request).await?;
-        let tunnel = edge
-            .record_tunnel(
-                id,
-                TunnelKind::WebsocketTunnel,
-                &session,
-                None,
-                Some(guacd.connection_id.clone()),
-            )
-            .await?;
+        let guac::Opened { id, guacd, session } = guac::open(&node, &request).await?;
+        let tunnel = Tunnel {
+            id,
+            kind: TunnelKind::WebsocketTunnel,
+            http_token: None,
+            connection: Some(guacd.connection_id.clone()),
+        };
+        let tunnel = node.register(tunnel, &session).await?;
         Ok::<_, TunnelError>((tunnel, guacd, session.read_only))
     };
     let (tunnel, guacd, read_only) = match opened.await {
@@ -79,17 +78,17 @@ async fn run(edge: Edge, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
-    let id = tunnel.record.id;
+    let id = tunnel.record().id;
     tracing::Span::current().record("tunnel", tracing::field::display(id));
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
-            end = relay(&mut socket, guacd, read_only, &tunnel.traffic) => end,
+            end = relay(&mut socket, guacd, read_only, tunnel.traffic()) => end,
             stop = tunnel.stopped() => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
     };
-    edge.forget_tunnel(&tunnel).await;
+    tunnel.release().await;
     let status = match end {
         Ok(()) => GuacStatus::Success,
         Err(error) => {
@@ -108,47 +107,25 @@ async fn relay(
     read_only: bool,
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
-    let Guacd {
-        stream, mut buffer, ..
-    } = guacd;
-    let (from_guacd, mut to_guacd) = stream.into_split();
+    let (mut output, mut to_guacd) = guacd.split();
     let (mut to_browser, mut from_browser) = socket.split();
     let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
 
     let downstream = async {
-        let mut silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT;
         loop {
-            while let Ok(reply) = ping_replies.try_recv() {
-                to_browser
-                    .send(text(reply)?)
-                    .await
-                    .map_err(downstream_error)?;
-            }
-            if let Some(batch) = buffer
-                .take_instructions()
-                .map_err(TunnelError::UpstreamProtocol)?
-            {
-                to_browser
-                    .send(text(batch)?)
-                    .await
-                    .map_err(downstream_error)?;
-            }
-            tokio::select! {
+            // Pings are answered ahead of guacd's output, so the client measures the tunnel, not guacd.
+            let frame = tokio::select! {
                 biased;
-                Some(reply) = ping_replies.recv() => {
-                    to_browser.send(text(reply)?).await.map_err(downstream_error)?;
-                }
-                read = timeout_at(silent_until, upstream::read_some(&from_guacd, buffer.bytes_mut())) => {
-                    match read.map_err(|_| TunnelError::UpstreamSilent)? {
-                        Ok(0) => return Ok(()),
-                        Ok(read) => {
-                            traffic.received_upstream(read);
-                            silent_until = Instant::now() + GUACD_SILENCE_TIMEOUT;
-                        }
-                        Err(error) => return Err(TunnelError::UpstreamIo(error)),
-                    }
-                }
-            }
+                Some(reply) = ping_replies.recv() => reply,
+                batch = output.next(traffic) => match batch? {
+                    Some(batch) => batch,
+                    None => return Ok(()),
+                },
+            };
+            to_browser
+                .send(text(frame)?)
+                .await
+                .map_err(downstream_error)?;
         }
     };
     let upstream = async {
@@ -164,21 +141,18 @@ async fn relay(
                 .next_instruction()
                 .map_err(TunnelError::BadInstruction)?
             {
-                if instruction::is_internal(&bytes) {
-                    if is_ping(&bytes) {
-                        // A flood of pings beyond the queue loses its excess; the client only times them.
-                        let _ = pings.try_send(bytes);
+                match instruction::from_browser(&bytes, read_only) {
+                    FromBrowser::Relay => {
+                        to_guacd
+                            .write_all(&bytes)
+                            .await
+                            .map_err(TunnelError::UpstreamIo)?;
+                        traffic.sent_upstream(bytes.len());
                     }
-                    continue;
+                    // A flood of pings beyond the queue loses its excess; the client only times them.
+                    FromBrowser::Ping => drop(pings.try_send(bytes)),
+                    FromBrowser::Drop => {}
                 }
-                if read_only && !instruction::viewer_may_send(instruction::opcode(&bytes)) {
-                    continue;
-                }
-                to_guacd
-                    .write_all(&bytes)
-                    .await
-                    .map_err(TunnelError::UpstreamIo)?;
-                traffic.sent_upstream(bytes.len());
             }
         }
         Ok(())
@@ -189,11 +163,6 @@ async fn relay(
     }
 }
 
-/// `0.,4.ping,<timestamp>;`: answered with itself, as the Java endpoint does.
-fn is_ping(bytes: &[u8]) -> bool {
-    Instruction::parse(bytes).is_ok_and(|ping| ping.args.len() >= 2 && ping.args[0] == "ping")
-}
-
 /// Whole instructions as a text frame; guacd must send UTF-8, and a text frame must be UTF-8.
 fn text(bytes: Bytes) -> Result<Message, TunnelError> {
     Utf8Bytes::try_from(bytes)
@@ -202,10 +171,5 @@ fn text(bytes: Bytes) -> Result<Message, TunnelError> {
 }
 
 async fn close(socket: &mut WebSocket, status: GuacStatus) {
-    let frame = CloseFrame {
-        code: status.ws_close_code(),
-        reason: status.ws_close_reason().into(),
-    };
-    // The browser may be gone already; there is nobody left to tell.
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    ws::close(socket, status.ws_close_code(), status.ws_close_reason()).await;
 }

@@ -88,6 +88,36 @@ pub fn viewer_may_send(opcode: &[u8]) -> bool {
     matches!(opcode, b"nop" | b"sync" | b"ack" | b"disconnect")
 }
 
+/// What a tunnel does with one whole instruction from the browser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromBrowser {
+    /// Relay it to guacd, unchanged.
+    Relay,
+    /// A tunnel-internal ping (`0.,4.ping,<timestamp>;`): a WebSocket tunnel answers it with itself, as the
+    /// Java endpoint does.
+    Ping,
+    /// Drop it: other tunnel-internal messages are never guacd's business, and a read-only viewer's input
+    /// would control the desktop.
+    Drop,
+}
+
+/// The one rule both Guacamole tunnels apply to what the browser sends.
+pub fn from_browser(bytes: &[u8], read_only: bool) -> FromBrowser {
+    if is_internal(bytes) {
+        let ping =
+            Instruction::parse(bytes).is_ok_and(|i| i.args.len() >= 2 && i.args[0] == "ping");
+        return if ping {
+            FromBrowser::Ping
+        } else {
+            FromBrowser::Drop
+        };
+    }
+    if read_only && !viewer_may_send(opcode(bytes)) {
+        return FromBrowser::Drop;
+    }
+    FromBrowser::Relay
+}
+
 /// The opcode of one whole, already scanned instruction, without decoding the rest. Opcodes are ASCII in
 /// every Guacamole version, so the length in code points is the length in bytes.
 pub fn opcode(bytes: &[u8]) -> &[u8] {
@@ -151,6 +181,22 @@ mod tests {
         assert!(Instruction::parse(b"3.nop").is_err());
         assert!(Instruction::parse(b"3.nop;3.nop;").is_err());
         assert!(Instruction::parse(b"").is_err());
+    }
+
+    #[test]
+    fn sorts_what_the_browser_sends() {
+        let ping = b"0.,4.ping,13.1700000000000;";
+        assert_eq!(from_browser(ping, false), FromBrowser::Ping);
+        assert_eq!(from_browser(ping, true), FromBrowser::Ping);
+        assert_eq!(from_browser(b"0.,3.foo;", false), FromBrowser::Drop);
+        assert_eq!(
+            from_browser(b"0.,4.ping;", false),
+            FromBrowser::Drop,
+            "no timestamp"
+        );
+        assert_eq!(from_browser(b"3.key,2.65,1.1;", false), FromBrowser::Relay);
+        assert_eq!(from_browser(b"3.key,2.65,1.1;", true), FromBrowser::Drop);
+        assert_eq!(from_browser(b"4.sync,1.5;", true), FromBrowser::Relay);
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -22,16 +22,19 @@ use tracing::{debug, warn};
 
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelToken;
-use deskbroker_shared::instruction::{self, END_OF_RESPONSE};
+use deskbroker_shared::instruction::{self, END_OF_RESPONSE, FromBrowser};
 use deskbroker_shared::{GuacStatus, InstructionBuffer, ParseError};
 
 pub use tunnel::{HttpTunnel, HttpTunnels};
 
 use crate::defaults::CONNECT_BODY_LIMIT;
-use crate::error::TunnelError;
+use crate::error::{TunnelError, error_response};
 use crate::forward::Owner;
-use crate::guac::{self, TUNNEL_TOKEN, error_response};
-use crate::server::Edge;
+use crate::guac;
+use crate::node::Node;
+
+/// The header that identifies an HTTP tunnel after `connect`: the only thing a request is found by.
+pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-token");
 
 /// Where a request may be served: any tunnel in the cluster (browser requests), or only this node's own
 /// (requests a peer forwarded, which are never forwarded again).
@@ -41,17 +44,26 @@ pub enum Scope {
     LocalOnly,
 }
 
-pub async fn handle(State(edge): State<Edge>, request: Request<Body>) -> Response {
-    serve(edge, request, Scope::Cluster).await
+pub async fn handle(
+    State(node): State<Node>,
+    State(tunnels): State<HttpTunnels>,
+    request: Request<Body>,
+) -> Response {
+    serve(&node, &tunnels, request, Scope::Cluster).await
 }
 
-pub async fn serve(edge: Edge, request: Request<Body>, scope: Scope) -> Response {
+pub async fn serve(
+    node: &Node,
+    tunnels: &HttpTunnels,
+    request: Request<Body>,
+    scope: Scope,
+) -> Response {
     let Some(query) = request.uri().query().map(str::to_owned) else {
         return error_response(GuacStatus::ClientBadRequest, "No query string provided.");
     };
     let read = query.starts_with("read:");
     if query == "connect" && scope == Scope::Cluster {
-        return connect(&edge, request.into_body()).await;
+        return connect(node, tunnels, request.into_body()).await;
     }
     if !read && !query.starts_with("write:") {
         let shown: String = query.chars().take(64).collect();
@@ -71,7 +83,7 @@ pub async fn serve(edge: Edge, request: Request<Body>, scope: Scope) -> Response
         );
     };
     let token = TunnelToken::new(token);
-    let tunnel = match edge.http_tunnels().get(&token) {
+    let tunnel = match tunnels.get(&token) {
         Some(tunnel) if tunnel.is_closed() => {
             return error_response(GuacStatus::ResourceNotFound, "Tunnel is closed.");
         }
@@ -79,7 +91,7 @@ pub async fn serve(edge: Edge, request: Request<Body>, scope: Scope) -> Response
         None if scope == Scope::LocalOnly => {
             return error_response(GuacStatus::ResourceNotFound, "No such tunnel.");
         }
-        None => return forward(&edge, &token, request).await,
+        None => return forward(node, &token, request).await,
     };
     tunnel.touch();
     if read {
@@ -90,10 +102,10 @@ pub async fn serve(edge: Edge, request: Request<Body>, scope: Scope) -> Response
 }
 
 /// Serves a request for a tunnel this node does not hold, through its owner.
-async fn forward(edge: &Edge, token: &TunnelToken, request: Request<Body>) -> Response {
+async fn forward(node: &Node, token: &TunnelToken, request: Request<Body>) -> Response {
     let digest = token.digest();
-    match edge.forwarder().owner(edge.membership(), &digest).await {
-        Ok(Owner::Peer(owner)) => edge.forwarder().forward(&owner, &digest, request).await,
+    match node.forwarder().owner(node.membership(), &digest).await {
+        Ok(Owner::Peer(owner)) => node.forwarder().forward(&owner, &digest, request).await,
         Ok(Owner::Gone) => error_response(GuacStatus::ResourceNotFound, "No such tunnel."),
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel lookup failed");
@@ -102,12 +114,12 @@ async fn forward(edge: &Edge, token: &TunnelToken, request: Request<Body>) -> Re
     }
 }
 
-async fn connect(edge: &Edge, body: Body) -> Response {
+async fn connect(node: &Node, tunnels: &HttpTunnels, body: Body) -> Response {
     let Ok(form) = axum::body::to_bytes(body, CONNECT_BODY_LIMIT).await else {
         return error_response(GuacStatus::ClientOverrun, "Connect data too large.");
     };
     let request = ConnectRequest::parse(&form);
-    let opened = async { HttpTunnel::open(edge, guac::open(edge, &request).await?).await };
+    let opened = async { HttpTunnel::open(node, tunnels, guac::open(node, &request).await?).await };
     match opened.await {
         Ok((id, token)) => {
             let mut response = id.to_string().into_response();
@@ -233,13 +245,12 @@ fn octet_stream(body: Body) -> Response {
     response
 }
 
-/// The whole instructions in `input`, less the tunnel-internal ones, which are never guacd's business,
-/// and for a read-only viewer less everything that would control the desktop.
+/// The whole instructions in `input` that go to guacd: tunnel-internal ones are dropped, pings included
+/// (only the WebSocket tunnel answers them), and so is a read-only viewer's input.
 fn whole_instructions(input: &mut InstructionBuffer, read_only: bool) -> Result<Bytes, ParseError> {
     let mut batch = BytesMut::new();
     while let Some(bytes) = input.next_instruction()? {
-        let viewer_may = !read_only || instruction::viewer_may_send(instruction::opcode(&bytes));
-        if !instruction::is_internal(&bytes) && viewer_may {
+        if instruction::from_browser(&bytes, read_only) == FromBrowser::Relay {
             batch.extend_from_slice(&bytes);
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, sleep_until, timeout_at};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -23,17 +23,19 @@ use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
 use deskbroker_shared::instruction::Instruction;
 
-use crate::defaults::{GUACD_SILENCE_TIMEOUT, HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
+use crate::defaults::{HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
 use crate::error::TunnelError;
 use crate::guac::Opened;
-use crate::local::{LocalTunnel, Traffic};
-use crate::server::Edge;
-use crate::upstream::{self, Guacd};
+use crate::local::Traffic;
+use crate::node::Node;
+use crate::registration::{Registration, Tunnel};
+use crate::upstream::Guacd;
 
-/// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`.
-#[derive(Default)]
+/// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`: a cheap `Clone`
+/// handle.
+#[derive(Clone, Default)]
 pub struct HttpTunnels {
-    map: Mutex<HashMap<TokenDigest, Arc<HttpTunnel>>>,
+    map: Arc<Mutex<HashMap<TokenDigest, Arc<HttpTunnel>>>>,
 }
 
 impl HttpTunnels {
@@ -41,12 +43,13 @@ impl HttpTunnels {
         self.lock().get(&token.digest()).cloned()
     }
 
-    fn insert(&self, digest: TokenDigest, tunnel: Arc<HttpTunnel>) {
+    /// Enters a tunnel in the map for as long as the returned entry lives.
+    fn insert(&self, digest: TokenDigest, tunnel: Arc<HttpTunnel>) -> Entry {
         self.lock().insert(digest, tunnel);
-    }
-
-    fn remove(&self, digest: &TokenDigest) {
-        self.lock().remove(digest);
+        Entry {
+            tunnels: self.clone(),
+            digest,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenDigest, Arc<HttpTunnel>>> {
@@ -76,23 +79,36 @@ pub struct HttpTunnel {
     closed: CancellationToken,
 }
 
+/// A tunnel's place in the map, given up when it is dropped.
+struct Entry {
+    tunnels: HttpTunnels,
+    digest: TokenDigest,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.tunnels.lock().remove(&self.digest);
+    }
+}
+
 impl HttpTunnel {
-    /// Registers a tunnel for `guacd` and starts its owner task; returns the tunnel and its token.
-    /// Records the tunnel (so any node can find it by its token), registers it here and starts its owner
-    /// task; returns its id and token.
-    pub async fn open(edge: &Edge, opened: Opened) -> Result<(TunnelId, TunnelToken), TunnelError> {
+    /// Registers the tunnel (so any node can find it by its token), enters it in `tunnels` and starts its
+    /// owner task; returns its id and token.
+    pub async fn open(
+        node: &Node,
+        tunnels: &HttpTunnels,
+        opened: Opened,
+    ) -> Result<(TunnelId, TunnelToken), TunnelError> {
         let Opened { id, guacd, session } = opened;
         let token = TunnelToken::random();
         let digest = token.digest();
-        let local = edge
-            .record_tunnel(
-                id,
-                TunnelKind::HttpTunnel,
-                &session,
-                Some(digest),
-                Some(guacd.connection_id.clone()),
-            )
-            .await?;
+        let registration = Tunnel {
+            id,
+            kind: TunnelKind::HttpTunnel,
+            http_token: Some(digest),
+            connection: Some(guacd.connection_id.clone()),
+        };
+        let registration = node.register(registration, &session).await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
         let tunnel = Arc::new(HttpTunnel {
@@ -107,17 +123,13 @@ impl HttpTunnel {
             upstream_done: CancellationToken::new(),
             closed: CancellationToken::new(),
         });
-        edge.http_tunnels().insert(digest, tunnel);
         let owner = Owner {
-            tunnel: edge
-                .http_tunnels()
-                .get(&token)
-                .ok_or(TunnelError::ShuttingDown)?,
-            local,
-            edge: edge.clone(),
-            digest,
+            entry: tunnels.insert(digest, tunnel.clone()),
+            tunnel,
+            registration,
+            node: node.clone(),
         };
-        edge.spawn_tunnel(owner.run(guacd, output_tx, input_rx));
+        node.spawn_tunnel(owner.run(guacd, output_tx, input_rx));
         Ok((id, token))
     }
 
@@ -182,19 +194,19 @@ impl HttpTunnel {
 
 struct Owner {
     tunnel: Arc<HttpTunnel>,
-    local: LocalTunnel,
-    edge: Edge,
-    digest: TokenDigest,
+    registration: Registration,
+    node: Node,
+    entry: Entry,
 }
 
 impl Owner {
     async fn run(self, guacd: Guacd, output: mpsc::Sender<Bytes>, input: mpsc::Receiver<Bytes>) {
         let tunnel = &self.tunnel;
         let end = tokio::select! {
-            end = relay(guacd, &output, input, &self.local.traffic) => end,
+            end = relay(guacd, &output, input, self.registration.traffic()) => end,
             () = self.idle() => Err(TunnelError::Idle),
             () = tunnel.closed.cancelled() => Ok(()),
-            stopped = self.local.stopped() => Err(stopped),
+            stopped = self.registration.stopped() => Err(stopped),
         };
         // The guacd socket was dropped with `relay`.
         tunnel.upstream_done.cancel();
@@ -212,7 +224,7 @@ impl Owner {
             }
         }
         drop(output);
-        let node_stopping = self.edge.closing();
+        let node_stopping = self.node.closing();
         if !tunnel.is_closed() && !node_stopping.is_cancelled() {
             // Let a reader drain what guacd said last, but no longer than an idle tunnel may live.
             tokio::select! {
@@ -222,17 +234,21 @@ impl Owner {
             }
         }
         tunnel.closed.cancel();
-        self.edge.http_tunnels().remove(&self.digest);
-        self.edge.forget_tunnel(&self.local).await;
+        let Owner {
+            tunnel,
+            registration,
+            entry,
+            ..
+        } = self;
+        drop(entry);
+        registration.release().await;
         debug!(tunnel = %tunnel.id, "tunnel deregistered");
     }
 
     /// Returns once no request has touched the tunnel for the idle timeout.
     async fn idle(&self) {
         loop {
-            let deadline = self
-                .tunnel
-                .idle_deadline(self.edge.config().http_tunnel_timeout);
+            let deadline = self.tunnel.idle_deadline(self.node.timeouts().http_tunnel);
             if deadline <= Instant::now() {
                 return;
             }
@@ -248,33 +264,14 @@ async fn relay(
     mut input: mpsc::Receiver<Bytes>,
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
-    let Guacd {
-        stream, mut buffer, ..
-    } = guacd;
-    let (from_guacd, mut to_guacd) = stream.into_split();
+    let (mut from_guacd, mut to_guacd) = guacd.split();
     let downstream = async {
-        loop {
-            let batch = buffer
-                .take_instructions()
-                .map_err(TunnelError::UpstreamProtocol)?;
-            if let Some(batch) = batch
-                && output.send(batch).await.is_err()
-            {
-                return Ok(());
+        while let Some(batch) = from_guacd.next(traffic).await? {
+            if output.send(batch).await.is_err() {
+                break;
             }
-            let deadline = Instant::now() + GUACD_SILENCE_TIMEOUT;
-            let read = timeout_at(
-                deadline,
-                upstream::read_some(&from_guacd, buffer.bytes_mut()),
-            )
-            .await
-            .map_err(|_| TunnelError::UpstreamSilent)?
-            .map_err(TunnelError::UpstreamIo)?;
-            if read == 0 {
-                return Ok(());
-            }
-            traffic.received_upstream(read);
         }
+        Ok(())
     };
     let upstream = async {
         while let Some(instructions) = input.recv().await {

@@ -1,0 +1,60 @@
+//! Following the control channel: a revoked session's tunnels close, and the older tunnel of an exclusive
+//! session that a newer connection took over. The channel keeps nothing for a subscriber that was away, so
+//! each time the node subscribes again it asks the registry what was revoked meanwhile.
+
+use std::io;
+
+use futures_util::StreamExt;
+use tracing::warn;
+
+use deskbroker_shared::cluster::ControlEvent;
+
+use crate::defaults::CONTROL_RETRY;
+use crate::node::Node;
+
+/// Acts on control events until the node closes its tunnels; subscribes again whenever the subscription
+/// breaks (Redis away), then closes what was revoked meanwhile.
+pub async fn follow(node: Node) -> io::Result<()> {
+    let registry = node.membership().registry().clone();
+    while !node.closing().is_cancelled() {
+        let subscribed = match registry.subscribe().await {
+            Ok(events) => close_revoked(&node).await.map(|()| events),
+            Err(error) => Err(error),
+        };
+        let mut events = match subscribed {
+            Ok(events) => events,
+            Err(error) => {
+                warn!(%error, "control channel unavailable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(CONTROL_RETRY) => continue,
+                    () = node.closing().cancelled() => break,
+                }
+            }
+        };
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = node.closing().cancelled() => return Ok(()),
+            };
+            match event {
+                Some(ControlEvent::SessionClosed { session }) => {
+                    node.local().close_session(&session)
+                }
+                Some(ControlEvent::TakenOver { session, tunnel }) => {
+                    node.local().take_over(&session, &tunnel)
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Closes the tunnels of sessions revoked while this node was not listening.
+async fn close_revoked(node: &Node) -> deskbroker_broker::Result<()> {
+    let sessions = node.local().sessions();
+    for session in node.membership().registry().revoked(&sessions).await? {
+        node.local().close_session(&session);
+    }
+    Ok(())
+}

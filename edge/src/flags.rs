@@ -1,0 +1,160 @@
+//! `deskbroker-edge`'s command-line flags, each with a `DESKBROKER_*` environment equivalent, and how they
+//! become a [`Config`]. Parsed by the binary's `main`, the only place the edge reads its environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use deskbroker_broker::config::BrokerConfig;
+use deskbroker_broker::process::LogArgs;
+use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
+use deskbroker_shared::session::Session;
+
+use crate::config::{Config, ControlPlane, Timeouts};
+use crate::defaults;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deskbroker-edge",
+    version,
+    about = "deskbroker's data-plane node"
+)]
+pub struct Args {
+    /// Address for browser connections.
+    #[arg(long, env = "DESKBROKER_LISTEN", default_value_t = defaults::LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Session file: one `<token>: <target>` per line (docs/sessions.md).
+    #[arg(long, env = "DESKBROKER_SESSIONS")]
+    pub sessions: Option<PathBuf>,
+
+    /// Start the built-in demo desktop on loopback and serve it as the session with token `demo`.
+    #[arg(long, env = "DESKBROKER_DEMO")]
+    pub demo: bool,
+
+    /// Control-plane configuration (tenants, guacd pools); a node without Redis serves the control-plane API
+    /// itself (docs/control-plane.md).
+    #[arg(long, env = "DESKBROKER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The control plane's admin key; prefer the variable.
+    #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// The built web client page (`web/dist`, made by `npm run build` in `web/`), served at `/`.
+    #[arg(long, env = "DESKBROKER_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Redis holding the cluster's registry: `redis://host:port`, or `redis+cluster://host:port[,…]` for a
+    /// Redis Cluster. Without it the node runs alone with an in-memory registry.
+    #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's name in the cluster (default: $HOSTNAME, the pod name on Kubernetes).
+    #[arg(long, env = "DESKBROKER_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Address for requests forwarded by other nodes.
+    #[arg(long, env = "DESKBROKER_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// URL other nodes use to reach the peer listener (default: http://<peer listen address>).
+    #[arg(long, env = "DESKBROKER_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Secret every node of the cluster shares; peer requests without it are refused.
+    #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// How long a silent node keeps its lease, and its tunnels (e.g. `10s`).
+    #[arg(long, env = "DESKBROKER_LEASE", default_value_t = defaults::LEASE.into())]
+    pub lease: humantime::Duration,
+
+    /// Close an HTTP tunnel after this long without a request (e.g. `15s`).
+    #[arg(long, env = "DESKBROKER_HTTP_TUNNEL_TIMEOUT",
+          default_value_t = defaults::HTTP_TUNNEL_TIMEOUT.into())]
+    pub http_tunnel_timeout: humantime::Duration,
+
+    /// On stop, how long to wait for tunnels to end before closing them (e.g. `10s`).
+    #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", default_value_t = defaults::DRAIN_TIMEOUT.into())]
+    pub drain_timeout: humantime::Duration,
+}
+
+impl Args {
+    /// The node's configuration: the flags, with what `main` read from the session and configuration files
+    /// and the host's name (the node's id when none is given).
+    pub fn into_config(
+        self,
+        sessions: Vec<(SessionToken, Session)>,
+        broker: BrokerConfig,
+        hostname: Option<String>,
+    ) -> Config {
+        let node_id = self
+            .node_id
+            .or(hostname)
+            .unwrap_or_else(|| format!("edge-{}", uuid::Uuid::new_v4()));
+        // In a cluster the control plane is deskbroker-broker's; alone, the node serves it itself.
+        let control_plane = self.redis_url.is_none().then(|| ControlPlane {
+            config: broker,
+            admin_key: self.admin_key.as_deref().map(TokenDigest::of),
+        });
+        Config {
+            listen: self.listen,
+            peer_listen: self.peer_listen,
+            advertise: self.advertise,
+            node_id: NodeId::new(node_id),
+            lease: self.lease.into(),
+            cluster_secret: self.cluster_secret.map(ClusterSecret::new),
+            sessions,
+            demo: self.demo,
+            control_plane,
+            web_dir: self.web_dir,
+            timeouts: Timeouts {
+                http_tunnel: self.http_tunnel_timeout.into(),
+                drain: self.drain_timeout.into(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let args = Args::try_parse_from(["edge", "--demo", "--http-tunnel-timeout", "2s"]).unwrap();
+        assert!(args.demo);
+        assert_eq!(*args.http_tunnel_timeout, Duration::from_secs(2));
+        assert_eq!(args.listen, defaults::LISTEN);
+        assert!(Args::try_parse_from(["edge", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_the_defaults_module() {
+        let args = Args::try_parse_from(["edge"]).unwrap();
+        let config = args.into_config(Vec::new(), BrokerConfig::default(), Some("pod-7".into()));
+        assert_eq!(config.node_id, NodeId::new("pod-7"));
+        assert_eq!(config.lease, defaults::LEASE);
+        assert_eq!(config.timeouts, Timeouts::default());
+        assert!(
+            config.control_plane.is_some(),
+            "alone, the node serves the API"
+        );
+
+        let args =
+            Args::try_parse_from(["edge", "--redis", "redis://r", "--node-id", "a"]).unwrap();
+        let config = args.into_config(Vec::new(), BrokerConfig::default(), Some("pod-7".into()));
+        assert_eq!(config.node_id, NodeId::new("a"));
+        assert!(
+            config.control_plane.is_none(),
+            "in a cluster, the broker serves it"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! A node's life: [`start`] brings up everything a node runs (the demo desktop, the sessions it was given,
+//! its listeners, its lease in the cluster, the control channel) and returns a [`NodeHandle`];
+//! [`NodeHandle::stop`] takes it down in the order docs/lifecycle.md describes, and says whether it
+//! stopped cleanly. The binary reads flags and calls these; a test can run a node in its own process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use deskbroker_broker::process::{StopError, Tasks};
+use deskbroker_broker::{Membership, Registry, RegistryError};
+
+use crate::config::Config;
+use crate::control;
+use crate::defaults::{CLOSE_TIMEOUT, STOP_TIMEOUT};
+use crate::http_tunnel::HttpTunnels;
+use crate::node::Node;
+use crate::server::{self, Routes};
+use crate::standalone::{self, StandaloneError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storing sessions: {0}")]
+    Sessions(RegistryError),
+    #[error("joining the cluster: {0}")]
+    Join(RegistryError),
+    #[error(transparent)]
+    Standalone(#[from] StandaloneError),
+}
+
+/// A running node.
+pub struct NodeHandle {
+    node: Node,
+    addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+    /// Stops the browser listener.
+    stop_accepting: CancellationToken,
+    /// Ends the lease: the node leaves the cluster.
+    leave: CancellationToken,
+    /// Stops the demo desktop.
+    stop_demo: CancellationToken,
+    tasks: Tasks,
+}
+
+/// Starts a node on `registry` (in-memory for a node alone, Redis for a cluster).
+pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHandle, StartError> {
+    let mut tasks = Tasks::default();
+    let mut routes = Router::new();
+    let mut sessions = config.sessions;
+    let stop_demo = CancellationToken::new();
+    if config.demo {
+        let demo = standalone::start_demo(&mut sessions, stop_demo.clone()).await?;
+        let serve = demo.serve;
+        tasks.spawn("the demo desktop", async move {
+            serve.await;
+            Ok(())
+        });
+        routes = demo.routes;
+    }
+    for (token, session) in &sessions {
+        registry
+            .put_session(token, session)
+            .await
+            .map_err(StartError::Sessions)?;
+    }
+
+    let listener = bind(config.listen).await?;
+    let peer_listener = match config.peer_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    let addr = local_addr(&listener, config.listen)?;
+    let peer_addr = match (&peer_listener, config.peer_listen) {
+        (Some(listener), Some(asked)) => Some(local_addr(listener, asked)?),
+        _ => None,
+    };
+    let peer_url = match (config.advertise, peer_addr) {
+        (Some(url), _) => url,
+        (None, Some(peer_addr)) => format!("http://{peer_addr}"),
+        (None, None) => String::new(),
+    };
+    let membership = Membership::new(registry, config.node_id, peer_url, config.lease);
+    membership.join().await.map_err(StartError::Join)?;
+    // The lease outlives the listeners: tunnels draining are still owned, and found, until they end.
+    let leave = CancellationToken::new();
+    tasks.spawn("the lease", {
+        let (membership, leave) = (membership.clone(), leave.clone());
+        async move {
+            membership.run(leave).await;
+            Ok(())
+        }
+    });
+
+    let node = Node::new(membership.clone(), config.cluster_secret, config.timeouts);
+    if let Some(plane) = config.control_plane {
+        routes = routes.merge(standalone::control_plane(&node, plane, config.demo).await?);
+    }
+    let state = Routes {
+        node: node.clone(),
+        http_tunnels: HttpTunnels::default(),
+    };
+    let app = server::public(state.clone(), config.web_dir.as_deref()).merge(routes);
+    let stop_accepting = CancellationToken::new();
+    let browsers = axum::serve(listener.tap_io(no_delay), app)
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    tasks.spawn("the browser listener", browsers.into_future());
+    tasks.spawn("the control channel", control::follow(node.clone()));
+    if let (Some(peer_listener), Some(peer_addr)) = (peer_listener, peer_addr) {
+        // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
+        let peers = axum::serve(peer_listener.tap_io(no_delay), server::peers(state))
+            .with_graceful_shutdown(node.closing().clone().cancelled_owned());
+        tasks.spawn("the peer listener", peers.into_future());
+        info!(addr = %peer_addr, url = %membership.me().peer_url, "peer listening");
+    }
+    info!(%addr, node = %membership.me().id, "listening");
+    Ok(NodeHandle {
+        node,
+        addr,
+        peer_addr,
+        stop_accepting,
+        leave,
+        stop_demo,
+        tasks,
+    })
+}
+
+impl NodeHandle {
+    /// The browser listener's address (the port chosen, when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer listener's address, if the node has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Stops the node: no new connections; tunnels get the drain timeout to end by themselves, then the
+    /// rest are closed with a status; the peer listener and the control channel stop with them; the node
+    /// leaves the cluster; the demo desktop stops. An error says what did not stop in time (it was cut
+    /// short) or failed.
+    pub async fn stop(self) -> Result<(), StopError> {
+        self.stop_accepting.cancel();
+        let tunnels = self.node.tunnels();
+        tunnels.close();
+        info!(open = tunnels.len(), "draining tunnels");
+        let mut left = None;
+        if timeout(self.node.timeouts().drain, tunnels.wait())
+            .await
+            .is_err()
+        {
+            info!(
+                open = tunnels.len(),
+                "drain deadline passed, closing tunnels"
+            );
+            self.node.closing().cancel();
+            if timeout(CLOSE_TIMEOUT, tunnels.wait()).await.is_err() {
+                warn!(open = tunnels.len(), "tunnels still open at exit");
+                left = Some(StopError::TunnelsLeft {
+                    open: tunnels.len(),
+                });
+            }
+        }
+        self.node.closing().cancel();
+        self.leave.cancel();
+        self.stop_demo.cancel();
+        let stopped = self.tasks.join(STOP_TIMEOUT).await;
+        left.map_or(stopped, Err)
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        addr: asked,
+        source,
+    })
+}
+
+/// Sends small writes at once: a keystroke's echo or a frame's last bytes must not wait, under Nagle's
+/// algorithm, for the ACK of what went before (up to the peer's 40 ms delayed ACK).
+fn no_delay(stream: &mut TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "TCP_NODELAY not set");
+    }
+}

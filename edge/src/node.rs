@@ -1,0 +1,144 @@
+//! The node's shared state, which every handler takes: its membership in the cluster (the registry and
+//! the lease), its own tunnels, the forwarder to other nodes, its deadlines, and what stops its tunnels.
+//!
+//! [`Node`] is a cheap `Clone` handle. It sits below every handler and knows none of them: handlers import
+//! it, the router imports handlers, and the lifecycle (`lifecycle.rs`) builds it and runs the router.
+//! Tunnels run as tasks on a [`TaskTracker`] of their own, because axum's graceful shutdown does not wait
+//! for upgraded WebSockets; every tunnel also watches the `close_tunnels` token, which ends it with a
+//! status the browser understands.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TrackedFuture;
+
+use deskbroker_broker::Membership;
+use deskbroker_shared::ids::{ClusterSecret, SessionId, SessionToken, TunnelId};
+use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::session::Session;
+
+use crate::config::Timeouts;
+use crate::error::TunnelError;
+use crate::forward::Forwarder;
+use crate::local::LocalTunnels;
+use crate::registration::{Registration, Tunnel};
+
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    membership: Membership,
+    local: LocalTunnels,
+    forwarder: Forwarder,
+    cluster_secret: Option<ClusterSecret>,
+    timeouts: Timeouts,
+    tunnels: TaskTracker,
+    close_tunnels: CancellationToken,
+}
+
+impl Node {
+    pub fn new(
+        membership: Membership,
+        cluster_secret: Option<ClusterSecret>,
+        timeouts: Timeouts,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                membership,
+                local: LocalTunnels::default(),
+                forwarder: Forwarder::new(cluster_secret.clone()),
+                cluster_secret,
+                timeouts,
+                tunnels: TaskTracker::new(),
+                close_tunnels: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.inner.membership
+    }
+
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
+    }
+
+    pub fn cluster_secret(&self) -> Option<&ClusterSecret> {
+        self.inner.cluster_secret.as_ref()
+    }
+
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.inner.timeouts
+    }
+
+    /// This node's own tunnels.
+    pub fn local(&self) -> &LocalTunnels {
+        &self.inner.local
+    }
+
+    /// Cancelled when the node closes its remaining tunnels.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.inner.close_tunnels
+    }
+
+    /// The tunnels' tasks, which a stop waits for.
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.inner.tunnels
+    }
+
+    /// What one of this node's tunnels has moved.
+    pub fn traffic(&self, session: &SessionId, tunnel: &TunnelId) -> Option<TrafficReport> {
+        let (to_upstream, from_upstream) = self.inner.local.traffic(session, tunnel)?;
+        Some(TrafficReport {
+            to_upstream,
+            from_upstream,
+        })
+    }
+
+    /// Registers a tunnel this node now owns, within its tenant's quota (see [`Registration::open`]).
+    pub async fn register(
+        &self,
+        tunnel: Tunnel,
+        session: &Session,
+    ) -> Result<Registration, TunnelError> {
+        let inner = &self.inner;
+        Registration::open(
+            &inner.membership,
+            &inner.local,
+            &inner.close_tunnels,
+            tunnel,
+            session,
+        )
+        .await
+    }
+
+    /// Runs a tunnel as a tracked task, so that a stop waits for it.
+    pub fn spawn_tunnel<F>(&self, tunnel: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tunnels.spawn(tunnel);
+    }
+
+    /// Wraps a tunnel future that something else spawns (axum spawns WebSocket upgrades).
+    pub fn track_tunnel<F: Future>(&self, tunnel: F) -> TrackedFuture<F> {
+        self.inner.tunnels.track_future(tunnel)
+    }
+
+    /// The live session a connect request's token grants.
+    pub async fn session(&self, token: Option<&SessionToken>) -> Result<Session, TunnelError> {
+        if self.inner.close_tunnels.is_cancelled() {
+            return Err(TunnelError::ShuttingDown);
+        }
+        let token = token.ok_or(TunnelError::MissingToken)?;
+        let session = self.inner.membership.registry().session(token).await?;
+        session
+            .filter(|session| !session.is_expired(SystemTime::now()))
+            .ok_or(TunnelError::BadToken)
+    }
+}

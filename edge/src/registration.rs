@@ -1,0 +1,155 @@
+//! A tunnel's registration: everything the node records about a tunnel it owns, held by one value.
+//!
+//! Opening a tunnel takes three things in order: a quota slot of its tenant, its record in the registry
+//! (so that any node finds it), and its entry in the node's own map (so that the control channel and the
+//! node's stop can reach it). A [`Registration`] owns all three from the first step on. Every tunnel kind
+//! ends by calling [`Registration::release`]; on any error path, a `Registration` that is simply dropped
+//! releases the same things, its registry records at the next lease renewal. Either way each is released
+//! exactly once.
+
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use deskbroker_broker::Membership;
+use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
+use deskbroker_shared::ids::{TokenDigest, TunnelId};
+use deskbroker_shared::session::Session;
+use deskbroker_shared::time::unix_ms;
+
+use crate::error::TunnelError;
+use crate::local::{LocalTunnel, LocalTunnels, Traffic};
+
+/// What is being registered, besides the session it belongs to.
+pub struct Tunnel {
+    pub id: TunnelId,
+    pub kind: TunnelKind,
+    /// Digest of an HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
+    pub http_token: Option<TokenDigest>,
+    /// guacd's connection id, which shares of the session join.
+    pub connection: Option<String>,
+}
+
+/// A tunnel this node owns, with all that the node recorded about it.
+pub struct Registration {
+    tunnel: LocalTunnel,
+    local: LocalTunnels,
+    membership: Membership,
+    /// Whether the registry may hold something of this tunnel (its slot, its records): set before each
+    /// write, since a write that timed out may still have happened.
+    in_registry: bool,
+    released: bool,
+}
+
+impl Registration {
+    /// Registers a tunnel of `session`, owned by this node and stopped with `parent` (the node's own stop).
+    /// Refuses it when the tenant has no slot left or the registry cannot record it. A tunnel of an
+    /// exclusive session takes over: the session's older tunnels are closed, wherever they are.
+    pub async fn open(
+        membership: &Membership,
+        local: &LocalTunnels,
+        parent: &CancellationToken,
+        tunnel: Tunnel,
+        session: &Session,
+    ) -> Result<Self, TunnelError> {
+        let registry = membership.registry();
+        let tenant = registry.tenant(&session.tenant).await?;
+        let me = membership.me();
+        let record = TunnelRecord {
+            id: tunnel.id,
+            owner: me.id.clone(),
+            incarnation: me.incarnation,
+            tenant: session.tenant.clone(),
+            session: session.id.clone(),
+            kind: tunnel.kind,
+            created_ms: unix_ms(SystemTime::now()),
+            http_token: tunnel.http_token,
+            connection: tunnel.connection,
+        };
+        let mut registration = Self {
+            tunnel: local.insert(record, parent),
+            local: local.clone(),
+            membership: membership.clone(),
+            in_registry: false,
+            released: false,
+        };
+        let record = registration.record().clone();
+        registration.in_registry = true;
+        let recorded = async {
+            // Sessions of a tenant without a record (a session file's) have no limit.
+            if let Some(tenant) = tenant {
+                let limit = tenant.limits.max_tunnels;
+                if !registry.reserve_slot(&tenant.id, &record.id, limit).await? {
+                    return Err(TunnelError::TooMany);
+                }
+            }
+            membership.add_tunnel(record.clone()).await?;
+            if session.exclusive {
+                take_over(membership, &record).await?;
+            }
+            Ok(())
+        };
+        match recorded.await {
+            Ok(()) => Ok(registration),
+            Err(error) => {
+                // Refused by the quota: no slot was taken, and nothing else was written.
+                registration.in_registry = !matches!(error, TunnelError::TooMany);
+                registration.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    pub fn record(&self) -> &TunnelRecord {
+        &self.tunnel.record
+    }
+
+    pub fn traffic(&self) -> &Traffic {
+        &self.tunnel.traffic
+    }
+
+    /// Waits until the tunnel is stopped from outside (revoked, taken over, the node stopping), and says
+    /// why.
+    pub async fn stopped(&self) -> TunnelError {
+        self.tunnel.stopped().await
+    }
+
+    /// Releases the tunnel's entry, records and slot now, waiting for the registry (a failed removal is
+    /// retried at the next renewals).
+    pub async fn release(mut self) {
+        self.released = true;
+        self.local.remove(&self.tunnel.record);
+        if self.in_registry {
+            self.membership.remove_tunnel(&self.tunnel.record).await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.local.remove(&self.tunnel.record);
+        if self.in_registry {
+            self.membership.remove_tunnel_later(&self.tunnel.record);
+        }
+    }
+}
+
+/// Closes the older tunnels of this tunnel's (exclusive) session. Only older ones: of two connections
+/// racing, the newer wins on every node.
+async fn take_over(membership: &Membership, newest: &TunnelRecord) -> Result<(), TunnelError> {
+    let registry = membership.registry();
+    let age = |t: &TunnelRecord| (t.created_ms, t.id);
+    for older in registry.session_tunnels(&newest.session).await? {
+        if age(&older) < age(newest) {
+            let event = ControlEvent::TakenOver {
+                session: older.session.clone(),
+                tunnel: older.id,
+            };
+            registry.publish(&event).await?;
+        }
+    }
+    Ok(())
+}
