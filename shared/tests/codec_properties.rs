@@ -1,6 +1,12 @@
 //! Property tests of the instruction codec: whatever is encoded parses back the same, however the bytes are
 //! split across reads, and no input at all can make the scanner panic or hold more than one instruction.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_shared::scanner::{InstructionBuffer, MAX_INSTRUCTION_BYTES};
 use proptest::prelude::*;

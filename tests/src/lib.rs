@@ -5,6 +5,14 @@
 //! Processes are killed when their handle drops. A missing tool is a loud failure with the install hint
 //! when `CI` is set, and a skip with the same hint otherwise.
 
+// What these fixtures expect of the processes they start is what the tests assert: a fixture that
+// cannot get it fails the test there, with the message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures: a failed expectation is a failed test"
+)]
+
 pub mod browser;
 pub mod clients;
 pub mod flood;

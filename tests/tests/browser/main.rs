@@ -2,6 +2,12 @@
 //! stickiness) in front of two edges sharing a Redis, to the demo desktop, a real Xvnc running an xterm, and
 //! the test guacd over both Guacamole tunnels. Screenshots and browser logs are left in tests/artifacts/.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

@@ -1,6 +1,12 @@
 //! Many edges and one registry: any node serves any tunnel, by forwarding to its owner. Real redis-server
 //! processes (one server, or a three-master Redis Cluster), real edge binaries, the test guacd.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
 mod failures;
 mod forwarding;
 mod peer_port;

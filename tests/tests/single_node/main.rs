@@ -1,5 +1,11 @@
 //! One edge, no Redis: the three browser-facing tunnels end to end, with real processes on real sockets.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
 mod back_pressure;
 mod control_plane;
 mod http_tunnel;

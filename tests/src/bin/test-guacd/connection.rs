@@ -114,7 +114,7 @@ pub async fn serve(stream: TcpStream, guacd: Arc<Guacd>) -> anyhow::Result<()> {
     }
     let target = &select.args[0];
     let (id, protocol) = if target.starts_with('$') {
-        let known = guacd.connections.lock().unwrap().get(target).copied();
+        let known = guacd.connections().get(target).copied();
         let Some(protocol) = known else {
             writer
                 .send(&Instruction::new("error", ["No such connection.", "516"]))
@@ -163,13 +163,9 @@ pub async fn serve(stream: TcpStream, guacd: Arc<Guacd>) -> anyhow::Result<()> {
     if connect.args.len() != expected {
         bail!("client did not return the expected number of arguments"); // after ready, as guacd does
     }
-    guacd
-        .connections
-        .lock()
-        .unwrap()
-        .insert(id.clone(), protocol);
+    guacd.connections().insert(id.clone(), protocol);
     let result = session(&mut reader, &mut writer, &guacd, &handshake).await;
-    guacd.connections.lock().unwrap().remove(&id);
+    guacd.connections().remove(&id);
     result
 }
 
@@ -237,7 +233,10 @@ async fn session(
             && !matches!(instruction.opcode.as_str(), "nop" | "sync")
         {
             use std::io::Write;
-            let _ = writeln!(record.lock().unwrap(), "{}", instruction.encode());
+            let mut record = record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = writeln!(record, "{}", instruction.encode());
         }
         let args = &instruction.args;
         match instruction.opcode.as_str() {
