@@ -238,7 +238,7 @@ mod tests {
     #[tokio::test]
     async fn a_lapsed_node_is_cleaned_up_and_its_tunnels_are_gone() {
         let registry = Arc::new(MemoryRegistry::new());
-        let lease = Duration::from_millis(300);
+        let lease = Duration::from_secs(10);
         let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
         let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
         a.join().await.unwrap();
@@ -250,8 +250,13 @@ mod tests {
             Some(NodeId::new("b"))
         );
 
-        // b stops renewing (it crashed); within a lease a sees it gone and removes its records.
-        tokio::time::sleep(lease + Duration::from_millis(50)).await;
+        // b crashed: its last renewal was more than a lease ago. At its next round a sees it lapsed and
+        // removes its records.
+        let long_ago = SystemTime::now() - 2 * lease;
+        registry
+            .renew(&b.me().renewed(long_ago, lease))
+            .await
+            .unwrap();
         a.tick().await.unwrap();
         assert_eq!(a.live_owner(&on_b).await.unwrap(), None);
         assert!(

@@ -14,6 +14,11 @@ use tokio::process::{Child, Command};
 /// How long a process may take to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The lease of the cluster nodes tests start: short, so that tests about lapsed leases finish quickly, yet
+/// renewed every 1.3 s, so that a node on a loaded machine (several clusters run in parallel) may miss two
+/// renewals in a row, each up to the 1 s Redis deadline, and still not lapse.
+pub const LEASE: Duration = Duration::from_secs(4);
+
 /// A built binary of this workspace, of the same profile as the running executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -138,8 +143,8 @@ impl Edge {
         Ok(Self { process, addr })
     }
 
-    /// Starts an edge as node `id` of a cluster on the Redis at `redis_url`, with a peer listener and the
-    /// cluster secret `secret`; `args` and `env` are added.
+    /// Starts an edge as node `id` of a cluster on the Redis at `redis_url`, with a peer listener, the
+    /// cluster secret `secret` and the tests' [`LEASE`]; `args` and `env` are added.
     pub async fn start_node(
         id: &str,
         redis_url: &str,
@@ -149,9 +154,11 @@ impl Edge {
     ) -> anyhow::Result<Self> {
         let mut all_args = vec!["--node-id", id, "--peer-listen", "127.0.0.1:0"];
         all_args.extend_from_slice(args);
+        let lease = humantime::format_duration(LEASE).to_string();
         let mut all_env = vec![
             ("DESKBROKER_REDIS_URL", redis_url),
             ("DESKBROKER_CLUSTER_SECRET", secret),
+            ("DESKBROKER_LEASE", &lease),
         ];
         all_env.extend_from_slice(env);
         Self::start_with_env(&all_args, &all_env).await

@@ -61,7 +61,7 @@ async fn killing_an_owner_ends_its_tunnels_only() {
     round_trip(&survivor, &cluster.http(2), &mut survivor_reads, 0).await;
 
     cluster.edges[0].process.kill().await; // kill -9
-    let lease = Duration::from_secs(2);
+    let lease = deskbroker_tests::process::LEASE;
     let gone = within(lease + STEP / 10, || async {
         doomed
             .write_to(&cluster.http(2), "3.nop;")

@@ -15,8 +15,6 @@ use deskbroker_tests::{Edge, TestGuacd};
 use tempfile::TempDir;
 
 pub const SECRET: &str = "test-cluster-secret";
-/// Short, so that tests about lapsed leases finish quickly.
-pub const LEASE: &str = "2s";
 
 /// Edges sharing one registry, with the session `g` pointing at a test guacd.
 pub struct Cluster {
@@ -33,10 +31,9 @@ impl Cluster {
         let mut edges = Vec::new();
         for i in 1..=nodes {
             let args = ["--sessions", path.to_str().unwrap()];
-            let env = [("DESKBROKER_LEASE", LEASE)];
             let id = format!("edge-{i}");
             edges.push(
-                Edge::start_node(&id, redis_url, SECRET, &args, &env)
+                Edge::start_node(&id, redis_url, SECRET, &args, &[])
                     .await
                     .expect("edge starts"),
             );

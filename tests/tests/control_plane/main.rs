@@ -60,8 +60,7 @@ impl Platform {
         let mut edges = Vec::new();
         for i in 1..=3 {
             let id = format!("edge-{i}");
-            let env = [("DESKBROKER_LEASE", "2s")];
-            let edge = Edge::start_node(&id, &redis.url(), SECRET, &[], &env).await;
+            let edge = Edge::start_node(&id, &redis.url(), SECRET, &[], &[]).await;
             edges.push(edge.unwrap());
         }
         Platform {

@@ -227,14 +227,16 @@ async fn malformed_requests_get_the_servlets_errors() {
 
 #[tokio::test]
 async fn an_unused_tunnel_is_closed_and_its_guacd_socket_released() {
-    let (_guacd, node) = guacd_node(&[], &["--http-tunnel-timeout", "1s"]).await;
+    // Writes every 500 ms keep a tunnel open, with 1.5 s to spare for a loaded machine.
+    let idle = Duration::from_secs(2);
+    let (_guacd, node) = guacd_node(&[], &["--http-tunnel-timeout", "2s"]).await;
     let pid = node.edge.process.pid();
     let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
         .await
         .unwrap();
     // The edge holds the guacd socket (and the client's keep-alive connection).
     let open = sockets(pid);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(idle).await;
     wait_for(|| sockets(pid) == open - 1, "the guacd socket is released").await;
     assert_eq!(tunnel.write("3.nop;").await, Err(not_found()));
 
@@ -242,7 +244,7 @@ async fn an_unused_tunnel_is_closed_and_its_guacd_socket_released() {
     let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
         .await
         .unwrap();
-    for _ in 0..6 {
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tunnel.write("3.nop;").await.unwrap();
     }
