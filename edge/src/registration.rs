@@ -153,3 +153,83 @@ async fn take_over(membership: &Membership, newest: &TunnelRecord) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use deskbroker_broker::tenants::{Limits, Tenant};
+    use deskbroker_broker::{MemoryRegistry, Registry};
+    use deskbroker_shared::ids::{NodeId, SessionId, TenantId};
+    use deskbroker_shared::session::Target;
+
+    use super::*;
+
+    /// A node of a tenant allowed one tunnel, and a session of that tenant.
+    async fn one_slot() -> (Membership, LocalTunnels, Session) {
+        let registry = Arc::new(MemoryRegistry::new());
+        let tenant = Tenant {
+            id: TenantId::new("t"),
+            key_sha256: TokenDigest::of("key"),
+            policy: Default::default(),
+            limits: Limits {
+                max_tunnels: 1,
+                ..Limits::default()
+            },
+        };
+        registry.put_tenant(&tenant).await.unwrap();
+        let lease = Duration::from_secs(10);
+        let membership = Membership::new(registry, NodeId::new("a"), String::new(), lease);
+        membership.join().await.unwrap();
+        let target = Target::parse("127.0.0.1:5900").unwrap();
+        let session = Session::new(SessionId::new("s"), tenant.id, target);
+        (membership, LocalTunnels::default(), session)
+    }
+
+    async fn open(
+        (membership, local, session): &(Membership, LocalTunnels, Session),
+    ) -> Result<Registration, TunnelError> {
+        let tunnel = Tunnel {
+            id: TunnelId::random(),
+            kind: TunnelKind::Websockify,
+            http_token: None,
+            connection: None,
+        };
+        let parent = CancellationToken::new();
+        Registration::open(membership, local, &parent, tunnel, session).await
+    }
+
+    async fn recorded(node: &(Membership, LocalTunnels, Session)) -> usize {
+        let registry = node.0.registry();
+        registry.session_tunnels(&node.2.id).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_release_gives_everything_back_at_once() {
+        let node = one_slot().await;
+        let first = open(&node).await.unwrap();
+        assert_eq!(recorded(&node).await, 1);
+        assert_eq!(node.1.sessions(), std::slice::from_ref(&node.2.id));
+        let refused = open(&node).await.err();
+        assert!(matches!(refused, Some(TunnelError::TooMany)), "{refused:?}");
+        assert_eq!(recorded(&node).await, 1, "a refusal records nothing");
+        assert_eq!(node.1.sessions().len(), 1, "nor keeps an entry");
+
+        first.release().await;
+        assert_eq!(recorded(&node).await, 0);
+        assert!(node.1.sessions().is_empty());
+        assert!(open(&node).await.is_ok(), "the slot is free again");
+    }
+
+    #[tokio::test]
+    async fn a_registration_dropped_on_an_error_path_gives_everything_back() {
+        let node = one_slot().await;
+        drop(open(&node).await.unwrap());
+        assert!(node.1.sessions().is_empty(), "the entry goes at once");
+        // The registry is told at the next renewal, without waiting in the dropping task.
+        node.0.tick().await.unwrap();
+        assert_eq!(recorded(&node).await, 0);
+        assert!(open(&node).await.is_ok(), "the slot is free again");
+    }
+}

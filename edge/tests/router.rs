@@ -1,0 +1,337 @@
+//! The edge's rules, asked of its routers in-process: one request at a time through
+//! `tower::ServiceExt::oneshot`, on a node with an in-memory registry (or one that is away). What the
+//! black-box suites check end to end with real processes, checked here without a socket. (WebSocket
+//! upgrades need a real connection to upgrade, so the WebSocket endpoints are the black-box suites' only.)
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use deskbroker_broker::tenants::Tenant;
+use deskbroker_broker::{BoxFuture, EventStream, Membership, MemoryRegistry, Registry};
+use deskbroker_broker::{RegistryError, Renewal, Result as RegistryResult};
+use deskbroker_edge::Node;
+use deskbroker_edge::config::Timeouts;
+use deskbroker_edge::http_tunnel::HttpTunnels;
+use deskbroker_edge::server::{self, Routes};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::ids::{
+    ClusterSecret, NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId,
+};
+use deskbroker_shared::session::{Session, Target};
+
+const SECRET: &str = "peer-secret";
+
+/// A node alone, with the sessions `vnc` (a VNC server) and `g` (through guacd; neither listens).
+async fn routes_on(registry: Arc<dyn Registry>) -> Routes {
+    let membership = Membership::new(
+        registry.clone(),
+        NodeId::new("a"),
+        String::new(),
+        Duration::from_secs(10),
+    );
+    for (token, target) in [("vnc", "127.0.0.1:1"), ("g", "guacd://127.0.0.1:1/vnc")] {
+        let session = Session::new(
+            SessionId::new(token),
+            TenantId::new("t"),
+            Target::parse(target).unwrap(),
+        );
+        // A registry that is away stores nothing; its tests do not need the sessions.
+        let _ = registry
+            .put_session(&SessionToken::new(token), &session)
+            .await;
+    }
+    let secret = Some(ClusterSecret::new(SECRET));
+    Routes {
+        node: Node::new(membership, secret, Timeouts::default()),
+        http_tunnels: HttpTunnels::default(),
+    }
+}
+
+async fn routes() -> Routes {
+    routes_on(Arc::new(MemoryRegistry::new())).await
+}
+
+async fn ask(router: Router, request: Request<Body>) -> Response {
+    router.oneshot(request).await.unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn post(uri: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post(uri).body(body.into()).unwrap()
+}
+
+/// The HTTP status, the `Guacamole-Status-Code` and the `Guacamole-Error-Message` of a response.
+fn servlet_error(response: &Response) -> (u16, Option<&str>, Option<&str>) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    (
+        response.status().as_u16(),
+        header("guacamole-status-code"),
+        header("guacamole-error-message"),
+    )
+}
+
+async fn body_text(response: Response) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn malformed_http_tunnel_requests_get_the_servlets_errors() {
+    let routes = routes().await;
+    let public = || server::public(routes.clone(), None);
+    let cases = [
+        (get("/tunnel"), (400, "768", "No query string provided.")),
+        (
+            get("/tunnel?banana"),
+            (400, "768", "Invalid tunnel operation: banana"),
+        ),
+        (
+            get("/tunnel?read:0f7c"),
+            (
+                400,
+                "768",
+                "The HTTP tunnel session token is required for all requests after connecting.",
+            ),
+        ),
+    ];
+    for (request, (http, code, message)) in cases {
+        let response = ask(public(), request).await;
+        assert_eq!(servlet_error(&response), (http, Some(code), Some(message)));
+    }
+    let unknown = Request::post("/tunnel?write:0f7c")
+        .header("guacamole-tunnel-token", "nope")
+        .body(Body::from("3.nop;"))
+        .unwrap();
+    let response = ask(public(), unknown).await;
+    assert_eq!(
+        servlet_error(&response),
+        (404, Some("516"), Some("No such tunnel.")),
+        "alone, a tunnel it does not hold is gone"
+    );
+}
+
+#[tokio::test]
+async fn http_tunnel_connects_are_refused_with_the_status_of_the_reason() {
+    let routes = routes().await;
+    let connect = |body: String| {
+        ask(
+            server::public(routes.clone(), None),
+            post("/tunnel?connect", body),
+        )
+    };
+    let cases = [
+        (String::from("GUAC_WIDTH=1"), (403, "769")),
+        (String::from("token=nope"), (403, "769")),
+        (String::from("token=vnc"), (400, "768")),
+        ("token=".to_owned() + &"x".repeat(20_000), (413, "781")),
+    ];
+    for (body, (http, code)) in cases {
+        let response = connect(body).await;
+        let (got_http, got_code, _) = servlet_error(&response);
+        assert_eq!((got_http, got_code), (http, Some(code)));
+    }
+}
+
+#[tokio::test]
+async fn a_registry_that_is_away_answers_503_with_a_status_to_retry() {
+    let routes = routes_on(Arc::new(Away)).await;
+    let connect = post("/tunnel?connect", "token=g");
+    let response = ask(server::public(routes.clone(), None), connect).await;
+    assert_eq!(
+        servlet_error(&response),
+        (503, Some("520"), Some("Session registry unavailable."))
+    );
+    let page = ask(server::public(routes, None), get("/client/session?token=g")).await;
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_page_learns_a_sessions_kind_and_nothing_else() {
+    let routes = routes().await;
+    let public = || server::public(routes.clone(), None);
+    let vnc = ask(public(), get("/client/session?token=vnc")).await;
+    assert_eq!(vnc.status(), StatusCode::OK);
+    assert_eq!(body_text(vnc).await, r#"{"kind":"vnc","read_only":false}"#);
+    let guacd = ask(public(), get("/client/session?token=g")).await;
+    assert_eq!(
+        body_text(guacd).await,
+        r#"{"kind":"guacd","read_only":false}"#
+    );
+    let unknown = ask(public(), get("/client/session?token=nope")).await;
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let unbuilt = ask(public(), get("/")).await;
+    assert_eq!(unbuilt.status(), StatusCode::NOT_FOUND);
+    assert!(body_text(unbuilt).await.contains("npm run build"));
+    let health = ask(public(), get("/healthz")).await;
+    assert_eq!(body_text(health).await, "ok");
+}
+
+#[tokio::test]
+async fn the_peer_listener_serves_only_requests_with_the_cluster_secret() {
+    let routes = routes().await;
+    let peers = || server::peers(routes.clone());
+    let traffic = format!(
+        "/tunnels/s/{}/traffic",
+        TunnelId::from_random_bytes([1; 16])
+    );
+    let with_secret = |uri: &str, secret: &str| {
+        Request::get(uri)
+            .header("deskbroker-cluster-secret", secret)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        ask(peers(), get(&traffic)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let wrong = ask(peers(), with_secret(&traffic, "guess")).await;
+    assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
+    let unknown = ask(peers(), with_secret(&traffic, SECRET)).await;
+    assert_eq!(
+        unknown.status(),
+        StatusCode::NOT_FOUND,
+        "no such tunnel here"
+    );
+
+    let read = Request::get("/tunnel?read:0f7c:0")
+        .header("guacamole-tunnel-token", "nope")
+        .body(Body::empty())
+        .unwrap();
+    let refused = ask(peers(), read).await;
+    assert_eq!(
+        servlet_error(&refused).1,
+        Some("769"),
+        "no secret, no tunnel"
+    );
+    let connect = Request::post("/tunnel?connect")
+        .header("deskbroker-cluster-secret", SECRET)
+        .body(Body::from("token=g"))
+        .unwrap();
+    let connect = ask(peers(), connect).await;
+    assert_eq!(
+        servlet_error(&connect),
+        (400, Some("768"), Some("Invalid tunnel operation: connect")),
+        "peers never open tunnels"
+    );
+}
+
+/// A registry that never answers: what a node sees while Redis is away.
+struct Away;
+
+fn away<'a, T: Send + 'a>() -> BoxFuture<'a, RegistryResult<T>> {
+    Box::pin(async { Err(RegistryError::Unavailable("away".into())) })
+}
+
+impl Registry for Away {
+    fn session<'a>(
+        &'a self,
+        _: &'a SessionToken,
+    ) -> BoxFuture<'a, RegistryResult<Option<Session>>> {
+        away()
+    }
+    fn put_session<'a>(
+        &'a self,
+        _: &'a SessionToken,
+        _: &'a Session,
+    ) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn renew<'a>(&'a self, _: &'a NodeRecord) -> BoxFuture<'a, RegistryResult<Renewal>> {
+        away()
+    }
+    fn nodes(&self) -> BoxFuture<'_, RegistryResult<Vec<NodeRecord>>> {
+        away()
+    }
+    fn remove_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn reserve_slot<'a>(
+        &'a self,
+        _: &'a TenantId,
+        _: &'a TunnelId,
+        _: u32,
+    ) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn add_tunnel<'a>(&'a self, _: &'a TunnelRecord) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn remove_tunnel<'a>(&'a self, _: &'a TunnelRecord) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn http_tunnel<'a>(
+        &'a self,
+        _: &'a TokenDigest,
+    ) -> BoxFuture<'a, RegistryResult<Option<TunnelRecord>>> {
+        away()
+    }
+    fn tunnels_of<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<Vec<TunnelRecord>>> {
+        away()
+    }
+    fn session_tunnels<'a>(
+        &'a self,
+        _: &'a SessionId,
+    ) -> BoxFuture<'a, RegistryResult<Vec<TunnelRecord>>> {
+        away()
+    }
+    fn session_by_id<'a>(
+        &'a self,
+        _: &'a SessionId,
+    ) -> BoxFuture<'a, RegistryResult<Option<(TokenDigest, Session)>>> {
+        away()
+    }
+    fn sessions_of<'a>(&'a self, _: &'a TenantId) -> BoxFuture<'a, RegistryResult<Vec<Session>>> {
+        away()
+    }
+    fn revoke<'a>(&'a self, _: &'a SessionId) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn revoked<'a>(&'a self, _: &'a [SessionId]) -> BoxFuture<'a, RegistryResult<Vec<SessionId>>> {
+        away()
+    }
+    fn put_tenant<'a>(&'a self, _: &'a Tenant) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn tenant<'a>(&'a self, _: &'a TenantId) -> BoxFuture<'a, RegistryResult<Option<Tenant>>> {
+        away()
+    }
+    fn tenant_by_key<'a>(
+        &'a self,
+        _: &'a TokenDigest,
+    ) -> BoxFuture<'a, RegistryResult<Option<Tenant>>> {
+        away()
+    }
+    fn tenants(&self) -> BoxFuture<'_, RegistryResult<Vec<Tenant>>> {
+        away()
+    }
+    fn remove_tenant<'a>(&'a self, _: &'a TenantId) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn publish<'a>(&'a self, _: &'a ControlEvent) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
+    fn subscribe(&self) -> BoxFuture<'_, RegistryResult<EventStream>> {
+        away()
+    }
+}
