@@ -36,6 +36,19 @@ struct Args {
     /// guacamole-lite's launcher (`tests/peers/guacamole-lite.js`, once `npm ci` has installed it there).
     #[arg(long)]
     guacamole_lite: Option<std::path::PathBuf>,
+    /// Run only these sections (all when none is named), e.g. `--only relays --only guacamole`.
+    #[arg(long, value_enum)]
+    only: Vec<Section>,
+}
+
+/// The benchmark's sections, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Relays,
+    Idle,
+    BackPressure,
+    Guacamole,
+    Registry,
 }
 
 struct Plan {
@@ -91,6 +104,59 @@ async fn main() -> anyhow::Result<()> {
     let sessions = dir.path().join("sessions");
     std::fs::write(&sessions, format!("source: {source}\necho: {echo}\n"))?;
 
+    let runs = |section| args.only.is_empty() || args.only.contains(&section);
+    if runs(Section::Relays) {
+        relays(&plan, source, echo, &sessions, args.websockify.as_deref()).await?;
+    }
+    if runs(Section::Idle) {
+        idle_tunnels(&plan, echo, &sessions, args.websockify.as_deref()).await?;
+    }
+    if runs(Section::BackPressure) {
+        println!();
+        println!(
+            "| back pressure | edge memory growth while a reader is stalled | second tunnel's MiB/s: alone / beside it |"
+        );
+        println!("|---|---|---|");
+        let relay = Relay::deskbroker(&sessions).await?;
+        let (growth, alone, beside) = back_pressure(&relay, plan.per_stream * 8).await?;
+        let ratio = beside / alone;
+        println!(
+            "| deskbroker | {:.1} MiB | {alone:.0} / {beside:.0} ({ratio:.2}x) |",
+            growth as f64 / 1024.0
+        );
+    }
+    if runs(Section::Guacamole) {
+        guacamole_tunnels(&plan, args.guacamole_lite.as_deref()).await?;
+    }
+    if runs(Section::Registry) {
+        println!();
+        println!(
+            "| registry | tunnels opened | tunnels/s on one node | Redis commands per tunnel: open / close | Redis commands while all stay open |"
+        );
+        println!("|---|---|---|---|---|");
+        let hold = std::time::Duration::from_secs(if args.short { 3 } else { 10 });
+        let costs = registry::measure(&sessions, plan.connects, hold).await?;
+        println!(
+            "| Redis 7, lease 2 s | {} | {:.0} | {:.1} / {:.1} | {} in {} s (renewals: independent of the tunnel count) |",
+            costs.tunnels,
+            costs.per_second,
+            costs.open,
+            costs.close,
+            costs.held,
+            costs.held_for.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// Throughput, CPU, memory and latency through each relay.
+async fn relays(
+    plan: &Plan,
+    source: SocketAddr,
+    echo: SocketAddr,
+    sessions: &std::path::Path,
+    websockify: Option<&str>,
+) -> anyhow::Result<()> {
     println!(
         "| relay | 1 stream MiB/s (hashed / not) | {n} streams MiB/s (hashed / not) \
          | relay CPU s/GiB (1 / {n} streams) | relay peak memory, {n} streams | echo p50 / p90 / p99 us |",
@@ -109,9 +175,7 @@ async fn main() -> anyhow::Result<()> {
         let mut latency = Vec::new();
         let mut name = kind;
         for _ in 0..plan.repetitions {
-            let Some(source_relay) =
-                start(kind, source, &sessions, args.websockify.as_deref()).await?
-            else {
+            let Some(source_relay) = start(kind, source, sessions, websockify).await? else {
                 break;
             };
             name = source_relay.name();
@@ -127,8 +191,7 @@ async fn main() -> anyhow::Result<()> {
             cpu_many.extend(run.cpu_per_gib);
             memory.extend(run.peak_kib);
             drop(source_relay);
-            let Some(echo_relay) = start(kind, echo, &sessions, args.websockify.as_deref()).await?
-            else {
+            let Some(echo_relay) = start(kind, echo, sessions, websockify).await? else {
                 break;
             };
             latency.push(round_trips(&echo_relay, plan.round_trips).await?);
@@ -152,6 +215,16 @@ async fn main() -> anyhow::Result<()> {
             lat(2),
         );
     }
+    Ok(())
+}
+
+/// Memory per idle tunnel through deskbroker and websockify.
+async fn idle_tunnels(
+    plan: &Plan,
+    echo: SocketAddr,
+    sessions: &std::path::Path,
+    websockify: Option<&str>,
+) -> anyhow::Result<()> {
     println!();
     println!("| relay | idle tunnels | memory per idle tunnel (PSS) | a new tunnel still relays |");
     println!("|---|---|---|---|");
@@ -159,45 +232,12 @@ async fn main() -> anyhow::Result<()> {
         ("deskbroker", plan.idle),
         ("websockify", plan.idle_websockify),
     ] {
-        let Some(relay) = start(kind, echo, &sessions, args.websockify.as_deref()).await? else {
+        let Some(relay) = start(kind, echo, sessions, websockify).await? else {
             continue;
         };
         let per_tunnel = idle(&relay, count).await?;
         println!("| {} | {count} | {per_tunnel:.1} KiB | yes |", relay.name());
     }
-
-    println!();
-    println!(
-        "| back pressure | edge memory growth while a reader is stalled | second tunnel's MiB/s: alone / beside it |"
-    );
-    println!("|---|---|---|");
-    let relay = Relay::deskbroker(&sessions).await?;
-    let (growth, alone, beside) = back_pressure(&relay, plan.per_stream * 8).await?;
-    let ratio = beside / alone;
-    println!(
-        "| deskbroker | {:.1} MiB | {alone:.0} / {beside:.0} ({ratio:.2}x) |",
-        growth as f64 / 1024.0
-    );
-    drop(relay);
-
-    guacamole_tunnels(&plan, args.guacamole_lite.as_deref()).await?;
-
-    println!();
-    println!(
-        "| registry | tunnels opened | tunnels/s on one node | Redis commands per tunnel: open / close | Redis commands while all stay open |"
-    );
-    println!("|---|---|---|---|---|");
-    let hold = std::time::Duration::from_secs(if args.short { 3 } else { 10 });
-    let costs = registry::measure(&sessions, plan.connects, hold).await?;
-    println!(
-        "| Redis 7, lease 2 s | {} | {:.0} | {:.1} / {:.1} | {} in {} s (renewals: independent of the tunnel count) |",
-        costs.tunnels,
-        costs.per_second,
-        costs.open,
-        costs.close,
-        costs.held,
-        costs.held_for.as_secs()
-    );
     Ok(())
 }
 
