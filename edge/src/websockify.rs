@@ -29,7 +29,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::{Registration, Tunnel};
 use crate::upstream;
-use crate::ws::{self, downstream_error, offered_protocols};
+use crate::ws::{self, Endpoint, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -45,17 +45,12 @@ pub async fn handle(
         )
             .into_response();
     }
-    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let endpoint = Endpoint {
+        protocol: "binary",
+        max_message: RELAY_MAX_MESSAGE,
+    };
     let span = info_span!("websockify", tunnel = tracing::field::Empty);
-    let tunnel = node.clone();
-    ws::accept(
-        &node,
-        upgrade,
-        "binary",
-        RELAY_MAX_MESSAGE,
-        span,
-        move |socket| run(tunnel, socket, request),
-    )
+    ws::accept(node, upgrade, query, endpoint, span, run)
 }
 
 async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {

@@ -10,31 +10,45 @@ use axum::response::Response;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
 
+use deskbroker_shared::connect::ConnectRequest;
+
 use crate::defaults::WS_READ_BUFFER;
 use crate::error::TunnelError;
 use crate::node::Node;
 
-/// Accepts the upgrade with `protocol` echoed and messages bounded by `max_message`, and runs the tunnel
-/// as a tracked task in `span`.
+/// What a WebSocket endpoint speaks.
+pub struct Endpoint {
+    /// The subprotocol echoed to the client.
+    pub protocol: &'static str,
+    /// The largest message (and frame) accepted from the browser.
+    pub max_message: usize,
+}
+
+/// Accepts the upgrade as `endpoint` says, and runs the tunnel, with the connect data from the query
+/// string, as a tracked task in `span`. The token is checked in the tunnel, after the upgrade, so that a
+/// refusal reaches the browser as a close code and reason instead of an undiagnosable 1006.
 pub fn accept<F, Fut>(
-    node: &Node,
+    node: Node,
     upgrade: WebSocketUpgrade,
-    protocol: &'static str,
-    max_message: usize,
+    query: Option<String>,
+    endpoint: Endpoint,
     span: Span,
     tunnel: F,
 ) -> Response
 where
-    F: FnOnce(WebSocket) -> Fut + Send + 'static,
+    F: FnOnce(Node, WebSocket, ConnectRequest) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let node = node.clone();
+    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
     upgrade
-        .protocols([protocol])
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
+        .protocols([endpoint.protocol])
+        .max_message_size(endpoint.max_message)
+        .max_frame_size(endpoint.max_message)
         .read_buffer_size(WS_READ_BUFFER)
-        .on_upgrade(move |socket| node.track_tunnel(tunnel(socket).instrument(span)))
+        .on_upgrade(move |socket| {
+            let tracked = node.clone();
+            tracked.track_tunnel(tunnel(node, socket, request).instrument(span))
+        })
 }
 
 /// The subprotocols a WebSocket client offered, in its order.

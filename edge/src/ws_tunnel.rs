@@ -31,7 +31,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::Tunnel;
 use crate::upstream::Guacd;
-use crate::ws::{self, downstream_error, offered_protocols};
+use crate::ws::{self, Endpoint, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -45,17 +45,12 @@ pub async fn handle(
             "The \"guacamole\" WebSocket subprotocol is required.",
         );
     }
-    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let endpoint = Endpoint {
+        protocol: "guacamole",
+        max_message: GUAC_MAX_MESSAGE,
+    };
     let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
-    let tunnel = node.clone();
-    ws::accept(
-        &node,
-        upgrade,
-        "guacamole",
-        GUAC_MAX_MESSAGE,
-        span,
-        move |socket| run(tunnel, socket, request),
-    )
+    ws::accept(node, upgrade, query, endpoint, span, run)
 }
 
 async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
