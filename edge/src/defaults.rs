@@ -75,6 +75,22 @@ pub const CONTROL_RETRY: Duration = Duration::from_millis(500);
 /// writes under load, and a bound on what waits in memory.
 pub const FLUSH_AFTER: usize = 256 * 1024;
 
+/// What may wait in a browser WebSocket's write buffer, whatever the frame type: a frame being written
+/// (at most a read's worth) over the 128 KiB at which a write waits for the socket. Beyond it, what a
+/// client that does not read is owed (pongs to its pings) is not queued.
+pub const WS_MAX_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// WebSocket control frames (pings, pongs) a client may send in a burst. Browsers send none (the JS API
+/// cannot); other clients send a keep-alive now and then. Beyond the budget the connection is closed.
+pub const CONTROL_FRAME_BURST: u32 = 32;
+
+/// How often the control-frame budget gains one frame back: a keep-alive a second, sustained.
+pub const CONTROL_FRAME_REFILL: Duration = Duration::from_secs(1);
+
+/// How long a closing frame may take to reach the browser: one that does not take it within this is not
+/// reading, and the socket is dropped instead.
+pub const WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Each browser WebSocket's read buffer, allocated with the socket and kept for its life: what a browser
 /// sends is small (input events, one instruction per frame), and tungstenite's default of 128 KiB would cost
 /// 1.25 GiB for 10,000 idle tunnels. It grows only for a large message (a pasted clipboard).

@@ -54,6 +54,8 @@ pub enum TunnelError {
     BadFrame,
     #[error("the browser sent a message over the size limit")]
     TooLarge,
+    #[error("the browser sent WebSocket control frames faster than allowed")]
+    ControlFlood,
     #[error("browser connection failed: {0}")]
     Downstream(String),
     #[error("registry lookup failed: {0}")]
@@ -96,9 +98,8 @@ impl TunnelError {
         use TunnelError::*;
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
-            | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin | TooMany | TakenOver => {
-                Side::Downstream
-            }
+            | ControlFlood | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin | TooMany
+            | TakenOver => Side::Downstream,
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -120,7 +121,7 @@ impl TunnelError {
             BadInstruction(error) if error.is_overrun() => GuacStatus::ClientOverrun,
             BadInstruction(_) => GuacStatus::ClientBadRequest,
             BadFrame => GuacStatus::ClientBadType,
-            TooLarge => GuacStatus::ClientOverrun,
+            TooLarge | ControlFlood => GuacStatus::ClientOverrun,
             Downstream(_) => GuacStatus::ClientBadRequest,
             Idle => GuacStatus::ClientTimeout,
             Registry(_) => GuacStatus::UpstreamUnavailable,
@@ -156,6 +157,7 @@ impl TunnelError {
             WrongKind(_) => RelayClose::WrongKind,
             BadFrame => RelayClose::TextFrame,
             TooLarge => RelayClose::TooLarge,
+            ControlFlood => RelayClose::ControlFlood,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
@@ -180,6 +182,7 @@ impl TunnelError {
             BadInstruction(_) => "Malformed instruction.",
             BadFrame => "Unsupported message type.",
             TooLarge => "Message too large.",
+            ControlFlood => "Too many control frames.",
             Downstream(_) => "Connection error.",
             Idle => "Tunnel closed after a period without requests.",
             Registry(_) => "Session registry unavailable.",

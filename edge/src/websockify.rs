@@ -29,7 +29,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::{Registration, Tunnel};
 use crate::upstream;
-use crate::ws::{self, Endpoint, downstream_error, offered_protocols};
+use crate::ws::{self, ControlBudget, Endpoint, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -151,6 +151,7 @@ async fn relay(
         }
     };
     let to_upstream = async {
+        let mut control = ControlBudget::default();
         let mut filtered = Vec::new();
         while let Some(message) = from_browser.next().await {
             match message.map_err(downstream_error)? {
@@ -173,7 +174,7 @@ async fn relay(
                 }
                 Message::Text(_) => return Err(TunnelError::BadFrame),
                 Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Ping(_) | Message::Pong(_) => control.spend()?,
             }
         }
         Ok(())

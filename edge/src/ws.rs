@@ -7,12 +7,16 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::Response;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
 
 use deskbroker_shared::connect::ConnectRequest;
 
-use crate::defaults::WS_READ_BUFFER;
+use crate::defaults::{
+    CONTROL_FRAME_BURST, CONTROL_FRAME_REFILL, WS_CLOSE_TIMEOUT, WS_MAX_WRITE_BUFFER,
+    WS_READ_BUFFER,
+};
 use crate::error::TunnelError;
 use crate::node::Node;
 
@@ -45,6 +49,7 @@ where
         .max_message_size(endpoint.max_message)
         .max_frame_size(endpoint.max_message)
         .read_buffer_size(WS_READ_BUFFER)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let tracked = node.clone();
             tracked.track_tunnel(tunnel(node, socket, request).instrument(span))
@@ -73,12 +78,73 @@ pub fn downstream_error(error: axum::Error) -> TunnelError {
     }
 }
 
-/// Ends the WebSocket with a close frame.
+/// Ends the WebSocket with a close frame, if the browser takes it within [`WS_CLOSE_TIMEOUT`].
 pub async fn close(socket: &mut WebSocket, code: u16, reason: impl Into<Utf8Bytes>) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
-    // The browser may be gone already; there is nobody left to tell.
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    // The browser may be gone already, or not reading: there is nobody left to tell.
+    let _ = tokio::time::timeout(WS_CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+}
+
+/// The control frames (pings, pongs) a client may still send: [`CONTROL_FRAME_BURST`] at once, one more
+/// every [`CONTROL_FRAME_REFILL`]. Each ping is owed a pong, so a client that sends them faster than it
+/// could need is flooding, whether or not it reads the answers.
+pub struct ControlBudget {
+    left: u32,
+    counted: Instant,
+}
+
+impl Default for ControlBudget {
+    fn default() -> Self {
+        Self {
+            left: CONTROL_FRAME_BURST,
+            counted: Instant::now(),
+        }
+    }
+}
+
+impl ControlBudget {
+    /// Spends one frame of the budget; fails when none is left.
+    pub fn spend(&mut self) -> Result<(), TunnelError> {
+        let earned = self.counted.elapsed().as_nanos() / CONTROL_FRAME_REFILL.as_nanos();
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        if self.left.saturating_add(earned) >= CONTROL_FRAME_BURST {
+            (self.left, self.counted) = (CONTROL_FRAME_BURST, Instant::now());
+        } else if earned > 0 {
+            self.left += earned;
+            self.counted += CONTROL_FRAME_REFILL * earned;
+        }
+        self.left = self.left.checked_sub(1).ok_or(TunnelError::ControlFlood)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn control_frames_are_allowed_in_bursts_and_at_the_refill_rate() {
+        let mut budget = ControlBudget::default();
+        for _ in 0..CONTROL_FRAME_BURST {
+            budget.spend().unwrap();
+        }
+        assert!(matches!(budget.spend(), Err(TunnelError::ControlFlood)));
+        // One a second, for as long as it takes.
+        for _ in 0..100 {
+            tokio::time::advance(CONTROL_FRAME_REFILL).await;
+            budget.spend().unwrap();
+            assert!(budget.spend().is_err());
+        }
+        // A quiet minute earns a whole burst back, and no more.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..CONTROL_FRAME_BURST {
+            budget.spend().unwrap();
+        }
+        assert!(budget.spend().is_err());
+    }
 }

@@ -31,7 +31,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::Tunnel;
 use crate::upstream::Guacd;
-use crate::ws::{self, Endpoint, downstream_error, offered_protocols};
+use crate::ws::{self, ControlBudget, Endpoint, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -125,11 +125,15 @@ async fn relay(
     };
     let upstream = async {
         let mut input = InstructionBuffer::default();
+        let mut control = ControlBudget::default();
         while let Some(message) = from_browser.next().await {
             match message.map_err(downstream_error)? {
                 Message::Text(text) => input.extend_from_slice(text.as_bytes()),
                 Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Ping(_) | Message::Pong(_) => {
+                    control.spend()?;
+                    continue;
+                }
                 Message::Binary(_) => return Err(TunnelError::BadFrame),
             }
             while let Some(bytes) = input

@@ -148,6 +148,8 @@ pub enum RelayClose {
     Unavailable,
     /// 4504: the VNC server did not accept the connection in time.
     UpstreamTimeout,
+    /// 1008: the client sent WebSocket control frames (pings) faster than allowed.
+    ControlFlood,
 }
 
 impl RelayClose {
@@ -165,6 +167,7 @@ impl RelayClose {
             Self::TooMany => 4429,
             Self::Unavailable => 4503,
             Self::UpstreamTimeout => 4504,
+            Self::ControlFlood => 1008,
         }
     }
 
@@ -184,6 +187,7 @@ impl RelayClose {
             Self::ReadOnlyUnsupported => "client not supported for read-only viewing",
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",
+            Self::ControlFlood => "too many control frames",
         }
     }
 }

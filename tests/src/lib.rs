@@ -18,6 +18,7 @@ pub mod clients;
 pub mod flood;
 pub mod process;
 pub mod proxy;
+pub mod raw_ws;
 pub mod redis;
 pub mod upstreams;
 
