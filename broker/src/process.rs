@@ -59,6 +59,25 @@ pub fn stop_signal() -> io::Result<impl Future<Output = ()> + Send + 'static> {
     })
 }
 
+/// Raises the process's soft limit on open descriptors to its hard limit (a relay holds two per tunnel,
+/// and soft limits are often 1,024), and returns the limit now in force.
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        setrlimit(Resource::Nofile, raised).map_err(io::Error::from)?;
+        return Ok(maximum);
+    }
+    // No current limit is no limit.
+    Ok(limit.current.unwrap_or(u64::MAX))
+}
+
 /// Why a stop was not clean. The service is stopped either way; this says what was cut short.
 #[derive(Debug, thiserror::Error)]
 pub enum StopError {

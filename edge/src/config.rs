@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deskbroker_broker::config::BrokerConfig;
+use deskbroker_shared::cidr::Cidr;
 use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
 use deskbroker_shared::session::Session;
 
@@ -34,6 +35,35 @@ pub struct Config {
     /// The built web client page, served at `/`.
     pub web_dir: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// What the browser listener lets in.
+    pub connections: Connections,
+}
+
+/// What a listener lets in (`listener.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connections {
+    /// How long a client may take to send a request's headers, the first request's included.
+    pub header_timeout: Duration,
+    /// Open connections at most, upgraded WebSockets included.
+    pub max: usize,
+    /// Open connections at most from one client address.
+    pub per_client: usize,
+    /// Proxies (load balancers) whose connections carry many clients: only `max` applies to them.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Connections {
+    /// The defaults, for a node allowed `descriptors` open files: each tunnel holds two (the browser's
+    /// socket and the upstream's).
+    pub fn for_descriptors(descriptors: u64) -> Self {
+        let max = descriptors.saturating_sub(defaults::DESCRIPTOR_RESERVE) / 2;
+        Self {
+            header_timeout: defaults::HEADER_TIMEOUT,
+            max: usize::try_from(max.max(1)).unwrap_or(usize::MAX),
+            per_client: defaults::MAX_CONNECTIONS_PER_CLIENT,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 /// The control plane a node serves itself.
@@ -78,6 +108,7 @@ impl Config {
             control_plane: None,
             web_dir: None,
             timeouts: Timeouts::default(),
+            connections: Connections::for_descriptors(1024),
         }
     }
 }

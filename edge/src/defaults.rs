@@ -87,9 +87,39 @@ pub const CONTROL_FRAME_BURST: u32 = 32;
 /// How often the control-frame budget gains one frame back: a keep-alive a second, sustained.
 pub const CONTROL_FRAME_REFILL: Duration = Duration::from_secs(1);
 
+/// How long a WebSocket may stay silent after its tunnel opened: noVNC answers the VNC server's greeting at
+/// once, and guacamole-common-js pings every 500 ms, so a socket silent this long is held by nobody.
+pub const WS_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long a closing frame may take to reach the browser: one that does not take it within this is not
 /// reading, and the socket is dropped instead.
 pub const WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a client may take to send a request's headers, the first request's included (hyper's header
+/// read timeout): a slow or idle connection (slowloris) gives its descriptor back after this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one client address may hold (its tunnels, and the HTTP tunnel's requests in flight): a
+/// user's tabs need a handful each; a client behind a NAT or a proxy that is not declared trusted shares it.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+
+/// Descriptors kept back from the connection cap computed from the descriptor limit: Redis, the peer
+/// listener, the logs and the process's own files.
+pub const DESCRIPTOR_RESERVE: u64 = 64;
+
+/// Refused connections answered at once (each is read for up to [`REFUSAL_LINGER`], so that its answer is
+/// not lost to a reset); beyond that, a flood's connections are closed without an answer.
+pub const REFUSALS_ANSWERED: usize = 64;
+
+/// How long a refused connection is read, after its answer, before it is closed.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// After an accept failed for want of descriptors or memory, how long the listener waits before it tries
+/// again; open connections go on being served meanwhile.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often a listener that cannot accept says so in the log.
+pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Each browser WebSocket's read buffer, allocated with the socket and kept for its life: what a browser
 /// sends is small (input events, one instruction per frame), and tungstenite's default of 128 KiB would cost

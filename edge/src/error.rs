@@ -56,6 +56,8 @@ pub enum TunnelError {
     TooLarge,
     #[error("the browser sent WebSocket control frames faster than allowed")]
     ControlFlood,
+    #[error("the browser sent nothing in time after the upgrade")]
+    Silent,
     #[error("browser connection failed: {0}")]
     Downstream(String),
     #[error("registry lookup failed: {0}")]
@@ -98,8 +100,8 @@ impl TunnelError {
         use TunnelError::*;
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
-            | ControlFlood | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin | TooMany
-            | TakenOver => Side::Downstream,
+            | ControlFlood | Silent | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin
+            | TooMany | TakenOver => Side::Downstream,
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -123,7 +125,7 @@ impl TunnelError {
             BadFrame => GuacStatus::ClientBadType,
             TooLarge | ControlFlood => GuacStatus::ClientOverrun,
             Downstream(_) => GuacStatus::ClientBadRequest,
-            Idle => GuacStatus::ClientTimeout,
+            Idle | Silent => GuacStatus::ClientTimeout,
             Registry(_) => GuacStatus::UpstreamUnavailable,
             Connect { .. } => GuacStatus::UpstreamNotFound,
             ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => GuacStatus::UpstreamTimeout,
@@ -158,6 +160,7 @@ impl TunnelError {
             BadFrame => RelayClose::TextFrame,
             TooLarge => RelayClose::TooLarge,
             ControlFlood => RelayClose::ControlFlood,
+            Silent => RelayClose::ClientTimeout,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
@@ -183,6 +186,7 @@ impl TunnelError {
             BadFrame => "Unsupported message type.",
             TooLarge => "Message too large.",
             ControlFlood => "Too many control frames.",
+            Silent => "Nothing received in time.",
             Downstream(_) => "Connection error.",
             Idle => "Tunnel closed after a period without requests.",
             Registry(_) => "Session registry unavailable.",

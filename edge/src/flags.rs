@@ -8,10 +8,11 @@ use clap::Parser;
 
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::process::LogArgs;
+use deskbroker_shared::cidr::Cidr;
 use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
 use deskbroker_shared::session::Session;
 
-use crate::config::{Config, ControlPlane, Timeouts};
+use crate::config::{Config, Connections, ControlPlane, Timeouts};
 use crate::defaults;
 
 #[derive(Debug, Parser)]
@@ -82,17 +83,48 @@ pub struct Args {
     /// On stop, how long to wait for tunnels to end before closing them (e.g. `10s`).
     #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", default_value_t = defaults::DRAIN_TIMEOUT.into())]
     pub drain_timeout: humantime::Duration,
+
+    /// How long a client may take to send a request's headers, the first request's included.
+    #[arg(long, env = "DESKBROKER_HEADER_TIMEOUT", default_value_t = defaults::HEADER_TIMEOUT.into())]
+    pub header_timeout: humantime::Duration,
+
+    /// Open browser connections at most, WebSockets included (default: half the descriptor limit, less a
+    /// reserve: each tunnel holds two descriptors).
+    #[arg(long, env = "DESKBROKER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Open browser connections at most from one client address.
+    #[arg(long, env = "DESKBROKER_MAX_CONNECTIONS_PER_CLIENT",
+          default_value_t = defaults::MAX_CONNECTIONS_PER_CLIENT)]
+    pub max_connections_per_client: usize,
+
+    /// Load balancers or proxies in front of the node (addresses or CIDR blocks, comma-separated): their
+    /// connections carry many clients, so only --max-connections applies to them.
+    #[arg(
+        long = "trusted-proxy",
+        env = "DESKBROKER_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Args {
-    /// The node's configuration: the flags, with what `main` read from the session and configuration files
-    /// and the host's name (the node's id when none is given).
+    /// The node's configuration: the flags, with what `main` read from the session and configuration files,
+    /// the host's name (the node's id when none is given) and the descriptor limit.
     pub fn into_config(
         self,
         sessions: Vec<(SessionToken, Session)>,
         broker: BrokerConfig,
         hostname: Option<String>,
+        descriptors: u64,
     ) -> Config {
+        let defaults = Connections::for_descriptors(descriptors);
+        let connections = Connections {
+            header_timeout: self.header_timeout.into(),
+            max: self.max_connections.unwrap_or(defaults.max),
+            per_client: self.max_connections_per_client,
+            trusted_proxies: self.trusted_proxies,
+        };
         let node_id = self
             .node_id
             .or(hostname)
@@ -117,6 +149,7 @@ impl Args {
                 http_tunnel: self.http_tunnel_timeout.into(),
                 drain: self.drain_timeout.into(),
             },
+            connections,
         }
     }
 }
@@ -139,8 +172,15 @@ mod tests {
     #[test]
     fn defaults_come_from_the_defaults_module() {
         let args = Args::try_parse_from(["edge"]).unwrap();
-        let config = args.into_config(Vec::new(), BrokerConfig::default(), Some("pod-7".into()));
+        let config = args.into_config(
+            Vec::new(),
+            BrokerConfig::default(),
+            Some("pod-7".into()),
+            4096,
+        );
         assert_eq!(config.node_id, NodeId::new("pod-7"));
+        assert_eq!(config.connections, Connections::for_descriptors(4096));
+        assert_eq!(config.connections.max, (4096 - 64) / 2);
         assert_eq!(config.lease, defaults::LEASE);
         assert_eq!(config.timeouts, Timeouts::default());
         assert!(
@@ -148,9 +188,23 @@ mod tests {
             "alone, the node serves the API"
         );
 
-        let args =
-            Args::try_parse_from(["edge", "--redis", "redis://r", "--node-id", "a"]).unwrap();
-        let config = args.into_config(Vec::new(), BrokerConfig::default(), Some("pod-7".into()));
+        let args = Args::try_parse_from([
+            "edge",
+            "--redis",
+            "redis://r",
+            "--node-id",
+            "a",
+            "--trusted-proxy",
+            "10.0.0.0/8,192.0.2.7",
+        ])
+        .unwrap();
+        let config = args.into_config(
+            Vec::new(),
+            BrokerConfig::default(),
+            Some("pod-7".into()),
+            4096,
+        );
+        assert_eq!(config.connections.trusted_proxies.len(), 2);
         assert_eq!(config.node_id, NodeId::new("a"));
         assert!(
             config.control_plane.is_none(),

@@ -16,6 +16,7 @@ pub mod forward;
 mod guac;
 pub mod http_tunnel;
 pub mod lifecycle;
+mod listener;
 pub mod local;
 pub mod node;
 mod page;

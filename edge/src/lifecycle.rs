@@ -7,11 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::serve::ListenerExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use deskbroker_broker::process::{StopError, Tasks};
 use deskbroker_broker::{Membership, Registry, RegistryError};
@@ -20,6 +19,7 @@ use crate::config::Config;
 use crate::control;
 use crate::defaults::{CLOSE_TIMEOUT, STOP_TIMEOUT};
 use crate::http_tunnel::HttpTunnels;
+use crate::listener;
 use crate::node::Node;
 use crate::server::{self, Routes};
 use crate::standalone::{self, StandaloneError};
@@ -112,15 +112,20 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     };
     let app = server::public(state.clone(), config.web_dir.as_deref()).merge(routes);
     let stop_accepting = CancellationToken::new();
-    let browsers = axum::serve(listener.tap_io(no_delay), app)
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    tasks.spawn("the browser listener", browsers.into_future());
+    let header_timeout = config.connections.header_timeout;
+    let browsers = listener::serve(listener, app, config.connections, stop_accepting.clone());
+    tasks.spawn("the browser listener", browsers);
     tasks.spawn("the control channel", control::follow(node.clone()));
     if let (Some(peer_listener), Some(peer_addr)) = (peer_listener, peer_addr) {
         // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
-        let peers = axum::serve(peer_listener.tap_io(no_delay), server::peers(state))
-            .with_graceful_shutdown(node.closing().clone().cancelled_owned());
-        tasks.spawn("the peer listener", peers.into_future());
+        let limits = listener::for_peers(header_timeout);
+        let peers = listener::serve(
+            peer_listener,
+            server::peers(state),
+            limits,
+            node.closing().clone(),
+        );
+        tasks.spawn("the peer listener", peers);
         info!(addr = %peer_addr, url = %membership.me().peer_url, "peer listening");
     }
     info!(%addr, node = %membership.me().id, "listening");
@@ -195,12 +200,4 @@ fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, S
         addr: asked,
         source,
     })
-}
-
-/// Sends small writes at once: a keystroke's echo or a frame's last bytes must not wait, under Nagle's
-/// algorithm, for the ACK of what went before (up to the peer's 40 ms delayed ACK).
-fn no_delay(stream: &mut TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "TCP_NODELAY not set");
-    }
 }

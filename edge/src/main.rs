@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => Arc::new(MemoryRegistry::new()),
     };
-    let config = args.into_config(sessions, broker, std::env::var("HOSTNAME").ok());
+    let descriptors = process::raise_descriptor_limit().context("raising the descriptor limit")?;
+    let hostname = std::env::var("HOSTNAME").ok();
+    let config = args.into_config(sessions, broker, hostname, descriptors);
     let node = deskbroker_edge::start(registry, config).await?;
     stop.await;
     node.stop().await?;

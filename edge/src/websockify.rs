@@ -29,7 +29,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::{Registration, Tunnel};
 use crate::upstream;
-use crate::ws::{self, ControlBudget, Endpoint, downstream_error, offered_protocols};
+use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -114,7 +114,7 @@ async fn relay(
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (from_vnc, mut to_vnc) = vnc.into_split();
-    let (mut to_browser, mut from_browser) = socket.split();
+    let (mut to_browser, from_browser) = socket.split();
 
     let downstream = async {
         let mut buffer = BytesMut::new();
@@ -151,11 +151,11 @@ async fn relay(
         }
     };
     let to_upstream = async {
-        let mut control = ControlBudget::default();
+        let mut from_browser = Incoming::new(from_browser);
         let mut filtered = Vec::new();
-        while let Some(message) = from_browser.next().await {
-            match message.map_err(downstream_error)? {
-                Message::Binary(bytes) => {
+        while let Some(message) = from_browser.next().await? {
+            match message {
+                Data::Binary(bytes) => {
                     let bytes = match filter.as_mut() {
                         None => bytes,
                         Some(filter) => {
@@ -172,9 +172,7 @@ async fn relay(
                         .map_err(TunnelError::UpstreamIo)?;
                     traffic.sent_upstream(bytes.len());
                 }
-                Message::Text(_) => return Err(TunnelError::BadFrame),
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => control.spend()?,
+                Data::Text(_) => return Err(TunnelError::BadFrame),
             }
         }
         Ok(())

@@ -7,6 +7,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
@@ -14,8 +16,8 @@ use tracing::{Instrument, Span};
 use deskbroker_shared::connect::ConnectRequest;
 
 use crate::defaults::{
-    CONTROL_FRAME_BURST, CONTROL_FRAME_REFILL, WS_CLOSE_TIMEOUT, WS_MAX_WRITE_BUFFER,
-    WS_READ_BUFFER,
+    CONTROL_FRAME_BURST, CONTROL_FRAME_REFILL, WS_CLOSE_TIMEOUT, WS_FIRST_MESSAGE_TIMEOUT,
+    WS_MAX_WRITE_BUFFER, WS_READ_BUFFER,
 };
 use crate::error::TunnelError;
 use crate::node::Node;
@@ -88,6 +90,51 @@ pub async fn close(socket: &mut WebSocket, code: u16, reason: impl Into<Utf8Byte
     let _ = tokio::time::timeout(WS_CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
 }
 
+/// A data message from the browser.
+pub enum Data {
+    Binary(Bytes),
+    Text(Utf8Bytes),
+}
+
+/// What the browser sends, as a tunnel reads it: data messages only. Control frames are answered by the
+/// WebSocket layer and counted against a [`ControlBudget`]; a close, or the end of the stream, is `None`.
+/// The first message must come within [`WS_FIRST_MESSAGE_TIMEOUT`] of the tunnel opening.
+pub struct Incoming<S> {
+    messages: S,
+    control: ControlBudget,
+    first_by: Option<Instant>,
+}
+
+impl<S> Incoming<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    pub fn new(messages: S) -> Self {
+        Self {
+            messages,
+            control: ControlBudget::default(),
+            first_by: Some(Instant::now() + WS_FIRST_MESSAGE_TIMEOUT),
+        }
+    }
+
+    pub async fn next(&mut self) -> Result<Option<Data>, TunnelError> {
+        loop {
+            let message = match self.first_by.take() {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.messages.next())
+                    .await
+                    .map_err(|_| TunnelError::Silent)?,
+                None => self.messages.next().await,
+            };
+            match message.transpose().map_err(downstream_error)? {
+                None | Some(Message::Close(_)) => return Ok(None),
+                Some(Message::Ping(_) | Message::Pong(_)) => self.control.spend()?,
+                Some(Message::Binary(bytes)) => return Ok(Some(Data::Binary(bytes))),
+                Some(Message::Text(text)) => return Ok(Some(Data::Text(text))),
+            }
+        }
+    }
+}
+
 /// The control frames (pings, pongs) a client may still send: [`CONTROL_FRAME_BURST`] at once, one more
 /// every [`CONTROL_FRAME_REFILL`]. Each ping is owed a pong, so a client that sends them faster than it
 /// could need is flooding, whether or not it reads the answers.
@@ -126,6 +173,22 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_websocket_silent_after_its_upgrade_is_given_up() {
+        let silent = futures_util::stream::pending::<Result<Message, axum::Error>>();
+        let mut incoming = Incoming::new(silent);
+        let waited = tokio::time::Instant::now();
+        assert!(matches!(incoming.next().await, Err(TunnelError::Silent)));
+        assert_eq!(waited.elapsed(), WS_FIRST_MESSAGE_TIMEOUT);
+
+        // Once the first message came, silence is the client's right.
+        let first = futures_util::stream::iter([Ok(Message::Binary(Bytes::from_static(b"x")))]);
+        let mut incoming = Incoming::new(first.chain(futures_util::stream::pending()));
+        assert!(matches!(incoming.next().await, Ok(Some(Data::Binary(_)))));
+        let later = tokio::time::timeout(2 * WS_FIRST_MESSAGE_TIMEOUT, incoming.next()).await;
+        assert!(later.is_err(), "still waiting, without a deadline");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn control_frames_are_allowed_in_bursts_and_at_the_refill_rate() {

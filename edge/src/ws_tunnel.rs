@@ -31,7 +31,7 @@ use crate::local::Traffic;
 use crate::node::Node;
 use crate::registration::Tunnel;
 use crate::upstream::Guacd;
-use crate::ws::{self, ControlBudget, Endpoint, downstream_error, offered_protocols};
+use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -103,7 +103,7 @@ async fn relay(
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (mut output, mut to_guacd) = guacd.split();
-    let (mut to_browser, mut from_browser) = socket.split();
+    let (mut to_browser, from_browser) = socket.split();
     let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
 
     let downstream = async {
@@ -125,16 +125,11 @@ async fn relay(
     };
     let upstream = async {
         let mut input = InstructionBuffer::default();
-        let mut control = ControlBudget::default();
-        while let Some(message) = from_browser.next().await {
-            match message.map_err(downstream_error)? {
-                Message::Text(text) => input.extend_from_slice(text.as_bytes()),
-                Message::Close(_) => break,
-                Message::Ping(_) | Message::Pong(_) => {
-                    control.spend()?;
-                    continue;
-                }
-                Message::Binary(_) => return Err(TunnelError::BadFrame),
+        let mut from_browser = Incoming::new(from_browser);
+        while let Some(message) = from_browser.next().await? {
+            match message {
+                Data::Text(text) => input.extend_from_slice(text.as_bytes()),
+                Data::Binary(_) => return Err(TunnelError::BadFrame),
             }
             while let Some(bytes) = input
                 .next_instruction()

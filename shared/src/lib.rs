@@ -4,6 +4,7 @@
 //! registry records, Redis key names, the peer API's paths, and time as records store it. The edge and the
 //! broker build on these; tests and the test guacd use them to speak the protocol the same way.
 
+pub mod cidr;
 pub mod cluster;
 pub mod connect;
 pub mod handshake;

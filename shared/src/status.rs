@@ -150,6 +150,8 @@ pub enum RelayClose {
     UpstreamTimeout,
     /// 1008: the client sent WebSocket control frames (pings) faster than allowed.
     ControlFlood,
+    /// 4408: the client sent nothing in time after the upgrade.
+    ClientTimeout,
 }
 
 impl RelayClose {
@@ -168,6 +170,7 @@ impl RelayClose {
             Self::Unavailable => 4503,
             Self::UpstreamTimeout => 4504,
             Self::ControlFlood => 1008,
+            Self::ClientTimeout => 4408,
         }
     }
 
@@ -188,6 +191,7 @@ impl RelayClose {
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",
             Self::ControlFlood => "too many control frames",
+            Self::ClientTimeout => "no message from the client in time",
         }
     }
 }

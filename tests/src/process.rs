@@ -129,12 +129,28 @@ impl Edge {
     /// Starts an edge with flags and `DESKBROKER_*` environment variables.
     pub async fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut command = Command::new(binary("deskbroker-edge"));
+        command.args(args);
+        Self::spawn(command, env).await
+    }
+
+    /// Starts an edge allowed only `descriptors` open files (its soft and hard limit), as on a host with a
+    /// low limit.
+    pub async fn start_with_descriptors(args: &[&str], descriptors: u64) -> anyhow::Result<Self> {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {descriptors} && exec \"$0\" \"$@\""))
+            .arg(binary("deskbroker-edge"))
+            .args(args);
+        Self::spawn(command, &[]).await
+    }
+
+    async fn spawn(mut command: Command, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         command
             .env("DESKBROKER_LISTEN", "127.0.0.1:0")
             .env("DESKBROKER_LOG_FORMAT", "json")
             .env("DESKBROKER_LOG", "debug")
-            .envs(env.iter().copied())
-            .args(args);
+            .envs(env.iter().copied());
         let (process, addr) = Process::start(command, |line| {
             let event: serde_json::Value = serde_json::from_str(line).ok()?;
             (event["message"] == "listening").then(|| event["addr"].as_str()?.parse().ok())?

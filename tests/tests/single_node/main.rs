@@ -7,6 +7,7 @@
 )]
 
 mod back_pressure;
+mod connections;
 mod control_plane;
 mod http_tunnel;
 mod lifecycle;
