@@ -11,6 +11,7 @@ use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
 use deskbroker_shared::session::Session;
 
 use crate::defaults;
+use crate::deny::DenyList;
 
 #[derive(Debug)]
 pub struct Config {
@@ -37,6 +38,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// What the browser listener lets in.
     pub connections: Connections,
+    /// Where tenants' sessions may not lead, whatever their policies allow.
+    pub upstream_deny: DenyList,
 }
 
 /// What a listener lets in (`listener.rs`).
@@ -94,7 +97,8 @@ impl Default for Timeouts {
 }
 
 impl Config {
-    /// A node alone, on loopback with any free port, with nothing configured: what a test starts from.
+    /// A node alone, on loopback with any free port, with nothing configured (nothing denied either): what a
+    /// test starts from.
     pub fn alone(node_id: NodeId) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -109,6 +113,7 @@ impl Config {
             web_dir: None,
             timeouts: Timeouts::default(),
             connections: Connections::for_descriptors(1024),
+            upstream_deny: DenyList::default(),
         }
     }
 }

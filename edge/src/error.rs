@@ -66,6 +66,8 @@ pub enum TunnelError {
     Connect { addr: HostPort, source: io::Error },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(HostPort),
+    #[error("{0} resolves only to addresses the operator denies")]
+    Denied(HostPort),
     #[error("guacd at {addr}: {source}")]
     Handshake {
         addr: HostPort,
@@ -101,7 +103,7 @@ impl TunnelError {
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
             | ControlFlood | Silent | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin
-            | TooMany | TakenOver => Side::Downstream,
+            | TooMany | TakenOver | Denied(_) => Side::Downstream,
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -136,7 +138,7 @@ impl TunnelError {
             NothingToJoin => GuacStatus::ResourceNotFound,
             TooMany => GuacStatus::ClientTooMany,
             TakenOver => GuacStatus::SessionConflict,
-            ReadOnly(_) => GuacStatus::ClientForbidden,
+            ReadOnly(_) | Denied(_) => GuacStatus::ClientForbidden,
         }
     }
 
@@ -161,6 +163,7 @@ impl TunnelError {
             TooLarge => RelayClose::TooLarge,
             ControlFlood => RelayClose::ControlFlood,
             Silent => RelayClose::ClientTimeout,
+            Denied(_) => RelayClose::TargetDenied,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
             Registry(_) | ShuttingDown => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
@@ -187,6 +190,7 @@ impl TunnelError {
             TooLarge => "Message too large.",
             ControlFlood => "Too many control frames.",
             Silent => "Nothing received in time.",
+            Denied(_) => "Target not allowed.",
             Downstream(_) => "Connection error.",
             Idle => "Tunnel closed after a period without requests.",
             Registry(_) => "Session registry unavailable.",

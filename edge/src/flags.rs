@@ -1,8 +1,9 @@
 //! `deskbroker-edge`'s command-line flags, each with a `DESKBROKER_*` environment equivalent, and how they
 //! become a [`Config`]. Parsed by the binary's `main`, the only place the edge reads its environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use clap::Parser;
 
@@ -14,6 +15,7 @@ use deskbroker_shared::session::Session;
 
 use crate::config::{Config, Connections, ControlPlane, Timeouts};
 use crate::defaults;
+use crate::deny::DenyList;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,19 +108,89 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<Cidr>,
+
+    /// Where tenants' sessions may not lead, whatever their policies allow (comma-separated): address
+    /// blocks, and `loopback`, `link-local` (cloud metadata services), `own` (this node's addresses).
+    /// Names are resolved when a tunnel connects. --demo takes loopback off the list.
+    #[arg(
+        long,
+        env = "DESKBROKER_UPSTREAM_DENY",
+        value_delimiter = ',',
+        default_value = "loopback,link-local,own"
+    )]
+    pub upstream_deny: Vec<DenyEntry>,
+}
+
+/// One entry of `--upstream-deny`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyEntry {
+    Loopback,
+    LinkLocal,
+    /// The node's own addresses, as its interfaces have them at start.
+    Own,
+    Block(Cidr),
+}
+
+impl FromStr for DenyEntry {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text.trim() {
+            "loopback" => Self::Loopback,
+            "link-local" => Self::LinkLocal,
+            "own" => Self::Own,
+            block => Self::Block(block.parse().map_err(|error| format!("{error}"))?),
+        })
+    }
+}
+
+impl DenyEntry {
+    fn blocks(&self, host: &Host) -> Vec<Cidr> {
+        let parse = |blocks: &[&str]| blocks.iter().filter_map(|b| b.parse().ok()).collect();
+        match self {
+            Self::Loopback => parse(&["127.0.0.0/8", "::1/128"]),
+            Self::LinkLocal => parse(&["169.254.0.0/16", "fe80::/10"]),
+            // The unspecified addresses reach the node itself too.
+            Self::Own => host
+                .addresses
+                .iter()
+                .map(|ip| Cidr::host(*ip))
+                .chain(parse(&["0.0.0.0/32", "::/128"]))
+                .collect(),
+            Self::Block(block) => vec![*block],
+        }
+    }
+}
+
+/// What `main` learns of the machine the node runs on.
+#[derive(Debug, Default)]
+pub struct Host {
+    /// `$HOSTNAME`: the node's id when none is given (the pod name on Kubernetes).
+    pub name: Option<String>,
+    /// The limit on open descriptors.
+    pub descriptors: u64,
+    /// The addresses of its network interfaces.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Args {
-    /// The node's configuration: the flags, with what `main` read from the session and configuration files,
-    /// the host's name (the node's id when none is given) and the descriptor limit.
+    /// The node's configuration: the flags, with what `main` read from the session and configuration files
+    /// and learnt of the host.
     pub fn into_config(
         self,
         sessions: Vec<(SessionToken, Session)>,
         broker: BrokerConfig,
-        hostname: Option<String>,
-        descriptors: u64,
+        host: &Host,
     ) -> Config {
-        let defaults = Connections::for_descriptors(descriptors);
+        let defaults = Connections::for_descriptors(host.descriptors);
+        let loopback = DenyEntry::Loopback.blocks(host);
+        let upstream_deny = self
+            .upstream_deny
+            .iter()
+            .flat_map(|entry| entry.blocks(host))
+            // The demo is for trying deskbroker out on one machine.
+            .filter(|block| !self.demo || !loopback.iter().any(|l| l.contains_block(block)))
+            .collect();
         let connections = Connections {
             header_timeout: self.header_timeout.into(),
             max: self.max_connections.unwrap_or(defaults.max),
@@ -127,7 +199,7 @@ impl Args {
         };
         let node_id = self
             .node_id
-            .or(hostname)
+            .or_else(|| host.name.clone())
             .unwrap_or_else(|| format!("edge-{}", uuid::Uuid::new_v4()));
         // In a cluster the control plane is deskbroker-broker's; alone, the node serves it itself.
         let control_plane = self.redis_url.is_none().then(|| ControlPlane {
@@ -150,6 +222,7 @@ impl Args {
                 drain: self.drain_timeout.into(),
             },
             connections,
+            upstream_deny: DenyList::new(upstream_deny),
         }
     }
 }
@@ -159,6 +232,47 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn pod() -> Host {
+        Host {
+            name: Some("pod-7".into()),
+            descriptors: 4096,
+            addresses: vec!["10.1.2.3".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+        }
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let args = Args::try_parse_from(args).unwrap();
+        args.into_config(Vec::new(), BrokerConfig::default(), &pod())
+    }
+
+    #[test]
+    fn the_deny_list_names_loopback_link_local_and_the_nodes_addresses() {
+        let deny = config(&["edge"]).upstream_deny;
+        for denied in [
+            "127.0.0.1",
+            "::1",
+            "169.254.169.254",
+            "fe80::1",
+            "10.1.2.3",
+            "0.0.0.0",
+        ] {
+            assert!(deny.denies(denied.parse().unwrap()), "{denied}");
+        }
+        assert!(!deny.denies("10.1.2.4".parse().unwrap()));
+
+        let demo = config(&["edge", "--demo"]).upstream_deny;
+        assert!(
+            !demo.denies("127.0.0.1".parse().unwrap()),
+            "the demo reaches loopback"
+        );
+        assert!(demo.denies("169.254.169.254".parse().unwrap()));
+
+        let chosen = config(&["edge", "--upstream-deny", "192.0.2.0/24,link-local"]).upstream_deny;
+        assert!(chosen.denies("192.0.2.9".parse().unwrap()));
+        assert!(!chosen.denies("127.0.0.1".parse().unwrap()));
+        assert!(Args::try_parse_from(["edge", "--upstream-deny", "nowhere"]).is_err());
+    }
 
     #[test]
     fn flags_parse() {
@@ -172,12 +286,7 @@ mod tests {
     #[test]
     fn defaults_come_from_the_defaults_module() {
         let args = Args::try_parse_from(["edge"]).unwrap();
-        let config = args.into_config(
-            Vec::new(),
-            BrokerConfig::default(),
-            Some("pod-7".into()),
-            4096,
-        );
+        let config = args.into_config(Vec::new(), BrokerConfig::default(), &pod());
         assert_eq!(config.node_id, NodeId::new("pod-7"));
         assert_eq!(config.connections, Connections::for_descriptors(4096));
         assert_eq!(config.connections.max, (4096 - 64) / 2);
@@ -198,12 +307,7 @@ mod tests {
             "10.0.0.0/8,192.0.2.7",
         ])
         .unwrap();
-        let config = args.into_config(
-            Vec::new(),
-            BrokerConfig::default(),
-            Some("pod-7".into()),
-            4096,
-        );
+        let config = args.into_config(Vec::new(), BrokerConfig::default(), &pod());
         assert_eq!(config.connections.trusted_proxies.len(), 2);
         assert_eq!(config.node_id, NodeId::new("a"));
         assert!(

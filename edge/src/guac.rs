@@ -1,11 +1,13 @@
 //! Opening a Guacamole tunnel, as both Guacamole tunnels do it: check the token and the session's kind,
 //! find the running connection a share joins, connect to the session's guacd and run the handshake.
 
+use std::collections::BTreeMap;
+
 use tracing::info;
 
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::{SessionId, TunnelId};
-use deskbroker_shared::session::{Session, Target};
+use deskbroker_shared::session::{HostPort, Session, Target};
 
 use crate::error::TunnelError;
 use crate::node::Node;
@@ -34,16 +36,43 @@ pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, Tunne
         Some(parent) => Some(running_connection(node, parent).await?),
         None => None,
     };
+    let params = checked_params(node, &session, params).await?;
     let guacd = upstream::guacd(GuacdRequest {
         addr,
         protocol: joined.as_deref().unwrap_or(protocol),
-        params,
+        params: &params,
         client: &request.client,
     })
     .await?;
     let id = TunnelId::random();
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
     Ok(Opened { id, guacd, session })
+}
+
+/// The connection parameters to give guacd. guacd resolves the desktop's `hostname` itself, so for a
+/// tenant's session the edge resolves it first, checks it against the deny list, and gives guacd the
+/// checked address instead: a name cannot resolve to one thing here and another there.
+async fn checked_params(
+    node: &Node,
+    session: &Session,
+    params: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, TunnelError> {
+    let mut params = params.clone();
+    if session.trusted_target {
+        return Ok(params);
+    }
+    if let Some(host) = params.get("hostname") {
+        let port = params.get("port").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let addr = HostPort {
+            host: host.clone(),
+            port,
+        };
+        let checked = node.deny_for(session).resolve(&addr).await?;
+        if let Some(first) = checked.first() {
+            params.insert("hostname".into(), first.ip().to_string());
+        }
+    }
+    Ok(params)
 }
 
 /// The guacd connection id of a live tunnel of `session`, wherever it runs.

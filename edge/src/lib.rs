@@ -10,6 +10,7 @@
 pub mod config;
 pub mod control;
 pub mod defaults;
+pub mod deny;
 pub mod error;
 pub mod flags;
 pub mod forward;

@@ -102,7 +102,12 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         }
     });
 
-    let node = Node::new(membership.clone(), config.cluster_secret, config.timeouts);
+    let node = Node::new(
+        membership.clone(),
+        config.cluster_secret,
+        config.timeouts,
+        config.upstream_deny,
+    );
     if let Some(plane) = config.control_plane {
         routes = routes.merge(standalone::control_plane(&node, plane, config.demo).await?);
     }

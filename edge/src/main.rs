@@ -11,7 +11,7 @@ use tracing::info;
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::process;
 use deskbroker_broker::{MemoryRegistry, RedisRegistry, Registry, session_file};
-use deskbroker_edge::flags::Args;
+use deskbroker_edge::flags::{Args, Host};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -39,9 +39,16 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => Arc::new(MemoryRegistry::new()),
     };
-    let descriptors = process::raise_descriptor_limit().context("raising the descriptor limit")?;
-    let hostname = std::env::var("HOSTNAME").ok();
-    let config = args.into_config(sessions, broker, hostname, descriptors);
+    let host = Host {
+        name: std::env::var("HOSTNAME").ok(),
+        descriptors: process::raise_descriptor_limit().context("raising the descriptor limit")?,
+        addresses: if_addrs::get_if_addrs()
+            .context("listing the network interfaces")?
+            .iter()
+            .map(|interface| interface.ip())
+            .collect(),
+    };
+    let config = args.into_config(sessions, broker, &host);
     let node = deskbroker_edge::start(registry, config).await?;
     stop.await;
     node.stop().await?;

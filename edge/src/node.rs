@@ -21,6 +21,7 @@ use deskbroker_shared::peer::TrafficReport;
 use deskbroker_shared::session::Session;
 
 use crate::config::Timeouts;
+use crate::deny::DenyList;
 use crate::error::TunnelError;
 use crate::forward::Forwarder;
 use crate::local::LocalTunnels;
@@ -37,6 +38,7 @@ struct Inner {
     forwarder: Forwarder,
     cluster_secret: Option<ClusterSecret>,
     timeouts: Timeouts,
+    deny: DenyList,
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
 }
@@ -46,6 +48,7 @@ impl Node {
         membership: Membership,
         cluster_secret: Option<ClusterSecret>,
         timeouts: Timeouts,
+        deny: DenyList,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -54,6 +57,7 @@ impl Node {
                 forwarder: Forwarder::new(cluster_secret.clone()),
                 cluster_secret,
                 timeouts,
+                deny,
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -74,6 +78,16 @@ impl Node {
 
     pub fn timeouts(&self) -> &Timeouts {
         &self.inner.timeouts
+    }
+
+    /// Where `session`'s target may not lead: the operator's deny list for a tenant's session, nothing for
+    /// the operator's own.
+    pub fn deny_for(&self, session: &Session) -> &DenyList {
+        static TRUSTED: DenyList = DenyList::new_const();
+        match session.trusted_target {
+            true => &TRUSTED,
+            false => &self.inner.deny,
+        }
     }
 
     /// This node's own tunnels.

@@ -60,7 +60,10 @@ pub async fn start_demo(
     let tenant = TenantId::new(session_file::DEFAULT_TENANT);
     sessions.push((
         SessionToken::new("demo"),
-        Session::new(SessionId::new("demo"), tenant, target),
+        Session {
+            trusted_target: true,
+            ..Session::new(SessionId::new("demo"), tenant, target)
+        },
     ));
     info!(%addr, "demo desktop serving; open /websockify?token=demo");
     let desktop = DemoDesktop::new(deskbroker_demo::Config::default());

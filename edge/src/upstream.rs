@@ -22,6 +22,7 @@ use deskbroker_shared::session::HostPort;
 use crate::defaults::{
     GUACD_HANDSHAKE_TIMEOUT, GUACD_SILENCE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT,
 };
+use crate::deny::DenyList;
 use crate::error::TunnelError;
 use crate::local::Traffic;
 
@@ -52,16 +53,26 @@ pub fn read_ready(stream: &OwnedReadHalf, buffer: &mut BytesMut) -> io::Result<O
     }
 }
 
-/// Connects to `addr` with the connect deadline; Nagle is off, since remote desktop input is latency-bound.
-pub async fn connect(addr: &HostPort) -> Result<TcpStream, TunnelError> {
-    let connecting = TcpStream::connect((addr.host.as_str(), addr.port));
-    let stream = timeout(UPSTREAM_CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| TunnelError::ConnectTimeout(addr.clone()))?
-        .map_err(|source| TunnelError::Connect {
+/// Connects to `addr`, to the first of its addresses that `deny` allows and that answers, within the connect
+/// deadline; Nagle is off, since remote desktop input is latency-bound.
+pub async fn connect(addr: &HostPort, deny: &DenyList) -> Result<TcpStream, TunnelError> {
+    let connecting = async {
+        let mut failure = None;
+        for candidate in deny.resolve(addr).await? {
+            match TcpStream::connect(candidate).await {
+                Ok(stream) => return Ok(stream),
+                Err(source) => failure = Some(source),
+            }
+        }
+        let source = failure.unwrap_or_else(|| io::ErrorKind::NotFound.into());
+        Err(TunnelError::Connect {
             addr: addr.clone(),
             source,
-        })?;
+        })
+    };
+    let stream = timeout(UPSTREAM_CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| TunnelError::ConnectTimeout(addr.clone()))??;
     stream.set_nodelay(true).map_err(TunnelError::UpstreamIo)?;
     Ok(stream)
 }
@@ -138,7 +149,8 @@ pub struct GuacdRequest<'a> {
 /// Connects to guacd and runs the handshake, as Guacamole's `ConfiguredGuacamoleSocket` does.
 pub async fn guacd(request: GuacdRequest<'_>) -> Result<Guacd, TunnelError> {
     let addr = request.addr;
-    let stream = connect(addr).await?;
+    // guacd is the operator's: no deny list applies to it.
+    let stream = connect(addr, &DenyList::default()).await?;
     timeout(GUACD_HANDSHAKE_TIMEOUT, handshake(stream, &request))
         .await
         .map_err(|_| TunnelError::HandshakeTimeout(addr.clone()))?

@@ -91,7 +91,7 @@ async fn open(
     };
     let id = TunnelId::random();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
-    let vnc = upstream::connect(addr).await?;
+    let vnc = upstream::connect(addr, node.deny_for(&session)).await?;
     let tunnel = Tunnel {
         id,
         kind: TunnelKind::Websockify,

@@ -24,6 +24,7 @@ use deskbroker_broker::{BoxFuture, EventStream, Membership, MemoryRegistry, Regi
 use deskbroker_broker::{RegistryError, Renewal, Result as RegistryResult};
 use deskbroker_edge::Node;
 use deskbroker_edge::config::Timeouts;
+use deskbroker_edge::deny::DenyList;
 use deskbroker_edge::http_tunnel::HttpTunnels;
 use deskbroker_edge::server::{self, Routes};
 use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
@@ -55,7 +56,7 @@ async fn routes_on(registry: Arc<dyn Registry>) -> Routes {
     }
     let secret = Some(ClusterSecret::new(SECRET));
     Routes {
-        node: Node::new(membership, secret, Timeouts::default()),
+        node: Node::new(membership, secret, Timeouts::default(), DenyList::default()),
         http_tunnels: HttpTunnels::default(),
     }
 }

@@ -28,6 +28,7 @@ use tower::ServiceExt;
 use deskbroker_broker::{Membership, MemoryRegistry};
 use deskbroker_edge::Node;
 use deskbroker_edge::config::Timeouts;
+use deskbroker_edge::deny::DenyList;
 use deskbroker_edge::http_tunnel::HttpTunnels;
 use deskbroker_edge::server::{self, Routes};
 use deskbroker_shared::ids::NodeId;
@@ -71,7 +72,7 @@ fn public(dir: &Path) -> Router {
         Duration::from_secs(10),
     );
     let routes = Routes {
-        node: Node::new(membership, None, Timeouts::default()),
+        node: Node::new(membership, None, Timeouts::default(), DenyList::default()),
         http_tunnels: HttpTunnels::default(),
     };
     server::public(routes, Some(dir))

@@ -24,6 +24,11 @@ impl Cidr {
         Self { network: ip, bits }
     }
 
+    /// Whether every address of `other` is in this block.
+    pub fn contains_block(&self, other: &Cidr) -> bool {
+        self.bits <= other.bits && self.contains(other.network)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip.to_canonical()) {
             (IpAddr::V4(network), IpAddr::V4(ip)) => {

@@ -28,6 +28,11 @@ pub struct Session {
     /// A share: this session joins the running connection of that one instead of opening its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<SessionId>,
+    /// The operator wrote this session (a session file, the demo): its target is trusted. A tenant's
+    /// session (the default, also for records written before this field) is checked against the
+    /// operator's deny list when its tunnels connect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trusted_target: bool,
 }
 
 impl Session {
@@ -41,6 +46,7 @@ impl Session {
             exclusive: false,
             read_only: false,
             join: None,
+            trusted_target: false,
         }
     }
 }

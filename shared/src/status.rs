@@ -152,6 +152,8 @@ pub enum RelayClose {
     ControlFlood,
     /// 4408: the client sent nothing in time after the upgrade.
     ClientTimeout,
+    /// 4403: the session's target resolves only to addresses the operator denies.
+    TargetDenied,
 }
 
 impl RelayClose {
@@ -171,6 +173,7 @@ impl RelayClose {
             Self::UpstreamTimeout => 4504,
             Self::ControlFlood => 1008,
             Self::ClientTimeout => 4408,
+            Self::TargetDenied => 4403,
         }
     }
 
@@ -192,6 +195,7 @@ impl RelayClose {
             Self::UpstreamTimeout => "VNC server timed out",
             Self::ControlFlood => "too many control frames",
             Self::ClientTimeout => "no message from the client in time",
+            Self::TargetDenied => "target not allowed",
         }
     }
 }

@@ -3,9 +3,10 @@
 
 use serde_json::json;
 
-use deskbroker_tests::clients::{close_frame, connect_data, ws_connect};
+use deskbroker_tests::Edge;
+use deskbroker_tests::clients::{GuacWs, close_frame, connect_data, ws_connect};
 
-use crate::{ACME, ADMIN, GLOBEX, Platform};
+use crate::{ACME, ADMIN, GLOBEX, Platform, SECRET};
 
 #[tokio::test]
 async fn tenants_see_only_their_own_and_policy_holds() {
@@ -145,5 +146,56 @@ async fn forged_revoked_and_orphaned_tokens_are_refused() {
     assert_eq!(
         close_frame(&mut socket).await.unwrap(),
         (1008, "769".into())
+    );
+}
+
+#[tokio::test]
+async fn a_desktop_name_that_resolves_to_a_denied_address_opens_nothing() {
+    let platform = Platform::start().await;
+    // A node with the default deny list: loopback, link-local and its own addresses.
+    let strict = Edge::start_node("edge-strict", &platform.redis.url(), SECRET, &[], &[])
+        .await
+        .unwrap();
+    // A tenant whose policy names `localhost`: a name, which resolves to loopback.
+    let tenant = json!({
+        "key": "locals-key-0123456789",
+        "policy": {"hosts": ["localhost", "127.0.0.1"], "ports": ["1-65535"], "kinds": ["vnc", "guacd-vnc"]},
+    });
+    let (status, _) = platform
+        .api("PUT", "/api/v1/tenants/locals", ADMIN, Some(tenant))
+        .await;
+    assert_eq!(status, 200);
+    let port = platform.echo.addr.port();
+    for host in ["localhost", "127.0.0.1"] {
+        let target = json!({"kind": "vnc", "host": host, "port": port});
+        let vnc = platform
+            .session("locals-key-0123456789", json!({"target": target}))
+            .await;
+        let path = format!("/websockify?token={}", vnc["token"].as_str().unwrap());
+        let (mut relay, _) = ws_connect(&strict.ws_url(&path), &[]).await.unwrap();
+        assert_eq!(
+            close_frame(&mut relay).await.unwrap(),
+            (4403, "target not allowed".into()),
+            "{host}"
+        );
+        let guacd = json!({"kind": "guacd", "protocol": "vnc", "guacd": "default",
+                           "params": {"hostname": host, "port": port.to_string()}});
+        let tunnel = platform
+            .session("locals-key-0123456789", json!({"target": guacd}))
+            .await;
+        let data = connect_data(tunnel["token"].as_str().unwrap());
+        let refused = GuacWs::connect(&strict.ws_url(""), &data).await.err();
+        assert!(
+            refused.is_some_and(|e| e.to_string().contains("771")),
+            "{host}: the Guacamole tunnel is refused with 771"
+        );
+    }
+    assert_eq!(
+        platform
+            .echo
+            .accepted
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no socket was opened to the desktop"
     );
 }

@@ -11,7 +11,7 @@ use deskbroker_tests::Edge;
 use deskbroker_tests::clients::{HttpTunnel, STEP, close_frame, connect_data, ws_connect};
 use deskbroker_tests::proxy::Proxy;
 
-use crate::{ACME, ADMIN, Platform, SECRET};
+use crate::{ACME, ADMIN, LOOPBACK_ALLOWED, Platform, SECRET};
 
 #[tokio::test]
 async fn create_connect_anywhere_list_and_kill_everywhere() {
@@ -172,7 +172,7 @@ async fn a_node_cut_off_from_redis_closes_what_was_revoked_meanwhile() {
         .await
         .unwrap();
     let url = format!("redis://{}", link.addr);
-    let edge = Edge::start_node("edge-cut-off", &url, SECRET, &[], &[])
+    let edge = Edge::start_node("edge-cut-off", &url, SECRET, &[], &LOOPBACK_ALLOWED)
         .await
         .unwrap();
     let vnc = platform
