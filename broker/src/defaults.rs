@@ -44,3 +44,7 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// How long a stopping broker waits for API requests in progress before it exits anyway: every request is a
 /// few registry commands, each with its own deadline.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest request body the API reads: a session's target with its parameters, or a tenant's policy, is a
+/// few KiB; 64 KiB leaves room for a long policy and bounds what one request makes the broker hold.
+pub const MAX_BODY: usize = 64 * 1024;

@@ -2,24 +2,18 @@
 //! admin key may call these.
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use deskbroker_shared::cluster::{NodeRecord, TunnelKind};
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 
 use super::error::ApiError;
+use super::extract::{Admin, ApiJson, ApiPath};
 use super::sessions::close;
-use super::state::{Api, Caller};
+use super::state::Api;
 use crate::tenants::{Limits, Policy, Tenant};
-
-async fn admin(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
-    match api.caller(headers).await? {
-        Caller::Admin => Ok(()),
-        Caller::Tenant(_) => Err(ApiError::Forbidden),
-    }
-}
 
 /// A tenant as the API shows it: never its key, not even hashed.
 #[derive(Debug, Serialize)]
@@ -50,22 +44,17 @@ pub struct TenantSpec {
     pub limits: Limits,
 }
 
-pub async fn tenants(
-    State(api): State<Api>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<TenantView>>, ApiError> {
-    admin(&api, &headers).await?;
+pub async fn tenants(State(api): State<Api>, _: Admin) -> Result<Json<Vec<TenantView>>, ApiError> {
     let tenants = api.registry().tenants().await?;
     Ok(Json(tenants.into_iter().map(TenantView::from).collect()))
 }
 
 pub async fn put_tenant(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(spec): Json<TenantSpec>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(spec): ApiJson<TenantSpec>,
 ) -> Result<Json<TenantView>, ApiError> {
-    admin(&api, &headers).await?;
     if spec.key.len() < 16 {
         return Err(ApiError::BadRequest(
             "a tenant key needs at least 16 characters".into(),
@@ -84,10 +73,9 @@ pub async fn put_tenant(
 /// Removes a tenant and closes all its sessions: their tokens stop working at once, everywhere.
 pub async fn delete_tenant(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    _: Admin,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&api, &headers).await?;
     let id = TenantId::new(id);
     if !api.registry().remove_tenant(&id).await? {
         return Err(ApiError::NotFound("tenant"));
@@ -115,11 +103,7 @@ pub struct NodeTunnel {
     pub kind: TunnelKind,
 }
 
-pub async fn nodes(
-    State(api): State<Api>,
-    headers: HeaderMap,
-) -> Result<Json<Vec<NodeView>>, ApiError> {
-    admin(&api, &headers).await?;
+pub async fn nodes(State(api): State<Api>, _: Admin) -> Result<Json<Vec<NodeView>>, ApiError> {
     let now = std::time::SystemTime::now();
     let mut views = Vec::new();
     for node in api.registry().nodes().await? {

@@ -20,6 +20,14 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The request has a body the API cannot read: not said to be JSON.
+    #[error("the body must be JSON, sent as `content-type: application/json`")]
+    UnsupportedMediaType,
+    #[error(
+        "the body is larger than the {} bytes the API reads",
+        crate::defaults::MAX_BODY
+    )]
+    PayloadTooLarge,
     #[error(transparent)]
     Policy(#[from] PolicyViolation),
     #[error("registry unavailable")]
@@ -39,6 +47,8 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Policy(_) => "policy_violation",
             ApiError::Registry(_) => "registry_unavailable",
         }
@@ -50,6 +60,8 @@ impl ApiError {
             ApiError::Forbidden | ApiError::Policy(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -8,6 +8,7 @@
 
 mod admin;
 mod error;
+mod extract;
 mod sessions;
 mod state;
 pub mod traffic;
@@ -72,5 +73,48 @@ mod tests {
             7,
             "a documented path the router does not serve"
         );
+    }
+
+    #[test]
+    fn the_openapi_document_lists_every_error_code() {
+        let every_error = [
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::NotFound("session"),
+            ApiError::BadRequest(String::new()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge,
+            ApiError::Policy(crate::tenants::PolicyViolation::MissingRemote),
+            ApiError::Registry(crate::registry::RegistryError::Unavailable(String::new())),
+        ];
+        for error in &every_error {
+            // No wildcard: a new variant fails to compile here until it is in the list above.
+            match error {
+                ApiError::Unauthorized
+                | ApiError::Forbidden
+                | ApiError::NotFound(_)
+                | ApiError::BadRequest(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::PayloadTooLarge
+                | ApiError::Policy(_)
+                | ApiError::Registry(_) => {}
+            }
+        }
+        let codes: std::collections::BTreeSet<&str> =
+            every_error.iter().map(ApiError::code).collect();
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("valid JSON");
+        let documented = doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("the error codes")
+            .iter()
+            .map(|code| code.as_str().expect("a code"))
+            .collect();
+        assert_eq!(codes, documented);
+        let description = doc["info"]["description"].as_str().expect("a description");
+        for code in codes {
+            assert!(description.contains(code), "{code} is not described");
+        }
+        let limit = format!("{} KiB", crate::defaults::MAX_BODY / 1024);
+        assert!(description.contains(&limit), "the body limit is {limit}");
     }
 }

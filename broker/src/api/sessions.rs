@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,7 @@ use deskbroker_shared::session::{HostPort, Session, Target};
 use deskbroker_shared::time::from_unix_ms;
 
 use super::error::ApiError;
+use super::extract::{ApiJson, ApiPath};
 use super::state::{Api, Caller};
 use crate::tenants::Tenant;
 
@@ -176,10 +177,9 @@ async fn acting_tenant(
 
 pub async fn create(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Json(request): Json<CreateSession>,
+    caller: Caller,
+    ApiJson(request): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
-    let caller = api.caller(&headers).await?;
     let tenant = acting_tenant(&api, caller, request.tenant).await?;
     let target = match request.target {
         TargetSpec::Vnc { host, port } => Target::Vnc {
@@ -224,11 +224,10 @@ pub struct CreateShare {
 /// guacd's own join of the connection, for raw VNC as a second, shared, viewer.
 pub async fn share(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(request): Json<CreateShare>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(request): ApiJson<CreateShare>,
 ) -> Result<Response, ApiError> {
-    let caller = api.caller(&headers).await?;
     let parent = visible(&api, &caller, &SessionId::new(id)).await?;
     let mut expires = parent.expires;
     if let Some(text) = request.lifetime.as_deref() {
@@ -280,9 +279,9 @@ async fn visible(api: &Api, caller: &Caller, id: &SessionId) -> Result<Session, 
 
 pub async fn list(
     State(api): State<Api>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
-    let tenants = match api.caller(&headers).await? {
+    let tenants = match caller {
         Caller::Tenant(tenant) => vec![tenant.id],
         Caller::Admin => api
             .registry()
@@ -304,10 +303,9 @@ pub async fn list(
 
 pub async fn get(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let caller = api.caller(&headers).await?;
     let session = visible(&api, &caller, &SessionId::new(id)).await?;
     Ok(Json(live_view(&api, &session, &nodes(&api).await?).await?))
 }
@@ -350,10 +348,9 @@ async fn live_view(
 }
 pub async fn delete(
     State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let caller = api.caller(&headers).await?;
     let session = visible(&api, &caller, &SessionId::new(id)).await?;
     close(&api, &session.id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -67,12 +67,7 @@ impl Api {
 
     /// Authenticates the caller by its bearer key.
     pub(super) async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let key = headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .filter(|key| !key.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+        let key = bearer_key(headers).ok_or(ApiError::Unauthorized)?;
         let digest = TokenDigest::of(key);
         if let Some(admin) = &self.inner.config.admin_key {
             let bytes = |d: &TokenDigest| d.to_hex().into_bytes();
@@ -100,4 +95,13 @@ impl Api {
             false => Err(ApiError::BadRequest(format!("unknown guacd {name:?}"))),
         }
     }
+}
+
+/// The key of `Authorization: Bearer <key>`. The scheme is case-insensitive, as every HTTP authentication
+/// scheme is (RFC 9110, section 11.1), and may be followed by more than one space.
+fn bearer_key(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }

@@ -1,5 +1,6 @@
 //! Callers who should get nothing: another tenant's key, targets outside the policy, forged and revoked
-//! tokens, the keys and tokens of a removed tenant.
+//! tokens, the keys and tokens of a removed tenant; and requests the API refuses, answered over the wire
+//! in JSON like every other error.
 
 use serde_json::json;
 
@@ -197,5 +198,41 @@ async fn a_desktop_name_that_resolves_to_a_denied_address_opens_nothing() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0,
         "no socket was opened to the desktop"
+    );
+}
+
+#[tokio::test]
+async fn refusals_over_the_wire_are_json_and_the_key_is_checked_first() {
+    let platform = Platform::start().await;
+    let url = platform.broker.url("/api/v1/sessions");
+    let post = |authorization: String, content_type: &'static str, body: &'static str| {
+        let request = platform
+            .http
+            .post(&url)
+            .header("authorization", authorization)
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            let body: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{status} answered {text:?}: {e}"));
+            (status, body["code"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    assert_eq!(
+        post(format!("bearer {ACME}"), "application/json", "{not json").await,
+        (400, "bad_request".into()),
+        "a lower-case scheme is the same scheme"
+    );
+    assert_eq!(
+        post(format!("BEARER {ACME}"), "text/plain", "{}").await,
+        (415, "unsupported_media_type".into())
+    );
+    assert_eq!(
+        post("Bearer wrong-key".into(), "application/json", "{not json").await,
+        (401, "unauthorized".into()),
+        "an unknown caller learns nothing about its body"
     );
 }

@@ -1,0 +1,343 @@
+//! The control plane's API, asked in-process: one request at a time through `tower::ServiceExt::oneshot`,
+//! on an in-memory registry holding one tenant, `acme` (sessions of at most an hour), and an admin key.
+//! Every answer, refusals included, is JSON `{"code", "message"}`, and the caller is known before its body
+//! is read.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test: a failed expectation is a failed test"
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use deskbroker_broker::api::{self, Api, ApiConfig};
+use deskbroker_broker::defaults::MAX_BODY;
+use deskbroker_broker::tenants::{Limits, Policy, Tenant};
+use deskbroker_broker::{MemoryRegistry, Registry};
+use deskbroker_shared::ids::{TenantId, TokenDigest};
+
+const ADMIN: &str = "admin-key-0123456789";
+const ACME: &str = "acme-key-0123456789";
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The control plane of a registry holding the tenant `acme`, whose sessions live an hour at most.
+async fn control_plane() -> (Router, Arc<MemoryRegistry>) {
+    let registry = Arc::new(MemoryRegistry::new());
+    let acme = Tenant {
+        id: TenantId::new("acme"),
+        key_sha256: TokenDigest::of(ACME),
+        policy: Policy {
+            hosts: vec!["127.0.0.1".into()],
+            ports: vec!["1-65535".into()],
+            kinds: vec!["vnc".into()],
+        },
+        limits: Limits {
+            max_tunnels: 5,
+            max_lifetime: HOUR,
+        },
+    };
+    registry.put_tenant(&acme).await.unwrap();
+    let config = ApiConfig {
+        admin_key: Some(TokenDigest::of(ADMIN)),
+        ..ApiConfig::default()
+    };
+    (api::router(Api::new(registry.clone(), config)), registry)
+}
+
+/// What came back: the status, the content type, and the body as text.
+struct Answer {
+    status: StatusCode,
+    content_type: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    /// The body as JSON; fails the test, showing the body, when it is not.
+    fn json(&self) -> Value {
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "{} answered {:?}",
+            self.status,
+            self.body
+        );
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("{} answered {:?}: {e}", self.status, self.body))
+    }
+
+    /// The status and the error's code, checking that the error is the documented JSON.
+    fn error(&self) -> (StatusCode, String) {
+        let body = self.json();
+        assert!(body["message"].is_string(), "{body}");
+        (
+            self.status,
+            body["code"].as_str().expect("a code").to_owned(),
+        )
+    }
+}
+
+/// One request: `authorization` is the whole header (`None` sends none), `body` is sent as it is.
+async fn send(
+    app: &Router,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    if let Some(value) = content_type {
+        request = request.header(header::CONTENT_TYPE, value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+/// A well-formed call with a key and, when there is one, a JSON body.
+async fn call(app: &Router, method: &str, path: &str, key: &str, body: Option<Value>) -> Answer {
+    let bearer = format!("Bearer {key}");
+    match body {
+        Some(body) => {
+            let json = Some("application/json");
+            send(app, method, path, Some(&bearer), json, body.to_string()).await
+        }
+        None => send(app, method, path, Some(&bearer), None, Body::empty()).await,
+    }
+}
+
+fn vnc() -> Value {
+    json!({"kind": "vnc", "host": "127.0.0.1", "port": 5901})
+}
+
+/// Creates a session for acme, asking for `lifetime` when given; fails the test unless it is created.
+async fn acme_session(app: &Router, lifetime: Option<&str>) -> Value {
+    let mut body = json!({"target": vnc()});
+    if let Some(lifetime) = lifetime {
+        body["lifetime"] = json!(lifetime);
+    }
+    let answer = call(app, "POST", "/api/v1/sessions", ACME, Some(body)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    answer.json()
+}
+
+fn shares_of(session: &Value) -> String {
+    format!(
+        "/api/v1/sessions/{}/shares",
+        session["id"].as_str().unwrap()
+    )
+}
+
+/// Every endpoint that takes a body, with a key allowed to call it and a good body.
+fn endpoints_with_bodies(session: &Value) -> Vec<(&'static str, String, &'static str, Value)> {
+    vec![
+        (
+            "POST",
+            "/api/v1/sessions".into(),
+            ACME,
+            json!({"target": vnc()}),
+        ),
+        ("POST", shares_of(session), ACME, json!({})),
+        (
+            "PUT",
+            "/api/v1/tenants/initech".into(),
+            ADMIN,
+            json!({"key": "initech-key-0123456789"}),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_body_the_api_cannot_take_is_refused_in_json_with_a_stable_code() {
+    let (app, _) = control_plane().await;
+    let session = acme_session(&app, None).await;
+    let oversize = format!(r#"{{"key": "{}"}}"#, "k".repeat(MAX_BODY));
+    for (method, path, key, good) in endpoints_with_bodies(&session) {
+        let bearer = format!("Bearer {key}");
+        let auth = Some(bearer.as_str());
+        let mut unknown = good.clone();
+        unknown["colour"] = json!("blue");
+        let cases: [(Option<&str>, String, StatusCode, &str); 7] = [
+            (
+                Some("application/json"),
+                "{not json".into(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Some("application/json"),
+                unknown.to_string(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Some("application/json"),
+                "[]".into(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Some("application/json"),
+                String::new(),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                Some("text/plain"),
+                good.to_string(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            ),
+            (
+                None,
+                good.to_string(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            ),
+            (
+                Some("application/json"),
+                oversize.clone(),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+            ),
+        ];
+        for (content_type, body, status, code) in cases {
+            let answer = send(&app, method, &path, auth, content_type, body.clone()).await;
+            let shown = &body[..body.len().min(40)];
+            assert_eq!(
+                answer.error(),
+                (status, code.into()),
+                "{method} {path} with {content_type:?} {shown:?}"
+            );
+        }
+        // The same good body, with a content type that carries a charset, is taken.
+        let json_utf8 = Some("application/json; charset=utf-8");
+        let answer = send(&app, method, &path, auth, json_utf8, good.to_string()).await;
+        assert!(
+            answer.status.is_success(),
+            "{method} {path}: {}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_caller_is_known_before_its_body_is_read() {
+    let (app, _) = control_plane().await;
+    let session = acme_session(&app, None).await;
+    for (method, path, _, good) in endpoints_with_bodies(&session) {
+        for authorization in [None, Some("Bearer wrong-key-0123456789"), Some("Bearer ")] {
+            for (content_type, body) in [
+                (Some("application/json"), "{not json".to_owned()),
+                (Some("text/plain"), good.to_string()),
+                (Some("application/json"), "x".repeat(MAX_BODY + 1)),
+            ] {
+                let answer = send(&app, method, &path, authorization, content_type, body).await;
+                assert_eq!(
+                    answer.error(),
+                    (StatusCode::UNAUTHORIZED, "unauthorized".into()),
+                    "{method} {path} as {authorization:?} with {content_type:?}"
+                );
+            }
+        }
+    }
+    // A tenant may not manage tenants, whatever it sends.
+    let answer = send(
+        &app,
+        "PUT",
+        "/api/v1/tenants/initech",
+        Some(&format!("Bearer {ACME}")),
+        Some("application/json"),
+        "{not json",
+    )
+    .await;
+    assert_eq!(answer.error(), (StatusCode::FORBIDDEN, "forbidden".into()));
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let (app, _) = control_plane().await;
+    for authorization in [
+        format!("Bearer {ACME}"),
+        format!("bearer {ACME}"),
+        format!("BEARER {ACME}"),
+        format!("bEaReR {ACME}"),
+        format!("Bearer   {ACME}"),
+    ] {
+        let answer = send(
+            &app,
+            "GET",
+            "/api/v1/sessions",
+            Some(&authorization),
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{authorization:?}");
+        assert_eq!(answer.json(), json!([]));
+    }
+    for authorization in [
+        format!("Basic {ACME}"),
+        format!("Bearer{ACME}"),
+        format!("Bearer {ACME}x"),
+        ACME.to_owned(),
+        "Bearer".to_owned(),
+    ] {
+        let answer = send(
+            &app,
+            "GET",
+            "/api/v1/sessions",
+            Some(&authorization),
+            None,
+            Body::empty(),
+        )
+        .await;
+        assert_eq!(
+            answer.error(),
+            (StatusCode::UNAUTHORIZED, "unauthorized".into()),
+            "{authorization:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_path_the_api_cannot_read_is_refused_in_json() {
+    let (app, _) = control_plane().await;
+    for (method, path, key) in [
+        ("GET", "/api/v1/sessions/%FF", ACME),
+        ("DELETE", "/api/v1/sessions/%FF", ACME),
+        ("DELETE", "/api/v1/tenants/%FF", ADMIN),
+    ] {
+        let answer = call(&app, method, path, key, None).await;
+        assert_eq!(
+            answer.error(),
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "{method} {path}"
+        );
+    }
+}
