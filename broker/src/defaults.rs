@@ -41,6 +41,15 @@ pub const MAX_TUNNELS: u32 = 10;
 /// A session's longest life when its tenant's configuration says nothing: a working day.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
+/// The longest `max_lifetime` a tenant may be given, so the longest any session lives: a year (365.25 days,
+/// as `1y` reads). Longer is a typo (`300000000000y`), and the bound keeps every expiry far inside what
+/// `SystemTime`, the records' Unix milliseconds and Redis's `PX` can hold.
+pub const LONGEST_LIFETIME: Duration = Duration::from_secs(31_557_600);
+
+/// The shortest lifetime a session or a share may ask for, and the least `max_lifetime`: a shorter token is
+/// dead before a browser can connect with it, and expiry is shown to the second.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
+
 /// How long a stopping broker waits for API requests in progress before it exits anyway: every request is a
 /// few registry commands, each with its own deadline.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);

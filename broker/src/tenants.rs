@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,8 @@ pub struct Policy {
 pub struct Limits {
     #[serde(default = "default_max_tunnels")]
     pub max_tunnels: u32,
-    #[serde(default = "default_max_lifetime", with = "humantime_serde_compat")]
+    /// Between [`defaults::MIN_LIFETIME`] and [`defaults::LONGEST_LIFETIME`] when read from JSON.
+    #[serde(default = "default_max_lifetime", with = "max_lifetime")]
     pub max_lifetime: Duration,
 }
 
@@ -69,11 +70,15 @@ fn default_max_lifetime() -> Duration {
     defaults::MAX_LIFETIME
 }
 
-/// Durations written as `8h`, `30m`, `90s`.
-mod humantime_serde_compat {
+/// A lifetime limit written as `8h`, `30m`, `90s`: refused outside what a session may live, so that no
+/// tenant can be given sessions that are dead at birth or that end past what the clock holds.
+mod max_lifetime {
     use std::time::Duration;
 
+    use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::defaults::{LONGEST_LIFETIME, MIN_LIFETIME};
 
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&humantime::format_duration(*duration).to_string())
@@ -81,7 +86,61 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        let duration = humantime::parse_duration(&text).map_err(D::Error::custom)?;
+        if !(MIN_LIFETIME..=LONGEST_LIFETIME).contains(&duration) {
+            return Err(D::Error::custom(format_args!(
+                "max_lifetime {text:?} is not between {} and {}",
+                humantime::format_duration(MIN_LIFETIME),
+                humantime::format_duration(LONGEST_LIFETIME),
+            )));
+        }
+        Ok(duration)
+    }
+}
+
+/// Why the lifetime a session or share asks for is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadLifetime {
+    #[error("lifetime {text:?} is not a duration like `30m` or `8h`: {reason}")]
+    Unreadable { text: String, reason: String },
+    #[error(
+        "lifetime {0:?} is shorter than {min}: the token would be dead before a browser could use it",
+        min = humantime::format_duration(defaults::MIN_LIFETIME)
+    )]
+    TooShort(String),
+    #[error("a session starting now would end past what the clock can hold")]
+    PastTheClock,
+}
+
+impl Limits {
+    /// When a session starting at `now` and asking for `requested` (`30m`, `8h`) expires: after what it asks
+    /// for, capped at the tenant's `max_lifetime`; after that maximum when it asks for nothing. A lifetime
+    /// too short to connect with is refused. A longer one is capped rather than refused, so that a backend
+    /// asking for its usual lifetime keeps working when an admin lowers the limit; the answer's
+    /// `expires_at` says what it got.
+    pub fn expiry(
+        &self,
+        now: SystemTime,
+        requested: Option<&str>,
+    ) -> Result<SystemTime, BadLifetime> {
+        // Limits read from JSON are within the ceiling already; built in code, they may not be.
+        let longest = self.max_lifetime.min(defaults::LONGEST_LIFETIME);
+        let lifetime = match requested {
+            None => longest,
+            Some(text) => {
+                let asked =
+                    humantime::parse_duration(text).map_err(|error| BadLifetime::Unreadable {
+                        text: text.to_owned(),
+                        reason: error.to_string(),
+                    })?;
+                if asked < defaults::MIN_LIFETIME {
+                    return Err(BadLifetime::TooShort(text.to_owned()));
+                }
+                asked.min(longest)
+            }
+        };
+        // At most a year from now: this fails only on a clock set near the end of `SystemTime`.
+        now.checked_add(lifetime).ok_or(BadLifetime::PastTheClock)
     }
 }
 
@@ -231,6 +290,77 @@ mod tests {
                 .is_err(),
             "empty allows nothing"
         );
+    }
+
+    #[test]
+    fn a_lifetime_is_capped_at_the_limit_and_refused_when_too_short_to_use() {
+        let limits = Limits {
+            max_lifetime: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let hour = now + Duration::from_secs(3600);
+        assert_eq!(
+            limits.expiry(now, None),
+            Ok(hour),
+            "the limit is the default"
+        );
+        assert_eq!(
+            limits.expiry(now, Some("10m")),
+            Ok(now + Duration::from_secs(600))
+        );
+        assert_eq!(
+            limits.expiry(now, Some("1s")),
+            Ok(now + Duration::from_secs(1))
+        );
+        for long in ["100h", "300000000000y"] {
+            assert_eq!(limits.expiry(now, Some(long)), Ok(hour), "{long}");
+        }
+        for short in ["0s", "0ms", "999ms"] {
+            assert_eq!(
+                limits.expiry(now, Some(short)),
+                Err(BadLifetime::TooShort(short.into()))
+            );
+        }
+        assert!(matches!(
+            limits.expiry(now, Some("soon")),
+            Err(BadLifetime::Unreadable { .. })
+        ));
+        assert!(matches!(
+            limits.expiry(now, Some("99999999999999999999999y")),
+            Err(BadLifetime::Unreadable { .. })
+        ));
+
+        // Limits built in code, past the ceiling, still end within a year; a clock at its end refuses.
+        let endless = Limits {
+            max_lifetime: Duration::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(
+            endless.expiry(now, None),
+            Ok(now + defaults::LONGEST_LIFETIME)
+        );
+        let end_of_time = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert_eq!(
+            endless.expiry(end_of_time, None),
+            Err(BadLifetime::PastTheClock)
+        );
+    }
+
+    #[test]
+    fn a_max_lifetime_outside_what_a_session_may_live_is_refused() {
+        let tenant = |max_lifetime: &str| {
+            serde_json::from_str::<Tenant>(&format!(
+                r#"{{"id":"acme","key_sha256":"{}","limits":{{"max_lifetime":"{max_lifetime}"}}}}"#,
+                TokenDigest::of("k").to_hex()
+            ))
+        };
+        for refused in ["0s", "500ms", "300000000000y", "2y"] {
+            assert!(tenant(refused).is_err(), "{refused}");
+        }
+        for taken in ["1s", "8h", "1y"] {
+            assert!(tenant(taken).is_ok(), "{taken}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The control plane's API, asked in-process: one request at a time through `tower::ServiceExt::oneshot`,
 //! on an in-memory registry holding one tenant, `acme` (sessions of at most an hour), and an admin key.
-//! Every answer, refusals included, is JSON `{"code", "message"}`, and the caller is known before its body
-//! is read.
+//! Every answer, refusals included, is JSON `{"code", "message"}`; the caller is known before its body is
+//! read; and no lifetime, however long or short, leaves a caller without an answer or with a dead token.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +10,7 @@
 )]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -23,7 +23,8 @@ use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::defaults::MAX_BODY;
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{MemoryRegistry, Registry};
-use deskbroker_shared::ids::{TenantId, TokenDigest};
+use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
+use deskbroker_shared::session::{Session, Target};
 
 const ADMIN: &str = "admin-key-0123456789";
 const ACME: &str = "acme-key-0123456789";
@@ -77,7 +78,11 @@ impl Answer {
     /// The status and the error's code, checking that the error is the documented JSON.
     fn error(&self) -> (StatusCode, String) {
         let body = self.json();
-        assert!(body["message"].is_string(), "{body}");
+        assert!(
+            body["message"].is_string(),
+            "{} answered {body}, not an error",
+            self.status
+        );
         (
             self.status,
             body["code"].as_str().expect("a code").to_owned(),
@@ -146,11 +151,135 @@ async fn acme_session(app: &Router, lifetime: Option<&str>) -> Value {
     answer.json()
 }
 
+fn expires_at(session: &Value) -> SystemTime {
+    humantime::parse_rfc3339(session["expires_at"].as_str().expect("an expiry")).unwrap()
+}
+
 fn shares_of(session: &Value) -> String {
     format!(
         "/api/v1/sessions/{}/shares",
         session["id"].as_str().unwrap()
     )
+}
+
+#[tokio::test]
+async fn a_share_asking_for_an_absurd_lifetime_is_answered_and_capped() {
+    let (app, _) = control_plane().await;
+    let session = acme_session(&app, Some("10m")).await;
+
+    // Three hundred billion years is past anything a clock can hold: the share still gets its answer,
+    // and lives no longer than the session it joins.
+    let absurd = json!({"lifetime": "300000000000y"});
+    let answer = call(&app, "POST", &shares_of(&session), ACME, Some(absurd)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert!(expires_at(&answer.json()) <= expires_at(&session));
+
+    // The same request for a session is capped at the tenant's hour.
+    let before = SystemTime::now();
+    let long = acme_session(&app, Some("300000000000y")).await;
+    assert!(expires_at(&long) <= before + HOUR + Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_tenant_whose_sessions_would_outlive_every_clock_is_refused() {
+    let (app, _) = control_plane().await;
+    let path = "/api/v1/tenants/initech";
+    let tenant = |max_lifetime: &str| {
+        json!({"key": "initech-key-0123456789",
+               "policy": {"hosts": ["127.0.0.1"], "ports": ["1-65535"], "kinds": ["vnc"]},
+               "limits": {"max_lifetime": max_lifetime}})
+    };
+
+    // An admin's typo would otherwise make every session of the tenant overflow the clock.
+    let answer = call(&app, "PUT", path, ADMIN, Some(tenant("300000000000y"))).await;
+    assert_eq!(
+        answer.error(),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    let answer = call(&app, "PUT", path, ADMIN, Some(tenant("0s"))).await;
+    assert_eq!(
+        answer.error(),
+        (StatusCode::BAD_REQUEST, "bad_request".into()),
+        "a tenant whose sessions are born dead"
+    );
+
+    // A sane limit is taken, and its sessions get their answer.
+    let answer = call(&app, "PUT", path, ADMIN, Some(tenant("30d"))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let body = json!({"target": vnc()});
+    let answer = call(
+        &app,
+        "POST",
+        "/api/v1/sessions",
+        "initech-key-0123456789",
+        Some(body),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn a_lifetime_too_short_to_connect_with_is_refused() {
+    let (app, _) = control_plane().await;
+    let session = acme_session(&app, None).await;
+    for lifetime in ["0s", "0ms", "500ms"] {
+        let body = json!({"target": vnc(), "lifetime": lifetime});
+        let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(body)).await;
+        assert_eq!(
+            answer.error(),
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "a session of {lifetime}"
+        );
+        let body = json!({"lifetime": lifetime});
+        let answer = call(&app, "POST", &shares_of(&session), ACME, Some(body)).await;
+        assert_eq!(
+            answer.error(),
+            (StatusCode::BAD_REQUEST, "bad_request".into()),
+            "a share of {lifetime}"
+        );
+    }
+    let body = json!({"target": vnc(), "lifetime": "soon"});
+    let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(body)).await;
+    assert_eq!(
+        answer.error(),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    // The shortest lifetime there is still makes a session.
+    acme_session(&app, Some("1s")).await;
+}
+
+#[tokio::test]
+async fn lifetimes_over_the_tenants_maximum_are_capped_for_sessions_and_shares() {
+    let (app, registry) = control_plane().await;
+    let before = SystemTime::now();
+    let session = acme_session(&app, Some("100h")).await;
+    assert!(expires_at(&session) <= before + HOUR + Duration::from_secs(1));
+    assert!(expires_at(&session) >= before + HOUR - Duration::from_secs(1));
+
+    // A session that never expires (as a session file writes them) still gives shares of at most the
+    // tenant's maximum, asked for or not.
+    let forever = Session::new(
+        SessionId::new("forever"),
+        TenantId::new("acme"),
+        Target::parse("127.0.0.1:5901").unwrap(),
+    );
+    registry
+        .put_session(&SessionToken::new("forever-token"), &forever)
+        .await
+        .unwrap();
+    let path = "/api/v1/sessions/forever/shares";
+    for body in [json!({}), json!({"lifetime": "100h"})] {
+        let answer = call(&app, "POST", path, ACME, Some(body.clone())).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        let expires = expires_at(&answer.json());
+        assert!(
+            expires <= SystemTime::now() + HOUR + Duration::from_secs(1),
+            "{body}"
+        );
+    }
+    // A shorter one is taken as asked.
+    let answer = call(&app, "POST", path, ACME, Some(json!({"lifetime": "5m"}))).await;
+    assert!(expires_at(&answer.json()) <= SystemTime::now() + Duration::from_secs(301));
 }
 
 /// Every endpoint that takes a body, with a key allowed to call it and a good body.

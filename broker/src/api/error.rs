@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::registry::RegistryError;
-use crate::tenants::PolicyViolation;
+use crate::tenants::{BadLifetime, PolicyViolation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,6 +20,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("invalid request: {0}")]
+    Lifetime(#[from] BadLifetime),
     /// The request has a body the API cannot read: not said to be JSON.
     #[error("the body must be JSON, sent as `content-type: application/json`")]
     UnsupportedMediaType,
@@ -46,7 +48,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::Lifetime(_) => "bad_request",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Policy(_) => "policy_violation",
@@ -59,7 +61,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Policy(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Lifetime(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,

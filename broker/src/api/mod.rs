@@ -82,6 +82,7 @@ mod tests {
             ApiError::Forbidden,
             ApiError::NotFound("session"),
             ApiError::BadRequest(String::new()),
+            ApiError::Lifetime(crate::tenants::BadLifetime::PastTheClock),
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,
             ApiError::Policy(crate::tenants::PolicyViolation::MissingRemote),
@@ -94,6 +95,7 @@ mod tests {
                 | ApiError::Forbidden
                 | ApiError::NotFound(_)
                 | ApiError::BadRequest(_)
+                | ApiError::Lifetime(_)
                 | ApiError::UnsupportedMediaType
                 | ApiError::PayloadTooLarge
                 | ApiError::Policy(_)

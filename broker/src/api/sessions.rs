@@ -196,14 +196,11 @@ pub async fn create(
         },
     };
     tenant.policy.check(&target)?;
-    let lifetime = match request.lifetime.as_deref() {
-        Some(text) => humantime::parse_duration(text)
-            .map_err(|e| ApiError::BadRequest(format!("lifetime: {e}")))?,
-        None => tenant.limits.max_lifetime,
-    };
-    let lifetime = lifetime.min(tenant.limits.max_lifetime);
+    let expires = tenant
+        .limits
+        .expiry(SystemTime::now(), request.lifetime.as_deref())?;
     let session = Session {
-        expires: Some(SystemTime::now() + lifetime),
+        expires: Some(expires),
         exclusive: request.exclusive,
         read_only: request.read_only,
         ..Session::new(SessionId::random(), tenant.id.clone(), target)
@@ -216,7 +213,8 @@ pub async fn create(
 pub struct CreateShare {
     /// Watch only (the default), or share control too.
     pub read_only: Option<bool>,
-    /// At most what is left of the shared session's life, which is also the default.
+    /// At most what is left of the shared session's life and the tenant's `max_lifetime`; the shorter of
+    /// the two is the default.
     pub lifetime: Option<String>,
 }
 
@@ -229,14 +227,21 @@ pub async fn share(
     ApiJson(request): ApiJson<CreateShare>,
 ) -> Result<Response, ApiError> {
     let parent = visible(&api, &caller, &SessionId::new(id)).await?;
-    let mut expires = parent.expires;
-    if let Some(text) = request.lifetime.as_deref() {
-        let lifetime = humantime::parse_duration(text)
-            .map_err(|e| ApiError::BadRequest(format!("lifetime: {e}")))?;
-        expires = expires.map(|parent| parent.min(SystemTime::now() + lifetime));
-    }
+    let limits = match caller {
+        Caller::Tenant(tenant) => tenant.limits,
+        // The admin shares under the session's tenant's limits; a session file's tenant may have none.
+        Caller::Admin => api
+            .registry()
+            .tenant(&parent.tenant)
+            .await?
+            .map(|tenant| tenant.limits)
+            .unwrap_or_default(),
+    };
+    // A share is a session of its own, under the same rules, and never outlives the one it joins.
+    let own = limits.expiry(SystemTime::now(), request.lifetime.as_deref())?;
+    let expires = parent.expires.map_or(own, |parent| parent.min(own));
     let session = Session {
-        expires,
+        expires: Some(expires),
         read_only: request.read_only.unwrap_or(true),
         join: Some(parent.id.clone()),
         ..Session::new(

@@ -202,6 +202,39 @@ async fn a_desktop_name_that_resolves_to_a_denied_address_opens_nothing() {
 }
 
 #[tokio::test]
+async fn an_absurd_lifetime_is_answered_and_the_broker_keeps_serving() {
+    let platform = Platform::start().await;
+    let session = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let shares = format!(
+        "/api/v1/sessions/{}/shares",
+        session["id"].as_str().unwrap()
+    );
+
+    // A lifetime past what the clock holds: the tenant gets an answer, a share no longer than its session.
+    let absurd = Some(json!({"lifetime": "300000000000y"}));
+    let (status, share) = platform.api("POST", &shares, ACME, absurd).await;
+    assert_eq!(status, 201, "{share}");
+    assert!(share["expires_at"].as_str() <= session["expires_at"].as_str());
+    let (status, body) = platform
+        .api("POST", &shares, ACME, Some(json!({"lifetime": "0s"})))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_request")),
+        "a share born dead is refused"
+    );
+
+    // The broker is still there, answering, and never panicked.
+    let (status, listed) = platform.api("GET", "/api/v1/sessions", ACME, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let logs = platform.broker.process.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
+#[tokio::test]
 async fn refusals_over_the_wire_are_json_and_the_key_is_checked_first() {
     let platform = Platform::start().await;
     let url = platform.broker.url("/api/v1/sessions");
