@@ -16,6 +16,7 @@
 pub mod browser;
 pub mod clients;
 pub mod flood;
+pub mod logs;
 pub mod process;
 pub mod proxy;
 pub mod raw_ws;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
 /// How long a process may take to say it is listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -45,6 +46,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     pub output: Arc<Mutex<Vec<String>>>,
+    /// The tasks copying its stdout and stderr into `output`; they end when the process has exited.
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Process {
@@ -62,7 +65,10 @@ impl Process {
             .with_context(|| format!("spawning {command:?}"))?;
         let output = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().context("stderr")?;
-        tokio::spawn(keep_lines(BufReader::new(stderr), output.clone()));
+        let mut readers = vec![tokio::spawn(keep_lines(
+            BufReader::new(stderr),
+            output.clone(),
+        ))];
         let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
         let addr = tokio::time::timeout(READY_TIMEOUT, async {
             while let Some(line) = stdout.next_line().await? {
@@ -76,12 +82,19 @@ impl Process {
         .await
         .context("not ready in time")??;
         let rest = output.clone();
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             while let Ok(Some(line)) = stdout.next_line().await {
                 rest.lock().unwrap().push(line);
             }
-        });
-        Ok((Self { child, output }, addr))
+        }));
+        Ok((
+            Self {
+                child,
+                output,
+                readers,
+            },
+            addr,
+        ))
     }
 
     pub fn pid(&self) -> u32 {
@@ -97,6 +110,19 @@ impl Process {
 
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Stops the process with SIGTERM and waits until everything it wrote is in [`Process::logs`].
+    pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = tokio::time::timeout(READY_TIMEOUT, self.terminate())
+            .await
+            .context("did not exit in time")??;
+        for reader in self.readers.drain(..) {
+            tokio::time::timeout(READY_TIMEOUT, reader)
+                .await
+                .context("output not closed in time")??;
+        }
+        Ok(status)
     }
 
     pub fn logs(&self) -> String {
@@ -201,6 +227,16 @@ impl Broker {
         config: &std::path::Path,
         admin_key: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(redis_url, config, admin_key, &[]).await
+    }
+
+    /// Starts the broker with `DESKBROKER_*` environment variables added to (or replacing) the defaults.
+    pub async fn start_with_env(
+        redis_url: &str,
+        config: &std::path::Path,
+        admin_key: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(binary("deskbroker-broker"));
         command
             .env("DESKBROKER_BROKER_LISTEN", "127.0.0.1:0")
@@ -209,6 +245,7 @@ impl Broker {
             .env("DESKBROKER_CLUSTER_SECRET", "s3cret")
             .env("DESKBROKER_LOG_FORMAT", "json")
             .env("DESKBROKER_LOG", "debug")
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config);
         let (process, addr) = Process::start(command, |line| {
@@ -312,6 +349,7 @@ impl Xvnc {
                 let process = Process {
                     child,
                     output: Arc::default(),
+                    readers: Vec::new(),
                 };
                 return Ok(Self {
                     process,
