@@ -1,6 +1,7 @@
 //! What both services (`deskbroker-edge`, `deskbroker-broker`) share as running processes, written once:
-//! the logging flags and their setup, the stop signal, and the set of long-running tasks a service awaits
-//! when it stops. The flags are parsed by each binary's `main`; libraries never read the environment.
+//! the logging flags and their setup (with the caps that keep dependencies from logging secrets and
+//! payloads, docs/logs.md), the stop signal, and the set of long-running tasks a service awaits when it
+//! stops. The flags are parsed by each binary's `main`; libraries never read the environment.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -11,7 +12,12 @@ use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 use tracing::info;
-use tracing_subscriber::EnvFilter;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -33,15 +39,66 @@ pub struct LogArgs {
     pub log_filter: String,
 }
 
-/// Installs the process's logger. A filter that does not parse is an error, not a silent fallback.
+/// The dependencies that handle tokens, keys, headers or relayed bytes for us, and the most verbose level
+/// each may log at, whatever `--log` says: below it, by their sources, they log what must never be logged.
+/// A target covers the targets it prefixes (`hyper` covers `hyper_util` too); `log` records count as well.
+const DEPENDENCY_CAPS: &[(&str, LevelFilter)] = &[
+    // trace: every frame and message, payload included (keystrokes, guacd's instructions); debug: close
+    // frames with their reasons and, as a client, URIs with their query string (`?token=`).
+    ("tungstenite", LevelFilter::INFO),
+    // Below info: tungstenite's errors and the stream's polling; capped with tungstenite, whose frames it
+    // carries.
+    ("tokio_tungstenite", LevelFilter::INFO),
+    // trace: the text of every rejection, which quotes what the request sent (`invalid type: string
+    // "<password>"`).
+    ("axum::rejection", LevelFilter::INFO),
+    // Both log only when built with their `tracing` feature, which ours are not; hyper-util's debug events
+    // then print request URIs. hyper reads every request line and header (`?token=`, `Authorization`):
+    // held here, a build or a version that logs them still cannot.
+    ("hyper", LevelFilter::INFO),
+    ("hyper_util", LevelFilter::INFO),
+    // trace: header values it refuses; debug: every frame, with the peer's GOAWAY debug data.
+    ("h2", LevelFilter::INFO),
+    // Its `TraceLayer` (not built in today) makes spans with the request URI, query string included.
+    ("tower_http", LevelFilter::INFO),
+    // debug: errors with the reply they could not parse, which may be a session record (guacd passwords).
+    ("redis", LevelFilter::INFO),
+];
+
+/// Installs the process's logger: the operator's filter, then [`DEPENDENCY_CAPS`], which `--log` can lower
+/// but never raise, however specific its directives. A filter that does not parse is an error, not a
+/// silent fallback.
 pub fn init_logging(args: &LogArgs) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let filter = EnvFilter::try_new(&args.log_filter)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    subscriber(args, std::io::stdout)?.init();
     Ok(())
+}
+
+/// The subscriber [`init_logging`] installs, writing to `writer`. The caps are a filter of their own beside
+/// the operator's, not directives added to it: in one filter, the more specific directive wins, so
+/// `tungstenite::protocol=trace` would beat `tungstenite=info`.
+fn subscriber<W>(
+    args: &LogArgs,
+    writer: W,
+) -> Result<impl tracing::Subscriber + Send + Sync + 'static, tracing_subscriber::filter::ParseError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let operator = EnvFilter::try_new(&args.log_filter)?;
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(DEPENDENCY_CAPS.iter().copied());
+    let format = match args.log_format {
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(writer)
+            .boxed(),
+    };
+    Ok(tracing_subscriber::registry()
+        .with(operator)
+        .with(caps)
+        .with(format))
 }
 
 /// Installs the handlers for SIGTERM (what Kubernetes sends) and SIGINT now, and returns what completes
@@ -165,6 +222,78 @@ mod tests {
         assert_eq!(flags.log.log_format, LogFormat::Json);
         assert_eq!(flags.log.log_filter, "debug");
         assert!(Flags::try_parse_from(["x", "--log-format", "xml"]).is_err());
+    }
+
+    /// A writer into a shared buffer, for reading back what a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What the process's subscriber, with `filter` as `--log`, writes of one event per level and target.
+    fn logged(filter: &str) -> String {
+        let capture = Capture::default();
+        let writer = {
+            let capture = capture.clone();
+            move || capture.clone()
+        };
+        let args = LogArgs {
+            log_format: LogFormat::Json,
+            log_filter: filter.into(),
+        };
+        tracing::subscriber::with_default(subscriber(&args, writer).unwrap(), || {
+            tracing::trace!(target: "tungstenite::protocol", "tungstenite trace");
+            tracing::debug!(target: "tungstenite::protocol::frame", "tungstenite debug");
+            tracing::info!(target: "tungstenite::protocol", "tungstenite info");
+            tracing::trace!(target: "tokio_tungstenite", "tokio-tungstenite trace");
+            tracing::trace!(target: "axum::rejection", "rejection trace");
+            tracing::debug!(target: "hyper_util::client::legacy", "hyper-util debug");
+            tracing::debug!(target: "h2::codec::framed_read", "h2 debug");
+            tracing::debug!(target: "redis::aio", "redis debug");
+            tracing::trace!(target: "axum::serve", "axum trace");
+            tracing::trace!(target: "deskbroker_edge::ws", "own trace");
+        });
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn no_filter_raises_a_dependency_above_its_cap() {
+        let capped = [
+            "tungstenite trace",
+            "tungstenite debug",
+            "tokio-tungstenite trace",
+            "rejection trace",
+            "hyper-util debug",
+            "h2 debug",
+            "redis debug",
+        ];
+        for filter in [
+            "trace",
+            "tungstenite=trace,axum::rejection=trace,hyper=trace,h2=trace,redis=trace,trace",
+            "tungstenite::protocol::frame=trace,tungstenite::protocol=trace,tokio_tungstenite=trace,\
+             hyper_util::client::legacy=trace,h2::codec=trace,redis::aio=trace,trace",
+        ] {
+            let logs = logged(filter);
+            for event in capped {
+                assert!(!logs.contains(event), "{filter}: {event} logged");
+            }
+            for event in ["tungstenite info", "axum trace", "own trace"] {
+                assert!(logs.contains(event), "{filter}: {event} not logged");
+            }
+        }
+        let lowered = logged("trace,tungstenite=warn");
+        assert!(!lowered.contains("tungstenite info"), "caps can be lowered");
+        assert!(lowered.contains("own trace"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@
 
 mod failures;
 mod forwarding;
+mod logs;
 mod peer_port;
 
 use deskbroker_tests::{Edge, TestGuacd};

@@ -11,6 +11,7 @@ mod connections;
 mod control_plane;
 mod http_tunnel;
 mod lifecycle;
+mod logs;
 mod websockify;
 mod ws_tunnel;
 
