@@ -131,12 +131,26 @@ impl RedisRegistry {
     }
 }
 
+/// A Redis failure as the logs show it. A reply that did not parse is named, not quoted: the client's
+/// message carries the reply itself, which may be a session record with guacd passwords in it.
 fn unavailable(error: RedisError) -> RegistryError {
-    RegistryError::Unavailable(error.to_string())
+    match error.kind() {
+        redis::ErrorKind::Parse => RegistryError::Unavailable("a reply did not parse".into()),
+        _ => RegistryError::Unavailable(error.to_string()),
+    }
 }
 
+/// A record read back. A record that does not parse is reported by where serde stopped, never by its
+/// message, which quotes the value it met (`invalid type: string "<password>"`).
 fn parse<T: DeserializeOwned>(text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|error| RegistryError::Corrupt(error.to_string()))
+    serde_json::from_str(text).map_err(|error| {
+        RegistryError::Corrupt(format!(
+            "{:?} error at line {} column {}",
+            error.classify(),
+            error.line(),
+            error.column()
+        ))
+    })
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -514,5 +528,23 @@ impl RedisRegistry {
             }
         }
         Ok(tunnels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_what_did_not_parse_without_quoting_it() {
+        let record = parse::<u16>(r#""s3cr3t-in-a-record""#).unwrap_err();
+        assert!(!record.to_string().contains("s3cr3t"), "{record}");
+        assert!(record.to_string().contains("column"), "{record}");
+
+        let reply = redis::Value::BulkString(b"s3cr3t-in-a-reply".to_vec());
+        let error = RedisError::from(redis::from_redis_value::<i64>(reply).unwrap_err());
+        assert!(error.to_string().contains("s3cr3t"), "the client quotes it");
+        let error = unavailable(error);
+        assert!(!error.to_string().contains("s3cr3t"), "{error}");
     }
 }
