@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, trace, warn};
 
 use deskbroker_shared::cidr::Cidr;
 
@@ -70,6 +70,7 @@ pub async fn serve(
                 continue;
             }
         };
+        trace!(%peer, "connection accepted");
         let Some(slot) = caps.take(peer.ip()) else {
             let answer = caps.refusal(peer.ip());
             match refusals.clone().try_acquire_owned() {

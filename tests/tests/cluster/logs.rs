@@ -28,7 +28,7 @@ async fn a_cluster_at_trace_level_logs_no_token_key_secret_password_or_payload()
         "tenants": [{
             "id": "acme",
             "key_sha256": TokenDigest::of(&tenant_key).to_hex(),
-            "policy": {"hosts": ["*.acme.test"], "ports": ["5901"], "kinds": ["guacd-vnc"]},
+            "policy": {"hosts": ["192.0.2.0/24"], "ports": ["5901"], "kinds": ["guacd-vnc"]},
         }],
         "guacd_pools": {"default": [guacd.addr.to_string()]}
     });
@@ -51,7 +51,7 @@ async fn a_cluster_at_trace_level_logs_no_token_key_secret_password_or_payload()
     }
 
     let target = json!({"kind": "guacd", "protocol": "vnc", "guacd": "default",
-                        "params": {"hostname": "desk-1.acme.test", "port": "5901",
+                        "params": {"hostname": "192.0.2.10", "port": "5901",
                                    "password": password}});
     let sessions = broker.url("/api/v1/sessions");
     let body = json!({"target": target});

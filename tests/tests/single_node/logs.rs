@@ -64,7 +64,7 @@ async fn an_edge_at_trace_level_logs_no_token_key_password_or_payload() {
         "tenants": [{
             "id": "acme",
             "key_sha256": TokenDigest::of(&tenant_key).to_hex(),
-            "policy": {"hosts": ["127.0.0.1", "*.acme.test"], "ports": ["1-65535"],
+            "policy": {"hosts": ["127.0.0.1", "192.0.2.0/24"], "ports": ["1-65535"],
                        "kinds": ["vnc", "guacd-vnc"]},
         }],
         "guacd_pools": {"default": [guacd.addr.to_string()]}
@@ -120,7 +120,7 @@ async fn an_edge_at_trace_level_logs_no_token_key_password_or_payload() {
 
     // The API, with a tenant's key and the admin key, and requests it refuses for what they carry.
     let target = json!({"kind": "guacd", "protocol": "vnc", "guacd": "default",
-                        "params": {"hostname": "desk-1.acme.test", "port": "5901",
+                        "params": {"hostname": "192.0.2.10", "port": "5901",
                                    "password": api_password}});
     let (status, session) = call(
         &edge,
