@@ -2,16 +2,21 @@
 //!
 //! A tenant is found by its API key's SHA-256 (the key itself is never stored). Its policy names the hosts
 //! (IP addresses, CIDR blocks, DNS names with an optional `*.` wildcard), ports and target kinds its
-//! sessions may reach; for guacd sessions the rule applies to the remote desktop (the `hostname` and `port`
-//! parameters), and the guacd itself must be one the broker's configuration names. Limits cap concurrent
-//! tunnels and session lifetime.
+//! sessions may reach; for guacd sessions the rule applies to every host guacd is told to reach (the
+//! desktop's `hostname` and `port`, and an SSH, SFTP, gateway or repeater host: `guacd_params::HOSTS`), the
+//! request may set only the parameters `guacd_params` allows its protocol, and the guacd itself must be one
+//! the broker's configuration names. What only the operator may set (recording, drives, paths on guacd's
+//! file system) comes from the tenant's `guacd_params`, set by the operator. Limits cap concurrent tunnels
+//! and session lifetime.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use deskbroker_shared::guacd_params;
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 use deskbroker_shared::session::Target;
 
@@ -27,6 +32,10 @@ pub struct Tenant {
     pub policy: Policy,
     #[serde(default)]
     pub limits: Limits,
+    /// guacd parameters the operator sets on every guacd session of the tenant, over what the request
+    /// asked (recording paths, drives: what a tenant's request may not set).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub guacd_params: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,29 +164,67 @@ pub enum PolicyViolation {
     Port(u16),
     #[error("a guacd target needs `hostname` and `port` parameters")]
     MissingRemote,
+    #[error("guacd parameter {0:?} may only be set by the operator")]
+    OperatorOnly(String),
+    #[error("guacd parameter {name:?} is not one a tenant may set for {protocol}")]
+    UnknownParam { protocol: String, name: String },
+    #[error("guacd parameter {0:?} is not a port")]
+    BadPort(String),
 }
 
 impl Policy {
-    /// Checks a target against the policy: its kind, and the host and port of the desktop it reaches.
+    /// Checks a tenant's target against the policy: its kind, every host and port it reaches, and for a
+    /// guacd target that its request sets only parameters a tenant may set.
     pub fn check(&self, target: &Target) -> Result<(), PolicyViolation> {
-        let (kind, host, port) = match target {
-            Target::Vnc { addr } => ("vnc".to_owned(), addr.host.clone(), addr.port),
+        match target {
+            Target::Vnc { addr } => {
+                self.allows_kind("vnc")?;
+                self.allows(&addr.host, addr.port)
+            }
             Target::Guacd {
                 protocol, params, ..
             } => {
-                let host = params.get("hostname").filter(|h| !h.is_empty());
-                let port = params.get("port").and_then(|p| p.parse().ok());
-                let (Some(host), Some(port)) = (host, port) else {
+                self.allows_kind(&format!("guacd-{protocol}"))?;
+                for name in params.keys() {
+                    if guacd_params::operator_only(name) {
+                        return Err(PolicyViolation::OperatorOnly(name.clone()));
+                    }
+                    if !guacd_params::tenant_may_set(protocol, name) {
+                        let (protocol, name) = (protocol.clone(), name.clone());
+                        return Err(PolicyViolation::UnknownParam { protocol, name });
+                    }
+                }
+                let desktop = params.get("hostname").filter(|h| !h.is_empty());
+                if desktop.is_none() || !params.contains_key("port") {
                     return Err(PolicyViolation::MissingRemote);
-                };
-                (format!("guacd-{protocol}"), host.clone(), port)
+                }
+                for param in guacd_params::HOSTS {
+                    let Some(host) = params.get(param.host).filter(|h| !h.is_empty()) else {
+                        continue;
+                    };
+                    let port = match params.get(param.port) {
+                        Some(port) => port
+                            .parse()
+                            .map_err(|_| PolicyViolation::BadPort(param.port.into()))?,
+                        None => param.default_port,
+                    };
+                    self.allows(host, port)?;
+                }
+                Ok(())
             }
-        };
-        if !self.kinds.contains(&kind) {
-            return Err(PolicyViolation::Kind(kind));
         }
-        if !self.hosts.iter().any(|rule| host_matches(rule, &host)) {
-            return Err(PolicyViolation::Host(host));
+    }
+
+    fn allows_kind(&self, kind: &str) -> Result<(), PolicyViolation> {
+        match self.kinds.iter().any(|k| k == kind) {
+            true => Ok(()),
+            false => Err(PolicyViolation::Kind(kind.to_owned())),
+        }
+    }
+
+    fn allows(&self, host: &str, port: u16) -> Result<(), PolicyViolation> {
+        if !self.hosts.iter().any(|rule| host_matches(rule, host)) {
+            return Err(PolicyViolation::Host(host.to_owned()));
         }
         if !self.ports.iter().any(|rule| port_matches(rule, port)) {
             return Err(PolicyViolation::Port(port));
@@ -289,6 +336,78 @@ mod tests {
                 .check(&Target::parse("10.0.0.1:5900").unwrap())
                 .is_err(),
             "empty allows nothing"
+        );
+    }
+
+    #[test]
+    fn every_host_guacd_is_told_to_reach_is_held_to_the_policy() {
+        let rdp = "guacd://g:4822/rdp?hostname=10.9.9.9&port=3389";
+        let refused = [
+            ("&gateway-hostname=169.254.169.254", "169.254.169.254"),
+            ("&sftp-hostname=db.internal&sftp-port=5901", "db.internal"),
+        ];
+        for (extra, host) in refused {
+            assert_eq!(
+                check(&format!("{rdp}{extra}")),
+                Err(PolicyViolation::Host(host.into())),
+                "{extra}"
+            );
+        }
+        assert_eq!(
+            check(&format!(
+                "{rdp}&gateway-hostname=10.0.0.7&gateway-port=3389"
+            )),
+            Ok(()),
+            "an allowed gateway on an allowed port"
+        );
+        assert_eq!(
+            check(&format!("{rdp}&gateway-hostname=10.0.0.7")),
+            Err(PolicyViolation::Port(443)),
+            "a gateway's port defaults to 443"
+        );
+        let vnc = Policy {
+            kinds: vec!["guacd-vnc".into()],
+            ..policy()
+        };
+        let repeater =
+            "guacd://g:4822/vnc?hostname=10.1.1.1&port=5901&dest-host=127.0.0.1&dest-port=5900";
+        assert_eq!(
+            vnc.check(&Target::parse(repeater).unwrap()),
+            Err(PolicyViolation::Host("127.0.0.1".into()))
+        );
+    }
+
+    #[test]
+    fn a_request_sets_only_what_a_tenant_may_set() {
+        let rdp = "guacd://g:4822/rdp?hostname=10.9.9.9&port=3389";
+        for operator in [
+            "recording-path=/etc",
+            "create-recording-path=true",
+            "drive-path=/",
+            "enable-drive=true",
+            "wol-broadcast-addr=10.255.255.255",
+        ] {
+            let name = operator.split('=').next().unwrap();
+            assert_eq!(
+                check(&format!("{rdp}&{operator}")),
+                Err(PolicyViolation::OperatorOnly(name.into())),
+                "{operator}"
+            );
+        }
+        assert_eq!(
+            check(&format!("{rdp}&typescript-path=/tmp")),
+            Err(PolicyViolation::OperatorOnly("typescript-path".into()))
+        );
+        assert_eq!(
+            check(&format!("{rdp}&font-size=12")),
+            Err(PolicyViolation::UnknownParam {
+                protocol: "rdp".into(),
+                name: "font-size".into()
+            })
+        );
+        assert_eq!(
+            check(&format!("{rdp}&username=bob&password=x&ignore-cert=true")),
+            Ok(())
         );
     }
 

@@ -1,7 +1,8 @@
 //! The control plane's API, asked in-process: one request at a time through `tower::ServiceExt::oneshot`,
 //! on an in-memory registry holding one tenant, `acme` (sessions of at most an hour), and an admin key.
 //! Every answer, refusals included, is JSON `{"code", "message"}`; the caller is known before its body is
-//! read; and no lifetime, however long or short, leaves a caller without an answer or with a dead token.
+//! read; no lifetime, however long or short, leaves a caller without an answer or with a dead token; and a
+//! guacd session carries no parameter past the policy, only the operator's own on top.
 
 #![allow(
     clippy::unwrap_used,
@@ -24,7 +25,7 @@ use deskbroker_broker::defaults::MAX_BODY;
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{MemoryRegistry, Registry};
 use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
-use deskbroker_shared::session::{Session, Target};
+use deskbroker_shared::session::{HostPort, Session, Target};
 
 const ADMIN: &str = "admin-key-0123456789";
 const ACME: &str = "acme-key-0123456789";
@@ -45,6 +46,7 @@ async fn control_plane() -> (Router, Arc<MemoryRegistry>) {
             max_tunnels: 5,
             max_lifetime: HOUR,
         },
+        guacd_params: Default::default(),
     };
     registry.put_tenant(&acme).await.unwrap();
     let config = ApiConfig {
@@ -469,4 +471,79 @@ async fn a_path_the_api_cannot_read_is_refused_in_json() {
             "{method} {path}"
         );
     }
+}
+
+/// A registry holding the tenant `acme` for guacd desktops on 10.0.0.0/8, whose sessions the operator
+/// records.
+async fn recorded_tenant() -> (Router, Arc<MemoryRegistry>) {
+    let registry = Arc::new(MemoryRegistry::new());
+    let recorded = Tenant {
+        id: TenantId::new("acme"),
+        key_sha256: TokenDigest::of(ACME),
+        policy: Policy {
+            hosts: vec!["10.0.0.0/8".into()],
+            ports: vec!["22".into(), "3389".into()],
+            kinds: vec!["guacd-rdp".into()],
+        },
+        limits: Limits::default(),
+        guacd_params: [("recording-path".into(), "/recordings/acme".into())].into(),
+    };
+    registry.put_tenant(&recorded).await.unwrap();
+    let config = ApiConfig {
+        guacd_pools: [(
+            "default".into(),
+            vec![HostPort::parse("127.0.0.1:4822").unwrap()],
+        )]
+        .into(),
+        ..ApiConfig::default()
+    };
+    (api::router(Api::new(registry.clone(), config)), registry)
+}
+
+fn rdp(params: Value) -> Value {
+    json!({"target": {"kind": "guacd", "protocol": "rdp", "guacd": "default", "params": params}})
+}
+
+#[tokio::test]
+async fn guacd_parameters_past_the_policy_are_refused() {
+    let (app, _) = recorded_tenant().await;
+    let desktop = json!({"hostname": "10.1.2.3", "port": "3389", "password": "x"});
+    let sneaky = [
+        ("sftp-hostname", "127.0.0.1"),
+        ("gateway-hostname", "169.254.169.254"),
+        ("recording-path", "/etc"),
+        ("create-recording-path", "true"),
+        ("drive-path", "/"),
+        ("wol-broadcast-addr", "10.255.255.255"),
+        ("typescript-path", "/tmp"),
+        ("not-a-parameter", "x"),
+    ];
+    for (name, value) in sneaky {
+        let mut params = desktop.clone();
+        params[name] = json!(value);
+        let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(rdp(params))).await;
+        assert_eq!(
+            answer.error(),
+            (StatusCode::FORBIDDEN, "policy_violation".into()),
+            "{name}={value}: {}",
+            answer.body
+        );
+    }
+    let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(rdp(desktop))).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn the_operators_guacd_parameters_are_laid_over_the_request() {
+    let (app, registry) = recorded_tenant().await;
+    let desktop = json!({"hostname": "10.1.2.3", "port": "3389"});
+    let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(rdp(desktop))).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    let token = SessionToken::new(answer.json()["token"].as_str().unwrap());
+    let stored = registry.session(&token).await.unwrap().unwrap();
+    let Target::Guacd { params, .. } = stored.target else {
+        panic!("a guacd session");
+    };
+    assert_eq!(params["recording-path"], "/recordings/acme");
+    assert_eq!(params["hostname"], "10.1.2.3");
 }

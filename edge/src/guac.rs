@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use tracing::info;
 
 use deskbroker_shared::connect::ConnectRequest;
+use deskbroker_shared::guacd_params;
 use deskbroker_shared::ids::{SessionId, TunnelId};
 use deskbroker_shared::session::{HostPort, Session, Target};
 
@@ -49,9 +50,10 @@ pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, Tunne
     Ok(Opened { id, guacd, session })
 }
 
-/// The connection parameters to give guacd. guacd resolves the desktop's `hostname` itself, so for a
-/// tenant's session the edge resolves it first, checks it against the deny list, and gives guacd the
-/// checked address instead: a name cannot resolve to one thing here and another there.
+/// The connection parameters to give guacd. guacd resolves the hosts it is told to reach itself (the
+/// desktop, and an SSH, SFTP, gateway or repeater host), so for a tenant's session the edge resolves each
+/// first, checks it against the deny list, and gives guacd the checked address instead: a name cannot
+/// resolve to one thing here and another there.
 async fn checked_params(
     node: &Node,
     session: &Session,
@@ -61,15 +63,18 @@ async fn checked_params(
     if session.trusted_target {
         return Ok(params);
     }
-    if let Some(host) = params.get("hostname") {
-        let port = params.get("port").and_then(|p| p.parse().ok()).unwrap_or(0);
+    for param in guacd_params::HOSTS {
+        let Some(host) = params.get(param.host).filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        let port = params.get(param.port).and_then(|p| p.parse().ok());
         let addr = HostPort {
             host: host.clone(),
-            port,
+            port: port.unwrap_or(param.default_port),
         };
         let checked = node.deny_for(session).resolve(&addr).await?;
         if let Some(first) = checked.first() {
-            params.insert("hostname".into(), first.ip().to_string());
+            params.insert(param.host.into(), first.ip().to_string());
         }
     }
     Ok(params)

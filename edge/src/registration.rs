@@ -177,6 +177,7 @@ mod tests {
                 max_tunnels: 1,
                 ..Limits::default()
             },
+            guacd_params: Default::default(),
         };
         registry.put_tenant(&tenant).await.unwrap();
         let lease = Duration::from_secs(10);

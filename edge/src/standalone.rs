@@ -105,6 +105,7 @@ pub async fn control_plane(
             key_sha256,
             policy,
             limits: Limits::default(),
+            guacd_params: Default::default(),
         });
     }
     for tenant in &tenants {

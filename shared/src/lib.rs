@@ -7,6 +7,7 @@
 pub mod cidr;
 pub mod cluster;
 pub mod connect;
+pub mod guacd_params;
 pub mod handshake;
 pub mod ids;
 pub mod instruction;

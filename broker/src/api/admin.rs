@@ -1,6 +1,8 @@
 //! The administrator's part of the API: tenants (listed, created or replaced, removed) and nodes. Only the
 //! admin key may call these.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,6 +23,8 @@ pub struct TenantView {
     pub id: TenantId,
     pub policy: Policy,
     pub limits: Limits,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub guacd_params: BTreeMap<String, String>,
 }
 
 impl From<Tenant> for TenantView {
@@ -29,6 +33,7 @@ impl From<Tenant> for TenantView {
             id: tenant.id,
             policy: tenant.policy,
             limits: tenant.limits,
+            guacd_params: tenant.guacd_params,
         }
     }
 }
@@ -42,6 +47,10 @@ pub struct TenantSpec {
     pub policy: Policy,
     #[serde(default)]
     pub limits: Limits,
+    /// guacd parameters set on every guacd session of the tenant, over what its requests ask: the only
+    /// way to set recording, drives and paths on guacd's file system.
+    #[serde(default)]
+    pub guacd_params: BTreeMap<String, String>,
 }
 
 pub async fn tenants(State(api): State<Api>, _: Admin) -> Result<Json<Vec<TenantView>>, ApiError> {
@@ -65,6 +74,7 @@ pub async fn put_tenant(
         key_sha256: TokenDigest::of(&spec.key),
         policy: spec.policy,
         limits: spec.limits,
+        guacd_params: spec.guacd_params,
     };
     api.registry().put_tenant(&tenant).await?;
     Ok(Json(tenant.into()))

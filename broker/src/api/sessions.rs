@@ -196,6 +196,7 @@ pub async fn create(
         },
     };
     tenant.policy.check(&target)?;
+    let target = with_operator_params(target, &tenant);
     let expires = tenant
         .limits
         .expiry(SystemTime::now(), request.lifetime.as_deref())?;
@@ -206,6 +207,25 @@ pub async fn create(
         ..Session::new(SessionId::random(), tenant.id.clone(), target)
     };
     created(&api, session).await
+}
+
+/// The target with the operator's guacd parameters for the tenant laid over what its request asked.
+fn with_operator_params(target: Target, tenant: &Tenant) -> Target {
+    match target {
+        Target::Guacd {
+            addr,
+            protocol,
+            mut params,
+        } => {
+            params.extend(tenant.guacd_params.clone());
+            Target::Guacd {
+                addr,
+                protocol,
+                params,
+            }
+        }
+        vnc => vnc,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
