@@ -7,6 +7,7 @@
     reason = "a test: a failed expectation is a failed test"
 )]
 
+mod access;
 mod hostile;
 mod limits;
 mod sessions;
