@@ -23,6 +23,7 @@ use deskbroker_tests::process::{free_port, session_file};
 use deskbroker_tests::redis::Redis;
 use deskbroker_tests::{Edge, TestGuacd, flood};
 
+use crate::relays::ONE_CLIENT_MANY_USERS;
 use crate::sizes::MIB;
 use crate::system;
 
@@ -54,7 +55,10 @@ impl Setup {
         for i in 1..=3 {
             let id = format!("bench-{i}");
             let args = ["--sessions", sessions.to_str().unwrap_or_default()];
-            let env = [("DESKBROKER_LOG", "warn,deskbroker_edge=info")];
+            let env = [
+                ("DESKBROKER_LOG", "warn,deskbroker_edge=info"),
+                ONE_CLIENT_MANY_USERS,
+            ];
             let edge = Edge::start_node(&id, &redis.url(), "bench-secret", &args, &env).await;
             edges.push(edge?);
         }

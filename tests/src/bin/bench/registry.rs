@@ -9,6 +9,7 @@ use anyhow::{Context, ensure};
 use deskbroker_tests::Edge;
 use deskbroker_tests::redis::Redis;
 
+use crate::relays::ONE_CLIENT_MANY_USERS;
 use crate::relays::Relay;
 
 pub struct Costs {
@@ -54,6 +55,7 @@ pub async fn measure(sessions: &Path, tunnels: usize, hold: Duration) -> anyhow:
     let env = [
         ("DESKBROKER_REDIS_URL", redis.url()),
         ("DESKBROKER_LOG", "warn,deskbroker_edge=info".into()),
+        (ONE_CLIENT_MANY_USERS.0, ONE_CLIENT_MANY_USERS.1.into()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let relay = Relay::Deskbroker {

@@ -19,6 +19,10 @@ use deskbroker_tests::process::free_port;
 
 use crate::sizes::CHUNK;
 
+/// Every connection of the benchmark comes from one address, as through a load balancer: the edges take
+/// it for a trusted proxy, so that only the node's connection cap applies to it.
+pub const ONE_CLIENT_MANY_USERS: (&str, &str) = ("DESKBROKER_TRUSTED_PROXIES", "127.0.0.1");
+
 pub enum Relay {
     Direct { upstream: SocketAddr },
     Socat { port: u16, child: Child },
@@ -70,7 +74,7 @@ impl Relay {
     pub async fn deskbroker(sessions: &std::path::Path) -> anyhow::Result<Self> {
         let edge = Edge::start_with_env(
             &["--sessions", sessions.to_str().unwrap_or_default()],
-            &[("DESKBROKER_LOG", "info")],
+            &[("DESKBROKER_LOG", "info"), ONE_CLIENT_MANY_USERS],
         )
         .await?;
         Ok(Relay::Deskbroker { edge })
