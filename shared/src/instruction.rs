@@ -128,7 +128,11 @@ pub fn opcode(bytes: &[u8]) -> &[u8] {
         n.saturating_mul(10)
             .saturating_add(usize::from(d.wrapping_sub(b'0')))
     });
-    bytes.get(dot + 1..dot + 1 + len).unwrap_or(b"")
+    // Checked slicing: `len` saturates on bytes the scanner never saw, and `dot + 1 + len` would overflow.
+    bytes
+        .get(dot + 1..)
+        .and_then(|rest| rest.get(..len))
+        .unwrap_or(b"")
 }
 
 /// Iterates over the element values of an instruction already checked by the scanner.
@@ -205,5 +209,13 @@ mod tests {
         assert_eq!(opcode(b"0.;"), b"");
         assert!(is_internal(b"0.,4.ping,1.1;"));
         assert!(!is_internal(b"3.nop;"));
+    }
+
+    #[test]
+    fn peeks_nothing_out_of_arbitrary_bytes() {
+        // Found by fuzzing: a length that saturates at usize::MAX overflowed the end of the opcode.
+        assert_eq!(opcode(b"99999999999999999999999.nop;"), b"");
+        assert_eq!(opcode(b"\xd3_op.;"), b"");
+        assert_eq!(opcode(b"9.nop;"), b"");
     }
 }
