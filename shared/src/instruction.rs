@@ -76,9 +76,13 @@ fn write_element(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
     write!(f, "{}.{value}", value.chars().count())
 }
 
-/// True when `bytes` (one whole instruction) has the internal opcode, without decoding it.
+/// True when `bytes` (one whole instruction) has the internal opcode, without decoding it. The length may
+/// be written with leading zeros (`00.`), as every Guacamole parser reads it.
 pub fn is_internal(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"0.")
+    match bytes.iter().position(|&b| b == b'.') {
+        Some(dot) => dot > 0 && bytes[..dot].iter().all(|&b| b == b'0'),
+        None => false,
+    }
 }
 
 /// What a read-only viewer may send to guacd: keep-alives, frame acknowledgements, stream
@@ -209,6 +213,19 @@ mod tests {
         assert_eq!(opcode(b"0.;"), b"");
         assert!(is_internal(b"0.,4.ping,1.1;"));
         assert!(!is_internal(b"3.nop;"));
+    }
+
+    #[test]
+    fn knows_internal_messages_however_their_length_is_written() {
+        // Found by fuzzing: `00.,4.ping,…;` decodes to the internal opcode, but went to guacd as input.
+        assert!(is_internal(b"00.,4.ping,13.1700000000000;"));
+        assert_eq!(
+            from_browser(b"000.,4.ping,13.1700000000000;", false),
+            FromBrowser::Ping
+        );
+        assert_eq!(from_browser(b"00.,3.foo;", false), FromBrowser::Drop);
+        assert!(!is_internal(b"03.nop;"));
+        assert!(!is_internal(b".;"));
     }
 
     #[test]
