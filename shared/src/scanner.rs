@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 pub const MAX_ELEMENT_LENGTH: usize = 8192;
 /// Most elements in one instruction, opcode included: guacd's `GUAC_INSTRUCTION_MAX_ELEMENTS`.
 pub const MAX_ELEMENTS: usize = 128;
-/// Longest instruction in bytes: guacd's parser buffer (`__instructionbuf[32768]`).
+/// Longest instruction in bytes, its `;` included: guacd's parser buffer (`__instructionbuf[32768]`).
 pub const MAX_INSTRUCTION_BYTES: usize = 32768;
 
 /// Why a byte stream is not a sequence of valid instructions.
@@ -87,6 +87,10 @@ impl Scanner {
     /// Scans on from where the last call stopped and returns the end offset of the next complete instruction,
     /// or `None` when `buf` ends inside one. `buf` must hold what it held last time, plus more at the end.
     pub fn next_end(&mut self, buf: &[u8]) -> Result<Option<usize>, ParseError> {
+        // Never look past the longest instruction: a byte beyond it is an overrun whatever it is, so the
+        // error does not depend on how the bytes arrived, and the terminator counts like any other byte.
+        let whole = buf;
+        let buf = &whole[..whole.len().min(self.start + MAX_INSTRUCTION_BYTES)];
         while self.pos < buf.len() {
             match self.state {
                 State::Length { value, digits } => {
@@ -136,9 +140,9 @@ impl Scanner {
                     }
                 }
             }
-            if self.pos - self.start > MAX_INSTRUCTION_BYTES {
-                return Err(ParseError::InstructionTooLong);
-            }
+        }
+        if whole.len() > buf.len() {
+            return Err(ParseError::InstructionTooLong);
         }
         Ok(None)
     }
@@ -335,6 +339,34 @@ mod tests {
             "\u{4e2d}".repeat(8192)
         );
         assert_eq!(ends(wide.as_bytes()), Err(ParseError::InstructionTooLong));
+    }
+
+    /// `4.blob` and four elements of `a`s, the last `last` long: 24601 bytes and the last element's.
+    fn blob(last: usize) -> Vec<u8> {
+        let a = |n: usize| format!(",{n}.{}", "a".repeat(n));
+        format!("4.blob{}{}{}{};", a(8192), a(8192), a(8192), a(last)).into_bytes()
+    }
+
+    #[test]
+    fn the_longest_instruction_is_guacds_buffer_terminator_included() {
+        assert_eq!(blob(8161).len(), MAX_INSTRUCTION_BYTES);
+        assert_eq!(ends(&blob(8161)), Ok(vec![MAX_INSTRUCTION_BYTES]));
+        assert_eq!(ends(&blob(8162)), Err(ParseError::InstructionTooLong));
+    }
+
+    #[test]
+    fn an_overlong_instruction_fails_the_same_however_it_is_split() {
+        // A bad byte past the limit: read at once, the value's scan used to reach it before the length
+        // check, so the error depended on how the bytes arrived.
+        let mut input = blob(8190);
+        let bad = input.len() - 10;
+        input[bad] = 0xff;
+        for cut in [1, 100, MAX_INSTRUCTION_BYTES, bad, input.len()] {
+            let mut scanner = Scanner::default();
+            let first = scanner.next_end(&input[..cut]);
+            let result = first.and_then(|_| scanner.next_end(&input));
+            assert_eq!(result, Err(ParseError::InstructionTooLong), "cut at {cut}");
+        }
     }
 
     #[test]
