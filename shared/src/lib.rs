@@ -18,6 +18,7 @@ pub mod scanner;
 pub mod session;
 pub mod status;
 pub mod time;
+pub mod tunnel_op;
 
 pub use instruction::Instruction;
 pub use scanner::{InstructionBuffer, ParseError};

@@ -1,11 +1,12 @@
 //! `/tunnel`: the Guacamole HTTP tunnel, as the unmodified `Guacamole.HTTPTunnel` expects it.
 //!
-//! The operation is the raw query string: `connect`, `read:<uuid>:<n>` or `write:<uuid>`. After connect, a
-//! tunnel is found only by its `Guacamole-Tunnel-Token` header; the UUID in the URL is never trusted. A read
-//! streams batches of whole instructions and ends with `0.;` once it has sent something and a newer read is
-//! waiting (the takeover rule), or when guacd has ended. A write queues the body's instructions for guacd
-//! after checking them against guacd's limits. Errors carry `Guacamole-Status-Code` and
-//! `Guacamole-Error-Message`, with the HTTP status of the Java servlet.
+//! The operation is the raw query string: `connect`, `read:<uuid>:<n>` or `write:<uuid>`, read by
+//! [`deskbroker_shared::tunnel_op`]. After connect, a tunnel is found only by its `Guacamole-Tunnel-Token`
+//! header; the UUID in the URL is never trusted. A read streams batches of whole instructions and ends with
+//! `0.;` once it has sent something and a newer read is waiting (the takeover rule), or when guacd has
+//! ended. A write queues the body's instructions for guacd after checking them against guacd's limits.
+//! Errors carry `Guacamole-Status-Code` and `Guacamole-Error-Message`, with the HTTP status of the Java
+//! servlet.
 
 mod tunnel;
 
@@ -23,6 +24,7 @@ use tracing::{debug, warn};
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelToken;
 use deskbroker_shared::instruction::{self, END_OF_RESPONSE, FromBrowser};
+use deskbroker_shared::tunnel_op::{InvalidOperation, Operation};
 use deskbroker_shared::{GuacStatus, InstructionBuffer, ParseError};
 
 pub use tunnel::{HttpTunnel, HttpTunnels};
@@ -61,17 +63,17 @@ pub async fn serve(
     let Some(query) = request.uri().query().map(str::to_owned) else {
         return error_response(GuacStatus::ClientBadRequest, "No query string provided.");
     };
-    let read = query.starts_with("read:");
-    if query == "connect" && scope == Scope::Cluster {
-        return connect(node, tunnels, request.into_body()).await;
-    }
-    if !read && !query.starts_with("write:") {
-        let shown: String = query.chars().take(64).collect();
-        return error_response(
-            GuacStatus::ClientBadRequest,
-            &format!("Invalid tunnel operation: {shown}"),
-        );
-    }
+    let operation = match Operation::parse(&query) {
+        // A peer forwards reads and writes of the tunnels this node owns; it never opens one here.
+        Ok(Operation::Connect) if scope == Scope::LocalOnly => Err(InvalidOperation::new(&query)),
+        parsed => parsed,
+    };
+    let read = match operation {
+        Ok(Operation::Connect) => return connect(node, tunnels, request.into_body()).await,
+        Ok(Operation::Read) => true,
+        Ok(Operation::Write) => false,
+        Err(error) => return error_response(GuacStatus::ClientBadRequest, &error.to_string()),
+    };
     let Some(token) = request
         .headers()
         .get(TUNNEL_TOKEN)
