@@ -54,8 +54,10 @@ impl TokenDigest {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Reads exactly 64 hex digits (either case); nothing else, so one digest has one spelling per case.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        if hex.len() != 64 {
+        // `from_str_radix` alone would also take a sign (`+f`).
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0; 32];
@@ -258,6 +260,13 @@ mod tests {
         let digest = TokenDigest::of("a");
         assert_eq!(TokenDigest::from_hex(&digest.to_hex()), Some(digest));
         assert_eq!(TokenDigest::from_hex("zz"), None);
+        // Found by fuzzing: a `+` before a digit pair was read as a sign.
+        let signed = format!("+f{}", &digest.to_hex()[2..]);
+        assert_eq!(TokenDigest::from_hex(&signed), None);
+        assert_eq!(
+            TokenDigest::from_hex(&digest.to_hex().to_uppercase()),
+            Some(digest)
+        );
         assert_eq!(TokenDigest::of("a"), TokenDigest::of("a"));
         assert_ne!(TokenDigest::of("a"), TokenDigest::of("b"));
     }
