@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use deskbroker_shared::cidr::Cidr;
 use deskbroker_shared::guacd_params;
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 use deskbroker_shared::session::Target;
@@ -236,38 +237,19 @@ impl Policy {
 fn host_matches(rule: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let rule = rule.trim().to_ascii_lowercase();
-    if let Some((network, bits)) = rule.split_once('/') {
-        let (Ok(network), Ok(bits), Ok(ip)) = (
-            IpAddr::from_str(network),
-            bits.parse::<u32>(),
-            IpAddr::from_str(&host),
-        ) else {
-            return false;
-        };
-        return in_cidr(network, bits, ip);
+    // An address or a block: the host must be an address in it. `Cidr` is the one rule for that, so an
+    // IPv4 address written as IPv6 (`::ffff:10.0.0.1`) is the IPv4 address it is, on either side.
+    if let Ok(block) = Cidr::from_str(&rule) {
+        return IpAddr::from_str(&host).is_ok_and(|ip| block.contains(ip));
+    }
+    if rule.contains('/') {
+        return false;
     }
     if let Some(suffix) = rule.strip_prefix("*.") {
         // A name that merely ends like the suffix (evilacme.svc) is not in it.
         return host.ends_with(&format!(".{suffix}"));
     }
-    match (IpAddr::from_str(&rule), IpAddr::from_str(&host)) {
-        (Ok(rule), Ok(host)) => rule == host,
-        _ => rule == host,
-    }
-}
-
-fn in_cidr(network: IpAddr, bits: u32, ip: IpAddr) -> bool {
-    match (network, ip) {
-        (IpAddr::V4(net), IpAddr::V4(ip)) if bits <= 32 => {
-            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-            u32::from(net) & mask == u32::from(ip) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(ip)) if bits <= 128 => {
-            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            u128::from(net) & mask == u128::from(ip) & mask
-        }
-        _ => false,
-    }
+    rule == host
 }
 
 fn port_matches(rule: &str, port: u16) -> bool {
@@ -480,6 +462,33 @@ mod tests {
         for taken in ["1s", "8h", "1y"] {
             assert!(tenant(taken).is_ok(), "{taken}");
         }
+    }
+
+    #[test]
+    fn addresses_match_however_they_are_spelled() {
+        // Found by fuzzing against a reference: IPv4 addresses and blocks written as IPv6
+        // (`::ffff:a.b.c.d`) were compared as IPv6, so `::/0` let a target reach any IPv4 desktop.
+        let check = |host: &str, target: &str| {
+            let policy = Policy {
+                hosts: vec![host.into()],
+                ports: vec!["5900".into()],
+                kinds: vec!["vnc".into()],
+            };
+            policy.check(&Target::parse(target).unwrap())
+        };
+        assert_eq!(check("::ffff:10.0.0.0/104", "10.1.2.3:5900"), Ok(()));
+        assert_eq!(check("10.0.0.0/8", "[::ffff:10.1.2.3]:5900"), Ok(()));
+        assert_eq!(check("10.0.0.7", "[::ffff:10.0.0.7]:5900"), Ok(()));
+        assert_eq!(check("::FFFF:10.0.0.7", "10.0.0.7:5900"), Ok(()));
+        assert_eq!(
+            check("::/0", "[::ffff:127.0.0.1]:5900"),
+            Err(PolicyViolation::Host("::ffff:127.0.0.1".into())),
+            "an IPv6 rule does not reach IPv4"
+        );
+        assert_eq!(
+            check("10.0.0.0/33", "10.0.0.1:5900"),
+            Err(PolicyViolation::Host("10.0.0.1".into()))
+        );
     }
 
     #[test]
