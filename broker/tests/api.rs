@@ -1,8 +1,9 @@
 //! The control plane's API, asked in-process: one request at a time through `tower::ServiceExt::oneshot`,
 //! on an in-memory registry holding one tenant, `acme` (sessions of at most an hour), and an admin key.
-//! Every answer, refusals included, is JSON `{"code", "message"}`; the caller is known before its body is
-//! read; no lifetime, however long or short, leaves a caller without an answer or with a dead token; and a
-//! guacd session carries no parameter past the policy, only the operator's own on top.
+//! Every answer, refusals included (a wrong method, a path that names nothing), is JSON `{"code",
+//! "message"}`; the caller is known before its body is read; no lifetime, however long or short, leaves a
+//! caller without an answer or with a dead token; and a guacd session carries no parameter past the policy,
+//! only the operator's own on top.
 
 #![allow(
     clippy::unwrap_used,
@@ -56,10 +57,11 @@ async fn control_plane() -> (Router, Arc<MemoryRegistry>) {
     (api::router(Api::new(registry.clone(), config)), registry)
 }
 
-/// What came back: the status, the content type, and the body as text.
+/// What came back: the status, the content type, the `Allow` header, and the body as text.
 struct Answer {
     status: StatusCode,
     content_type: Option<String>,
+    allow: Option<String>,
     body: String,
 }
 
@@ -114,14 +116,16 @@ async fn send(
         .await
         .unwrap();
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
+    let text = |name| {
+        let value = response.headers().get(name);
+        value.map(|v: &header::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let (content_type, allow) = (text(header::CONTENT_TYPE), text(header::ALLOW));
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     Answer {
         status,
         content_type,
+        allow,
         body: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
@@ -470,6 +474,56 @@ async fn a_path_the_api_cannot_read_is_refused_in_json() {
             (StatusCode::BAD_REQUEST, "bad_request".into()),
             "{method} {path}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_take_is_refused_in_json_with_those_it_does() {
+    let (app, _) = control_plane().await;
+    for (method, path, allowed) in [
+        ("PATCH", "/api/v1/sessions", "GET,HEAD,POST"),
+        ("PUT", "/api/v1/sessions/some-id", "DELETE,GET,HEAD"),
+        ("GET", "/api/v1/sessions/some-id/shares", "POST"),
+        ("DELETE", "/api/v1/tenants", "GET,HEAD"),
+        ("GET", "/api/v1/tenants/acme", "DELETE,PUT"),
+        ("TRACE", "/api/v1/nodes", "GET,HEAD"),
+        ("POST", "/api/v1/openapi.json", "GET,HEAD"),
+    ] {
+        // With a key and without: the method is wrong whoever asks, as the public document says.
+        for key in [Some(format!("Bearer {ADMIN}")), None] {
+            let answer = send(&app, method, path, key.as_deref(), None, Body::empty()).await;
+            assert_eq!(
+                answer.error(),
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".into()),
+                "{method} {path}"
+            );
+            let mut allow: Vec<&str> = answer.allow.as_deref().unwrap_or("").split(',').collect();
+            allow.sort_unstable();
+            assert_eq!(allow.join(","), allowed, "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_path_under_the_api_that_names_nothing_is_refused_in_json() {
+    let (app, _) = control_plane().await;
+    for (method, path) in [
+        ("GET", "/api/v1/session"),
+        ("GET", "/api/v1/sessions/"),
+        ("GET", "/api/v1/sessions/some-id/"),
+        ("DELETE", "/api/v1/sessions/some-id/shares/other"),
+        ("PUT", "/api/v1/tenants/"),
+        ("GET", "/api/v1/"),
+        ("GET", "/api/v1"),
+    ] {
+        for key in [Some(format!("Bearer {ADMIN}")), None] {
+            let answer = send(&app, method, path, key.as_deref(), None, Body::empty()).await;
+            assert_eq!(
+                answer.error(),
+                (StatusCode::NOT_FOUND, "not_found".into()),
+                "{method} {path}"
+            );
+        }
     }
 }
 

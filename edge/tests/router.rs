@@ -19,6 +19,7 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::tenants::Tenant;
 use deskbroker_broker::{BoxFuture, EventStream, Membership, MemoryRegistry, Registry};
 use deskbroker_broker::{RegistryError, Renewal, Result as RegistryResult};
@@ -234,6 +235,51 @@ async fn the_peer_listener_serves_only_requests_with_the_cluster_secret() {
         servlet_error(&connect),
         (400, Some("768"), Some("Invalid tunnel operation: connect")),
         "peers never open tunnels"
+    );
+}
+
+/// The browser listener of a node without Redis, as `lifecycle` builds it: the control-plane API merged in.
+#[tokio::test]
+async fn under_the_api_the_node_answers_in_json_and_elsewhere_with_the_page() {
+    let routes = routes().await;
+    let plane = api::router(Api::new(
+        Arc::new(MemoryRegistry::new()),
+        ApiConfig::default(),
+    ));
+    let public = || server::public(routes.clone(), None).merge(plane.clone());
+    for (request, status, code) in [
+        (get("/api/v1/nothing"), StatusCode::NOT_FOUND, "not_found"),
+        (
+            get("/api/v1/sessions/x/y"),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Request::delete("/api/v1/nodes")
+                .body(Body::empty())
+                .unwrap(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ] {
+        let uri = request.uri().clone();
+        let answer = ask(public(), request).await;
+        assert_eq!(answer.status(), status, "{uri}");
+        let content_type = answer.headers().get("content-type").cloned();
+        assert_eq!(content_type.unwrap(), "application/json", "{uri}");
+        let body: serde_json::Value = serde_json::from_str(&body_text(answer).await).unwrap();
+        assert_eq!(body["code"], code, "{uri}");
+    }
+    let page = ask(public(), get("/nothing")).await;
+    assert_eq!(page.status(), StatusCode::NOT_FOUND);
+    let content_type = page.headers().get("content-type").cloned();
+    assert!(
+        content_type
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "the page's note, not the API's error"
     );
 }
 

@@ -2,7 +2,7 @@
 //! status. Every failure of the API is one of these, as JSON: `{"code": "...", "message": "..."}`.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -22,6 +22,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("invalid request: {0}")]
     Lifetime(#[from] BadLifetime),
+    /// A path of the API that does not take this method; the `Allow` header says which it takes.
+    #[error("this path does not take {0}: the Allow header lists the methods it does")]
+    MethodNotAllowed(Method),
     /// The request has a body the API cannot read: not said to be JSON.
     #[error("the body must be JSON, sent as `content-type: application/json`")]
     UnsupportedMediaType,
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) | ApiError::Lifetime(_) => "bad_request",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Policy(_) => "policy_violation",
@@ -62,6 +66,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::Policy(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) | ApiError::Lifetime(_) => StatusCode::BAD_REQUEST,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -14,7 +14,8 @@ mod state;
 pub mod traffic;
 
 use axum::Router;
-use axum::routing::get;
+use axum::http::Method;
+use axum::routing::{MethodRouter, any, get, post, put};
 
 pub use error::ApiError;
 pub use state::{Api, ApiConfig};
@@ -22,31 +23,46 @@ pub use state::{Api, ApiConfig};
 /// The OpenAPI document, kept in the repository beside the code it describes.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
+/// Every path of the API, each answering the methods it does not take with [`ApiError::MethodNotAllowed`],
+/// and every other path under `/api/v1` with `not_found`: JSON like every other refusal. The second is a
+/// catch-all route rather than the router's fallback, because the edge merges this router into its own,
+/// whose fallback serves the web page, and a router has one fallback.
 pub fn router(api: Api) -> Router {
     Router::new()
         .route(
             "/api/v1/openapi.json",
-            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+            only(get(|| async {
+                ([("content-type", "application/json")], OPENAPI)
+            })),
         )
         .route(
             "/api/v1/sessions",
-            get(sessions::list).post(sessions::create),
+            only(get(sessions::list).post(sessions::create)),
         )
         .route(
             "/api/v1/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
+            only(get(sessions::get).delete(sessions::delete)),
         )
-        .route(
-            "/api/v1/sessions/{id}/shares",
-            axum::routing::post(sessions::share),
-        )
-        .route("/api/v1/tenants", get(admin::tenants))
+        .route("/api/v1/sessions/{id}/shares", only(post(sessions::share)))
+        .route("/api/v1/tenants", only(get(admin::tenants)))
         .route(
             "/api/v1/tenants/{id}",
-            axum::routing::put(admin::put_tenant).delete(admin::delete_tenant),
+            only(put(admin::put_tenant).delete(admin::delete_tenant)),
         )
-        .route("/api/v1/nodes", get(admin::nodes))
+        .route("/api/v1/nodes", only(get(admin::nodes)))
+        .route("/api/v1", any(no_such_route))
+        .route("/api/v1/", any(no_such_route))
+        .route("/api/v1/{*rest}", any(no_such_route))
         .with_state(api)
+}
+
+/// A path's methods, and a JSON refusal for any other; axum adds the `Allow` header, as for its own 405.
+fn only(methods: MethodRouter<Api>) -> MethodRouter<Api> {
+    methods.fallback(|method: Method| async move { ApiError::MethodNotAllowed(method) })
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError::NotFound("route")
 }
 
 #[cfg(test)]
@@ -82,6 +98,7 @@ mod tests {
             ApiError::Forbidden,
             ApiError::NotFound("session"),
             ApiError::BadRequest(String::new()),
+            ApiError::MethodNotAllowed(axum::http::Method::TRACE),
             ApiError::Lifetime(crate::tenants::BadLifetime::PastTheClock),
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,
@@ -95,6 +112,7 @@ mod tests {
                 | ApiError::Forbidden
                 | ApiError::NotFound(_)
                 | ApiError::BadRequest(_)
+                | ApiError::MethodNotAllowed(_)
                 | ApiError::Lifetime(_)
                 | ApiError::UnsupportedMediaType
                 | ApiError::PayloadTooLarge
