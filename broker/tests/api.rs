@@ -261,6 +261,9 @@ async fn lifetimes_over_the_tenants_maximum_are_capped_for_sessions_and_shares()
     let session = acme_session(&app, Some("100h")).await;
     assert!(expires_at(&session) <= before + HOUR + Duration::from_secs(1));
     assert!(expires_at(&session) >= before + HOUR - Duration::from_secs(1));
+    assert_eq!(session["lifetime_capped"], true, "the answer says so");
+    let asked = acme_session(&app, Some("30m")).await;
+    assert!(asked.get("lifetime_capped").is_none(), "{asked}");
 
     // A session that never expires (as a session file writes them) still gives shares of at most the
     // tenant's maximum, asked for or not.
@@ -286,6 +289,9 @@ async fn lifetimes_over_the_tenants_maximum_are_capped_for_sessions_and_shares()
     // A shorter one is taken as asked.
     let answer = call(&app, "POST", path, ACME, Some(json!({"lifetime": "5m"}))).await;
     assert!(expires_at(&answer.json()) <= SystemTime::now() + Duration::from_secs(301));
+    assert!(answer.json().get("lifetime_capped").is_none());
+    let answer = call(&app, "POST", path, ACME, Some(json!({"lifetime": "100h"}))).await;
+    assert_eq!(answer.json()["lifetime_capped"], true);
 }
 
 /// Every endpoint that takes a body, with a key allowed to call it and a good body.

@@ -66,6 +66,10 @@ pub struct SessionView {
     /// Only in the answer to its creation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Only in the answer to its creation, and only when true: the lifetime asked for was cut to
+    /// `expires_at` (the tenant's `max_lifetime`, or the session a share joins).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lifetime_capped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub urls: Option<Urls>,
     pub tunnels: Vec<TunnelView>,
@@ -148,6 +152,7 @@ impl SessionView {
             read_only: session.read_only,
             joins: session.join.clone(),
             token: None,
+            lifetime_capped: false,
             urls: None,
             tunnels,
         }
@@ -197,16 +202,24 @@ pub async fn create(
     };
     tenant.policy.check(&target)?;
     let target = with_operator_params(target, &tenant);
-    let expires = tenant
-        .limits
-        .expiry(SystemTime::now(), request.lifetime.as_deref())?;
+    let now = SystemTime::now();
+    let asked = request.lifetime.as_deref();
+    let expires = tenant.limits.expiry(now, asked)?;
+    let capped = capped(asked, now, expires);
     let session = Session {
         expires: Some(expires),
         exclusive: request.exclusive,
         read_only: request.read_only,
         ..Session::new(SessionId::random(), tenant.id.clone(), target)
     };
-    created(&api, session).await
+    created(&api, session, capped).await
+}
+
+/// Whether a session got a shorter life than it asked for (the tenant's limit, or the session a share
+/// joins, capped it): the answer says so.
+fn capped(asked: Option<&str>, now: SystemTime, expires: SystemTime) -> bool {
+    let asked = asked.and_then(|text| humantime::parse_duration(text).ok());
+    asked.is_some_and(|asked| now.checked_add(asked).is_none_or(|until| until > expires))
 }
 
 /// The target with the operator's guacd parameters for the tenant laid over what its request asked.
@@ -258,8 +271,11 @@ pub async fn share(
             .unwrap_or_default(),
     };
     // A share is a session of its own, under the same rules, and never outlives the one it joins.
-    let own = limits.expiry(SystemTime::now(), request.lifetime.as_deref())?;
+    let now = SystemTime::now();
+    let asked = request.lifetime.as_deref();
+    let own = limits.expiry(now, asked)?;
     let expires = parent.expires.map_or(own, |parent| parent.min(own));
+    let capped = capped(asked, now, expires);
     let session = Session {
         expires: Some(expires),
         read_only: request.read_only.unwrap_or(true),
@@ -270,11 +286,11 @@ pub async fn share(
             parent.target.clone(),
         )
     };
-    created(&api, session).await
+    created(&api, session, capped).await
 }
 
 /// Stores a new session under a fresh token and answers with the token and the URLs to use it.
-async fn created(api: &Api, session: Session) -> Result<Response, ApiError> {
+async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, ApiError> {
     let token = SessionToken::random();
     api.registry().put_session(&token, &session).await?;
     tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
@@ -286,6 +302,7 @@ async fn created(api: &Api, session: Session) -> Result<Response, ApiError> {
         http_tunnel: "/tunnel".into(),
     });
     view.token = Some(token.expose().to_owned());
+    view.lifetime_capped = capped;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
