@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::Response;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
@@ -80,14 +80,30 @@ pub fn downstream_error(error: axum::Error) -> TunnelError {
     }
 }
 
-/// Ends the WebSocket with a close frame, if the browser takes it within [`WS_CLOSE_TIMEOUT`].
+/// Ends the WebSocket with the closing handshake (RFC 6455 §5.5.1), within [`WS_CLOSE_TIMEOUT`] in all.
+/// When the browser closed first, the WebSocket layer has queued the answer to its close frame, and this
+/// sends it. Otherwise this sends `code` and `reason`, then reads until the browser's answer, discarding
+/// what it sent meanwhile: a socket dropped with unread bytes is reset, and a reset can destroy the close
+/// frame before the browser reads it.
 pub async fn close(socket: &mut WebSocket, code: u16, reason: impl Into<Utf8Bytes>) {
     let frame = CloseFrame {
         code,
         reason: reason.into(),
     };
+    let handshake = async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            // Closed by the browser (the send is refused after its close): flush the queued answer.
+            let _ = socket.flush().await;
+            return;
+        }
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
     // The browser may be gone already, or not reading: there is nobody left to tell.
-    let _ = tokio::time::timeout(WS_CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(WS_CLOSE_TIMEOUT, handshake).await;
 }
 
 /// A data message from the browser.

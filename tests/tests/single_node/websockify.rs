@@ -7,9 +7,11 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use deskbroker_tests::Edge;
-use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
+use deskbroker_tests::clients::{GuacWs, STEP, Ws, close_frame, connect_data, ws_connect};
 use deskbroker_tests::upstreams::{Echo, Source, rss_kib};
 
 use crate::Node;
@@ -200,6 +202,34 @@ async fn closing_either_side_closes_the_other() {
     let (stream, _) = quitter.accept().await.unwrap();
     drop(stream);
     assert_eq!(close_frame(&mut socket).await.unwrap().0, 1000);
+}
+
+/// A browser that closes gets the edge's close frame back, as RFC 6455 §5.5.1 asks and websockify does:
+/// without it every browser-initiated close is seen as 1006, not clean.
+#[tokio::test]
+async fn a_browsers_close_is_answered_with_a_close_on_both_endpoints() {
+    let echo = Echo::start().await.unwrap();
+    let (_guacd, node) = crate::guacd_node(&[], &[]).await;
+    let relay = Node::start(&format!("e: {}\n", echo.addr), &[]).await;
+
+    let url = format!("{}/websockify?token=e", relay.ws());
+    let (mut socket, _) = ws_connect(&url, &["binary"]).await.unwrap();
+    echo_through(&mut socket, 1000, 10).await;
+    let mut guac = GuacWs::connect(&node.ws(), &connect_data("g"))
+        .await
+        .unwrap();
+    for (path, socket) in [
+        ("/websockify", &mut socket),
+        ("/websocket-tunnel", &mut guac.socket),
+    ] {
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: "page closed".into(),
+        };
+        socket.close(Some(frame)).await.unwrap();
+        let answer = close_frame(socket).await;
+        assert_eq!(answer.unwrap(), (1001, "page closed".into()), "{path}");
+    }
 }
 
 #[tokio::test]
