@@ -20,6 +20,11 @@ pub const REDIS_MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// look lapsed to the others.
 pub const RENEWALS_PER_LEASE: u32 = 3;
 
+/// How long a node removing a lapsed node's records keeps that node from renewing (its fence): enough for
+/// tens of thousands of tunnels at a few commands each; a fence left by a node that stopped half-way
+/// delays the lapsed node's return, and the next cleanup, by no more than this.
+pub const LAPSED_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the registry remembers that a session was closed, for nodes that were cut off from the control
 /// channel when it happened: longer than any outage a node survives with its tunnels.
 pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);

@@ -19,7 +19,7 @@ pub mod service;
 pub mod session_file;
 pub mod tenants;
 
-pub use membership::Membership;
+pub use membership::{Membership, Recorded};
 pub use memory::MemoryRegistry;
 pub use redis::RedisRegistry;
 pub use registry::{BoxFuture, EventStream, Registry, RegistryError, Renewal, Result};

@@ -8,14 +8,16 @@
 //! expired, and a dead one looks expired everywhere within one lease of its last renewal.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
-use deskbroker_shared::ids::{NodeId, TunnelId};
+use deskbroker_shared::ids::{NodeId, TenantId, TunnelId};
 
 use crate::defaults::RENEWALS_PER_LEASE;
 use crate::registry::{Registry, Renewal, Result};
@@ -35,9 +37,38 @@ struct Inner {
 #[derive(Default)]
 struct State {
     view: HashMap<NodeId, NodeRecord>,
-    tunnels: HashMap<TunnelId, TunnelRecord>,
+    tunnels: HashMap<TunnelId, Arc<Owned>>,
     /// Removals that failed while the registry was away, retried at each renewal.
-    unremoved: Vec<TunnelRecord>,
+    unremoved: Vec<Arc<Owned>>,
+    /// When the last renewal that the registry confirmed was sent: the lease runs a lease from then.
+    confirmed: Option<Instant>,
+}
+
+/// One tunnel's registry state, owned by its node. Every write about the tunnel (its slot and records, a
+/// later update, writing it again after the registry lost it, its removal) is made under `writes`, one at
+/// a time, and none is made once its removal began: a stale write can never bring back a removed tunnel.
+struct Owned {
+    record: Mutex<TunnelRecord>,
+    removed: AtomicBool,
+    writes: tokio::sync::Mutex<()>,
+}
+
+impl Owned {
+    fn record(&self) -> TunnelRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// What recording a tunnel came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Its slot is taken and its records written.
+    Yes,
+    /// Its tenant has no slot left: nothing was written.
+    NoSlot,
 }
 
 impl Membership {
@@ -75,24 +106,28 @@ impl Membership {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn period(&self) -> Duration {
+        self.inner.lease / RENEWALS_PER_LEASE
+    }
+
     /// Joins the cluster: forgets what an earlier run of this node left behind, then takes a lease.
     pub async fn join(&self) -> Result<()> {
         self.inner.registry.remove_node(&self.inner.me.id).await?;
-        self.renew().await?;
+        self.renew(&|_| {}).await?;
         self.refresh().await
     }
 
-    /// Renews the lease every lease/3 until `shutdown`, then leaves the cluster.
-    pub async fn run(&self, shutdown: CancellationToken) {
-        let period = self.inner.lease / RENEWALS_PER_LEASE;
-        let mut ticks = tokio::time::interval(period);
+    /// Renews the lease every lease/3 until `shutdown`, then leaves the cluster. `evict` is told of each
+    /// tunnel this node can no longer own (see [`Membership::tick`]).
+    pub async fn run(&self, shutdown: CancellationToken, evict: impl Fn(&TunnelRecord) + Sync) {
+        let mut ticks = tokio::time::interval(self.period());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
                 () = shutdown.cancelled() => break,
             }
-            if let Err(error) = self.tick().await {
+            if let Err(error) = self.tick(&evict).await {
                 warn!(%error, "lease renewal failed; open tunnels keep flowing");
             }
         }
@@ -102,9 +137,11 @@ impl Membership {
         }
     }
 
-    /// One renewal round: the lease, the view, cleanup of lapsed nodes, retried removals.
-    pub async fn tick(&self) -> Result<()> {
-        self.renew().await?;
+    /// One renewal round: the lease, the view, cleanup of lapsed nodes, retried removals. When the lease
+    /// may have lapsed, the node records its tunnels again, each within its tenant's quota, and `evict`
+    /// is told of each that no longer fits: the node can no longer own it.
+    pub async fn tick(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
+        self.renew(evict).await?;
         self.refresh().await?;
         let lapsed: Vec<NodeId> = {
             let now = SystemTime::now();
@@ -117,29 +154,68 @@ impl Membership {
                 .collect()
         };
         for id in lapsed {
-            info!(node = %id, "node lease lapsed; removing its records");
-            self.inner.registry.remove_node(&id).await?;
+            if self.inner.registry.remove_lapsed_node(&id).await? {
+                info!(node = %id, "node lease lapsed; removed its records");
+            }
             self.lock().view.remove(&id);
         }
         let unremoved = std::mem::take(&mut self.lock().unremoved);
-        for tunnel in unremoved {
-            self.remove_record(tunnel).await;
+        for owned in unremoved {
+            self.remove_records(owned).await;
         }
         Ok(())
     }
 
-    async fn renew(&self) -> Result<()> {
+    /// Renews the lease. When the registry did not know this node (first start, Redis lost its data,
+    /// another node cleaned up after it) or the lease may have lapsed since the last renewal the registry
+    /// confirmed (the registry's answers were lost, so the first is not known), records every tunnel again.
+    async fn renew(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
+        let sent = Instant::now();
         let record = self.inner.me.renewed(SystemTime::now(), self.inner.lease);
-        if self.inner.registry.renew(&record).await? == Renewal::Fresh {
-            let tunnels: Vec<TunnelRecord> = self.lock().tunnels.values().cloned().collect();
-            if !tunnels.is_empty() {
-                info!(
-                    tunnels = tunnels.len(),
-                    "the registry had lost this node; recording its tunnels again"
-                );
-            }
-            for tunnel in &tunnels {
-                self.inner.registry.add_tunnel(tunnel).await?;
+        let renewal = self.inner.registry.renew(&record).await?;
+        if renewal == Renewal::Fenced {
+            info!("another node is removing this node's records after its lease lapsed; waiting");
+            return Ok(());
+        }
+        let last = self.lock().confirmed.replace(sent);
+        // Two renewal periods without a confirmed renewal: the lease may have lapsed (the threshold leaves
+        // room for clocks that differ a little). Recording again what is still there changes nothing.
+        let doubtful = last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
+        if renewal == Renewal::Fresh || doubtful {
+            self.record_again(evict).await?;
+        }
+        Ok(())
+    }
+
+    /// Records every tunnel of this node again, each within its tenant's quota now.
+    async fn record_again(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
+        let owned: Vec<Arc<Owned>> = self.lock().tunnels.values().cloned().collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        info!(
+            tunnels = owned.len(),
+            "the lease may have lapsed; recording this node's tunnels again"
+        );
+        let mut limits: HashMap<TenantId, Option<u32>> = HashMap::new();
+        for owned in owned {
+            let tenant = owned.record().tenant;
+            let limit = match limits.get(&tenant) {
+                Some(limit) => *limit,
+                None => {
+                    let found = self.inner.registry.tenant(&tenant).await?;
+                    let limit = found.map(|tenant| tenant.limits.max_tunnels);
+                    *limits.entry(tenant).or_insert(limit)
+                }
+            };
+            if self.write(&owned, limit).await? == Some(Recorded::NoSlot) {
+                let record = owned.record();
+                warn!(tunnel = %record.id, tenant = %record.tenant, "no slot left for a tunnel after the lease lapsed; closing it");
+                if let Some(owned) = self.forget(&record.id) {
+                    // What another node's cleanup may have left of it.
+                    self.remove_records(owned).await;
+                }
+                evict(&record);
             }
         }
         Ok(())
@@ -176,35 +252,89 @@ impl Membership {
             .collect()
     }
 
-    /// Records a tunnel this node opened.
-    pub async fn add_tunnel(&self, tunnel: TunnelRecord) -> Result<()> {
-        self.lock().tunnels.insert(tunnel.id, tunnel.clone());
-        let added = self.inner.registry.add_tunnel(&tunnel).await;
-        if added.is_err() {
-            self.lock().tunnels.remove(&tunnel.id);
+    /// Records a tunnel this node opened: takes one of its tenant's `limit` slots (none without a
+    /// limit), then writes its records. Whatever the outcome, the tunnel ends with
+    /// [`Membership::remove_tunnel`] (or its `_later` form), which removes whatever was written.
+    pub async fn add_tunnel(&self, tunnel: TunnelRecord, limit: Option<u32>) -> Result<Recorded> {
+        let owned = Arc::new(Owned {
+            record: Mutex::new(tunnel.clone()),
+            removed: AtomicBool::new(false),
+            writes: tokio::sync::Mutex::new(()),
+        });
+        self.lock().tunnels.insert(tunnel.id, owned.clone());
+        let recorded = self.write(&owned, limit).await?.unwrap_or(Recorded::NoSlot);
+        if recorded == Recorded::NoSlot {
+            // Nothing was written: nothing to remove.
+            self.forget(&tunnel.id);
         }
-        added
+        Ok(recorded)
+    }
+
+    /// Writes a tunnel's new record (guacd's connection id, once known).
+    pub async fn update_tunnel(&self, tunnel: TunnelRecord) -> Result<()> {
+        let Some(owned) = self.lock().tunnels.get(&tunnel.id).cloned() else {
+            return Ok(());
+        };
+        *owned
+            .record
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = tunnel;
+        self.write(&owned, None).await.map(drop)
+    }
+
+    /// Takes the tunnel's slot (with a limit) and writes its records, unless its removal began; `None`
+    /// when it did.
+    async fn write(&self, owned: &Owned, limit: Option<u32>) -> Result<Option<Recorded>> {
+        let _writing = owned.writes.lock().await;
+        if owned.removed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let record = owned.record();
+        let registry = &self.inner.registry;
+        if let Some(limit) = limit
+            && !registry
+                .reserve_slot(&record.tenant, &record.id, limit)
+                .await?
+        {
+            return Ok(Some(Recorded::NoSlot));
+        }
+        registry.add_tunnel(&record).await?;
+        Ok(Some(Recorded::Yes))
     }
 
     /// Forgets a tunnel this node closed, or failed to record (whatever of it reached the registry goes,
     /// its quota slot included); a failed removal is retried at the next renewals.
     pub async fn remove_tunnel(&self, tunnel: &TunnelRecord) {
-        self.lock().tunnels.remove(&tunnel.id);
-        self.remove_record(tunnel.clone()).await;
+        // Not there: refused for want of a slot, or evicted, and removed then.
+        if let Some(owned) = self.forget(&tunnel.id) {
+            self.remove_records(owned).await;
+        }
     }
 
     /// [`Membership::remove_tunnel`] for a caller that cannot wait: the registry is told at the next
     /// renewal.
     pub fn remove_tunnel_later(&self, tunnel: &TunnelRecord) {
-        let mut state = self.lock();
-        state.tunnels.remove(&tunnel.id);
-        state.unremoved.push(tunnel.clone());
+        if let Some(owned) = self.forget(&tunnel.id) {
+            self.lock().unremoved.push(owned);
+        }
     }
 
-    async fn remove_record(&self, tunnel: TunnelRecord) {
-        if let Err(error) = self.inner.registry.remove_tunnel(&tunnel).await {
-            debug!(tunnel = %tunnel.id, %error, "tunnel record removal deferred");
-            self.lock().unremoved.push(tunnel);
+    /// Takes a tunnel out of the node's map and stops every later write about it.
+    fn forget(&self, id: &TunnelId) -> Option<Arc<Owned>> {
+        let owned = self.lock().tunnels.remove(id)?;
+        owned.removed.store(true, Ordering::SeqCst);
+        Some(owned)
+    }
+
+    /// Removes a forgotten tunnel's records, after any write about it still under way.
+    async fn remove_records(&self, owned: Arc<Owned>) {
+        let removed = {
+            let _writing = owned.writes.lock().await;
+            self.inner.registry.remove_tunnel(&owned.record()).await
+        };
+        if let Err(error) = removed {
+            debug!(tunnel = %owned.record().id, %error, "tunnel record removal deferred");
+            self.lock().unremoved.push(owned);
         }
     }
 }
@@ -244,7 +374,7 @@ mod tests {
         a.join().await.unwrap();
         b.join().await.unwrap();
         let on_b = tunnel(b.me());
-        b.add_tunnel(on_b.clone()).await.unwrap();
+        b.add_tunnel(on_b.clone(), None).await.unwrap();
         assert_eq!(
             a.live_owner(&on_b).await.unwrap().map(|n| n.id),
             Some(NodeId::new("b"))
@@ -257,7 +387,7 @@ mod tests {
             .renew(&b.me().renewed(long_ago, lease))
             .await
             .unwrap();
-        a.tick().await.unwrap();
+        a.tick(&|_| {}).await.unwrap();
         assert_eq!(a.live_owner(&on_b).await.unwrap(), None);
         assert!(
             registry
@@ -285,9 +415,9 @@ mod tests {
             Duration::from_secs(9),
         );
         a.join().await.unwrap();
-        a.add_tunnel(tunnel(a.me())).await.unwrap();
+        a.add_tunnel(tunnel(a.me()), None).await.unwrap();
         registry.remove_node(&NodeId::new("a")).await.unwrap(); // what a Redis restart looks like
-        a.tick().await.unwrap();
+        a.tick(&|_| {}).await.unwrap();
         assert_eq!(
             registry.tunnels_of(&NodeId::new("a")).await.unwrap().len(),
             1

@@ -35,6 +35,8 @@ struct State {
     /// Sessions revoked, and when.
     revoked: HashMap<SessionId, SystemTime>,
     tenants: HashMap<TenantId, Tenant>,
+    /// Tenants removed (until one of the same id is put again).
+    removed_tenants: std::collections::HashSet<TenantId>,
     slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
 }
 
@@ -49,6 +51,20 @@ impl State {
         }
         if let Some(slots) = self.slots.get_mut(&tunnel.tenant) {
             slots.remove(&tunnel.id);
+        }
+    }
+
+    /// Drops a node and every tunnel it owned.
+    fn remove_node(&mut self, id: &NodeId) {
+        self.nodes.remove(id);
+        let gone: Vec<TunnelRecord> = self
+            .tunnels
+            .values()
+            .filter(|t| &t.owner == id)
+            .cloned()
+            .collect();
+        for tunnel in &gone {
+            self.remove_tunnel(tunnel);
         }
     }
 }
@@ -122,18 +138,19 @@ impl Registry for MemoryRegistry {
     }
 
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>> {
-        let mut state = self.lock();
-        state.nodes.remove(id);
-        let gone: Vec<TunnelRecord> = state
-            .tunnels
-            .values()
-            .filter(|t| &t.owner == id)
-            .cloned()
-            .collect();
-        for tunnel in &gone {
-            state.remove_tunnel(tunnel);
-        }
+        self.lock().remove_node(id);
         ready(())
+    }
+
+    fn remove_lapsed_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<bool>> {
+        // One lock: the node cannot renew in between, so it needs no fence.
+        let mut state = self.lock();
+        let now = SystemTime::now();
+        let lapsed = state.nodes.get(id).is_some_and(|node| !node.is_alive(now));
+        if lapsed {
+            state.remove_node(id);
+        }
+        ready(lapsed)
     }
 
     fn reserve_slot<'a>(
@@ -254,9 +271,9 @@ impl Registry for MemoryRegistry {
     }
 
     fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>> {
-        self.lock()
-            .tenants
-            .insert(tenant.id.clone(), tenant.clone());
+        let mut state = self.lock();
+        state.removed_tenants.remove(&tenant.id);
+        state.tenants.insert(tenant.id.clone(), tenant.clone());
         ready(())
     }
 
@@ -279,7 +296,18 @@ impl Registry for MemoryRegistry {
     }
 
     fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>> {
-        ready(self.lock().tenants.remove(id).is_some())
+        let mut state = self.lock();
+        let removed = state.tenants.remove(id).is_some();
+        if removed {
+            state.removed_tenants.insert(id.clone());
+        }
+        ready(removed)
+    }
+
+    fn removed_tenants<'a>(&'a self, ids: &'a [TenantId]) -> BoxFuture<'a, Result<Vec<TenantId>>> {
+        let state = self.lock();
+        let removed = ids.iter().filter(|id| state.removed_tenants.contains(*id));
+        ready(removed.cloned().collect())
     }
 
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>> {

@@ -16,13 +16,15 @@ use serde::de::DeserializeOwned;
 
 use futures_util::StreamExt;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::{ControlEvent, Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::keys;
 use deskbroker_shared::session::Session;
+use deskbroker_shared::time::unix_ms;
 
 use crate::defaults::{
-    REDIS_CONNECT_TIMEOUT, REDIS_MAX_RECONNECT_DELAY, REDIS_RESPONSE_TIMEOUT, REVOCATION_MEMORY,
+    LAPSED_CLEANUP_TIMEOUT, REDIS_CONNECT_TIMEOUT, REDIS_MAX_RECONNECT_DELAY,
+    REDIS_RESPONSE_TIMEOUT, REVOCATION_MEMORY,
 };
 use crate::registry::{
     BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl,
@@ -37,6 +39,55 @@ static RESERVE_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
          return 0",
     )
 });
+
+/// Renews a node's lease (KEYS[1] the node table, ARGV: node id, record, now in Unix ms): 1 when the table
+/// did not hold the node (or held an expired fence), 0 when it did, and 2, writing nothing, while another
+/// node holds a fence on it to remove its records.
+static RENEW: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local current = redis.call('HGET', KEYS[1], ARGV[1]) \
+         if current then \
+           local ok, record = pcall(cjson.decode, current) \
+           if ok and type(record) == 'table' and record.cleaning_until_ms then \
+             if tonumber(record.cleaning_until_ms) > tonumber(ARGV[3]) then return 2 end \
+             current = false \
+           end \
+         end \
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) \
+         if current then return 0 end \
+         return 1",
+    )
+});
+
+/// Fences a lapsed node (KEYS[1] the node table, ARGV: node id, now in Unix ms, the fence): replaces its
+/// record by the fence if its lease, or an earlier fence, has run out; 1 if it did.
+static FENCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local current = redis.call('HGET', KEYS[1], ARGV[1]) \
+         if not current then return 0 end \
+         local ok, record = pcall(cjson.decode, current) \
+         if not ok or type(record) ~= 'table' then return 0 end \
+         local until_ms = tonumber(record.cleaning_until_ms or record.expires_ms) \
+         if until_ms == nil or until_ms > tonumber(ARGV[2]) then return 0 end \
+         redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) \
+         return 1",
+    )
+});
+
+/// Removes a fence (KEYS[1] the node table, ARGV: node id, the fence) if it is still the one written.
+static UNFENCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end \
+         return 0",
+    )
+});
+
+/// What a node's entry in the node table holds while another node removes its records.
+#[derive(serde::Deserialize)]
+struct Fence {
+    #[allow(dead_code)]
+    cleaning_until_ms: u64,
+}
 
 /// A single Redis or a Redis Cluster, behind one connection type.
 #[derive(Clone)]
@@ -200,15 +251,18 @@ impl Registry for RedisRegistry {
 
     fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Renewal>> {
         Box::pin(async move {
-            let added: i64 = self
-                .conn()
-                .hset(keys::NODES, node.id.as_str(), json(node))
+            let answer: i64 = RENEW
+                .key(keys::NODES)
+                .arg(node.id.as_str())
+                .arg(json(node))
+                .arg(unix_ms(SystemTime::now()))
+                .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
-            Ok(if added == 1 {
-                Renewal::Fresh
-            } else {
-                Renewal::Renewed
+            Ok(match answer {
+                0 => Renewal::Renewed,
+                2 => Renewal::Fenced,
+                _ => Renewal::Fresh,
             })
         })
     }
@@ -220,10 +274,19 @@ impl Registry for RedisRegistry {
                 .hgetall(keys::NODES)
                 .await
                 .map_err(unavailable)?;
-            // One node's unreadable record must not hide the others.
+            // One node's unreadable record must not hide the others. A fenced node shows as lapsed, so
+            // that the cleanup is taken up again if the node that fenced it stops half-way.
             Ok(all
                 .iter()
-                .filter_map(|(_, record)| parse(record).ok())
+                .filter_map(|(id, record)| match parse::<NodeRecord>(record) {
+                    Ok(record) => Some(record),
+                    Err(_) => parse::<Fence>(record).ok().map(|_| NodeRecord {
+                        id: NodeId::new(id.clone()),
+                        incarnation: Incarnation(uuid::Uuid::nil()),
+                        peer_url: String::new(),
+                        expires_ms: 0,
+                    }),
+                })
                 .collect())
         })
     }
@@ -240,6 +303,45 @@ impl Registry for RedisRegistry {
             conn.hdel::<_, _, ()>(keys::NODES, id.as_str())
                 .await
                 .map_err(unavailable)
+        })
+    }
+
+    fn remove_lapsed_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            // The fence keeps the node from renewing (and recording its tunnels again) while its records
+            // go, so that a node that comes back never loses to its own cleanup; it lasts a bounded time,
+            // in case this node stops half-way.
+            let now = SystemTime::now();
+            let until = now + LAPSED_CLEANUP_TIMEOUT;
+            let fence = format!(r#"{{"cleaning_until_ms":{}}}"#, unix_ms(until));
+            let fenced: i64 = FENCE
+                .key(keys::NODES)
+                .arg(id.as_str())
+                .arg(unix_ms(now))
+                .arg(&fence)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            if fenced != 1 {
+                return Ok(false);
+            }
+            // One tunnel at a time; each removal leaves the node's set last (see remove_tunnel), so what
+            // is not done now is found by the next cleanup. Stop while the fence still holds.
+            let stop_by = until - 2 * REDIS_RESPONSE_TIMEOUT;
+            for tunnel in self.tunnels_of(id).await? {
+                if SystemTime::now() >= stop_by {
+                    return Ok(true);
+                }
+                self.remove_tunnel(&tunnel).await?;
+            }
+            UNFENCE
+                .key(keys::NODES)
+                .arg(id.as_str())
+                .arg(&fence)
+                .invoke_async::<i64>(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(true)
         })
     }
 
@@ -418,6 +520,9 @@ impl Registry for RedisRegistry {
                     .await
                     .map_err(unavailable)?;
             }
+            conn.del::<_, ()>(keys::removed_tenant(&tenant.id))
+                .await
+                .map_err(unavailable)?;
             conn.hset::<_, _, _, ()>(keys::TENANTS, tenant.id.as_str(), json(tenant))
                 .await
                 .map_err(unavailable)?;
@@ -479,7 +584,28 @@ impl Registry for RedisRegistry {
             conn.hdel::<_, _, ()>(keys::TENANTS, id.as_str())
                 .await
                 .map_err(unavailable)?;
+            conn.set_ex::<_, _, ()>(keys::removed_tenant(id), 1, REVOCATION_MEMORY.as_secs())
+                .await
+                .map_err(unavailable)?;
             Ok(true)
+        })
+    }
+
+    fn removed_tenants<'a>(&'a self, ids: &'a [TenantId]) -> BoxFuture<'a, Result<Vec<TenantId>>> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            let mut removed = Vec::new();
+            // One key per command: the keys live in different slots on Redis Cluster.
+            for id in ids {
+                if conn
+                    .exists::<_, bool>(keys::removed_tenant(id))
+                    .await
+                    .map_err(unavailable)?
+                {
+                    removed.push(id.clone());
+                }
+            }
+            Ok(removed)
         })
     }
 

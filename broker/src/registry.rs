@@ -30,9 +30,12 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 pub enum Renewal {
     /// The record was there and is renewed.
     Renewed,
-    /// The registry did not know the node (first start, or it lost its data): the node must register its
-    /// tunnels again.
+    /// The registry did not know the node (first start, it lost its data, or another node removed the
+    /// node's records after its lease lapsed): the node must record its tunnels again.
     Fresh,
+    /// Another node is removing this node's records, its lease having lapsed: nothing was written, and
+    /// the node renews again at its next round (which then finds itself `Fresh`).
+    Fenced,
 }
 
 pub trait Registry: Send + Sync + 'static {
@@ -52,8 +55,13 @@ pub trait Registry: Send + Sync + 'static {
     /// Every node record, live or lapsed.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>>;
 
-    /// Removes a node and the records of every tunnel it owned.
+    /// Removes a node and the records of every tunnel it owned (the node's own start and stop).
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>>;
+
+    /// Removes a node and its tunnels' records if its lease has lapsed, keeping the node from renewing
+    /// while that is under way (see [`Renewal::Fenced`]); false when it had not lapsed (it renewed
+    /// meanwhile) or another node is doing it.
+    fn remove_lapsed_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<bool>>;
 
     /// Takes one of a tenant's tunnel slots for `tunnel`, atomically: false when all `limit` are taken.
     /// The slot is given back when the tunnel's record is removed (also by the cleanup of a lapsed node).
@@ -109,8 +117,13 @@ pub trait Registry: Send + Sync + 'static {
 
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<Tenant>>>;
 
-    /// Removes a tenant; its sessions stop working (the edges check the tenant on every connect).
+    /// Removes a tenant; its sessions stop working (the edges check the tenant on every connect). The
+    /// registry remembers the removal for [`defaults::REVOCATION_MEMORY`].
     fn remove_tenant<'a>(&'a self, id: &'a TenantId) -> BoxFuture<'a, Result<bool>>;
+
+    /// Which of these tenants were removed: what a node that missed control events checks its tunnels
+    /// against once it hears the channel again.
+    fn removed_tenants<'a>(&'a self, ids: &'a [TenantId]) -> BoxFuture<'a, Result<Vec<TenantId>>>;
 
     /// Tells every node (this one included) about an event.
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>>;

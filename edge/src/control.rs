@@ -1,6 +1,7 @@
-//! Following the control channel: a revoked session's tunnels close, and the older tunnel of an exclusive
-//! session that a newer connection took over. The channel keeps nothing for a subscriber that was away, so
-//! each time the node subscribes again it asks the registry what was revoked meanwhile.
+//! Following the control channel: a revoked session's tunnels close, a removed tenant's, and the older
+//! tunnel of an exclusive session that a newer connection took over. The channel keeps nothing for a
+//! subscriber that was away, so each time the node subscribes again it asks the registry what was revoked
+//! meanwhile.
 
 use std::io;
 
@@ -40,6 +41,7 @@ pub async fn follow(node: Node) -> io::Result<()> {
                 Some(ControlEvent::SessionClosed { session }) => {
                     node.local().close_session(&session)
                 }
+                Some(ControlEvent::TenantClosed { tenant }) => node.local().close_tenant(&tenant),
                 Some(ControlEvent::TakenOver { session, tunnel }) => {
                     node.local().take_over(&session, &tunnel)
                 }
@@ -50,11 +52,16 @@ pub async fn follow(node: Node) -> io::Result<()> {
     Ok(())
 }
 
-/// Closes the tunnels of sessions revoked while this node was not listening.
+/// Closes the tunnels of sessions revoked, and of tenants removed, while this node was not listening.
 async fn close_revoked(node: &Node) -> deskbroker_broker::Result<()> {
+    let registry = node.membership().registry();
     let sessions = node.local().sessions();
-    for session in node.membership().registry().revoked(&sessions).await? {
+    for session in registry.revoked(&sessions).await? {
         node.local().close_session(&session);
+    }
+    let tenants = node.local().tenants();
+    for tenant in registry.removed_tenants(&tenants).await? {
+        node.local().close_tenant(&tenant);
     }
     Ok(())
 }

@@ -95,6 +95,10 @@ pub enum TunnelError {
     ReadOnly(deskbroker_shared::rfb::RfbError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the session expired")]
+    SessionExpired,
+    #[error("the node's lease lapsed and the tenant's slots were taken meanwhile")]
+    LeaseLost,
 }
 
 impl TunnelError {
@@ -112,7 +116,7 @@ impl TunnelError {
             | UpstreamProtocol(_)
             | UpstreamIo(_)
             | UpstreamSilent => Side::Upstream,
-            ShuttingDown | SessionClosed => Side::Internal,
+            ShuttingDown | SessionClosed | SessionExpired | LeaseLost => Side::Internal,
         }
     }
 
@@ -133,8 +137,9 @@ impl TunnelError {
             ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => GuacStatus::UpstreamTimeout,
             Handshake { source, .. } => source.status(),
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
-            ShuttingDown => GuacStatus::UpstreamUnavailable,
+            ShuttingDown | LeaseLost => GuacStatus::UpstreamUnavailable,
             SessionClosed => GuacStatus::SessionClosed,
+            SessionExpired => GuacStatus::SessionTimeout,
             NothingToJoin => GuacStatus::ResourceNotFound,
             TooMany => GuacStatus::ClientTooMany,
             TakenOver => GuacStatus::SessionConflict,
@@ -165,8 +170,9 @@ impl TunnelError {
             Silent => RelayClose::ClientTimeout,
             Denied(_) => RelayClose::TargetDenied,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
-            Registry(_) | ShuttingDown => RelayClose::Unavailable,
+            Registry(_) | ShuttingDown | LeaseLost => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
+            SessionExpired => RelayClose::SessionExpired,
             NothingToJoin => RelayClose::BadToken,
             TooMany => RelayClose::TooMany,
             TakenOver => RelayClose::TakenOver,
@@ -200,7 +206,9 @@ impl TunnelError {
             }
             UpstreamProtocol(_) | UpstreamIo(_) | UpstreamSilent => "Remote desktop server failed.",
             ShuttingDown => "Server shutting down.",
+            LeaseLost => "Server lost its place in the cluster; reconnect.",
             SessionClosed => "The session was closed.",
+            SessionExpired => "The session expired.",
             NothingToJoin => "The shared session is not running.",
             TooMany => "Too many connections for this tenant.",
             TakenOver => "Another connection took over this session.",

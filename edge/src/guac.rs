@@ -1,28 +1,37 @@
 //! Opening a Guacamole tunnel, as both Guacamole tunnels do it: check the token and the session's kind,
-//! find the running connection a share joins, connect to the session's guacd and run the handshake.
+//! find the running connection a share joins, register the tunnel, connect to the session's guacd and run
+//! the handshake.
 
 use std::collections::BTreeMap;
 
 use tracing::info;
 
+use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::guacd_params;
-use deskbroker_shared::ids::{SessionId, TunnelId};
+use deskbroker_shared::ids::{SessionId, TokenDigest, TunnelId};
 use deskbroker_shared::session::{HostPort, Session, Target};
 
 use crate::error::TunnelError;
 use crate::node::Node;
+use crate::registration::{Registration, Tunnel};
 use crate::upstream::{self, Guacd, GuacdRequest};
 
-/// A tunnel past its guacd handshake, not yet registered.
+/// A registered tunnel past its guacd handshake.
 pub struct Opened {
-    pub id: TunnelId,
     pub guacd: Guacd,
     pub session: Session,
+    pub registration: Registration,
 }
 
-/// Checks the token, then connects to the session's guacd and runs the handshake.
-pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelError> {
+/// Checks the token, registers the tunnel (its slot is taken before guacd is asked for anything), then
+/// connects to the session's guacd and runs the handshake.
+pub async fn open(
+    node: &Node,
+    request: &ConnectRequest,
+    kind: TunnelKind,
+    http_token: Option<TokenDigest>,
+) -> Result<Opened, TunnelError> {
     let session = node.session(request.token.as_ref()).await?;
     let Target::Guacd {
         addr,
@@ -37,6 +46,14 @@ pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, Tunne
         Some(parent) => Some(running_connection(node, parent).await?),
         None => None,
     };
+    let id = TunnelId::random();
+    tracing::Span::current().record("tunnel", tracing::field::display(id));
+    let tunnel = Tunnel {
+        id,
+        kind,
+        http_token,
+    };
+    let mut registration = node.register(tunnel, &session).await?;
     let params = checked_params(node, &session, params).await?;
     let guacd = upstream::guacd(GuacdRequest {
         addr,
@@ -45,9 +62,15 @@ pub async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, Tunne
         client: &request.client,
     })
     .await?;
-    let id = TunnelId::random();
+    registration
+        .connected(Some(guacd.connection_id.clone()))
+        .await?;
     info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
-    Ok(Opened { id, guacd, session })
+    Ok(Opened {
+        guacd,
+        session,
+        registration,
+    })
 }
 
 /// The connection parameters to give guacd. guacd resolves the hosts it is told to reach itself (the

@@ -92,22 +92,22 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     };
     let membership = Membership::new(registry, config.node_id, peer_url, config.lease);
     membership.join().await.map_err(StartError::Join)?;
-    // The lease outlives the listeners: tunnels draining are still owned, and found, until they end.
-    let leave = CancellationToken::new();
-    tasks.spawn("the lease", {
-        let (membership, leave) = (membership.clone(), leave.clone());
-        async move {
-            membership.run(leave).await;
-            Ok(())
-        }
-    });
-
     let node = Node::new(
         membership.clone(),
         config.cluster_secret,
         config.timeouts,
         config.upstream_deny,
     );
+    // The lease outlives the listeners: tunnels draining are still owned, and found, until they end.
+    let leave = CancellationToken::new();
+    tasks.spawn("the lease", {
+        let (node, leave) = (node.clone(), leave.clone());
+        async move {
+            let evict = |tunnel: &_| node.local().evict(tunnel);
+            node.membership().run(leave, evict).await;
+            Ok(())
+        }
+    });
     if let Some(plane) = config.control_plane {
         routes = routes.merge(standalone::control_plane(&node, plane, config.demo).await?);
     }

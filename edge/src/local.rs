@@ -1,17 +1,21 @@
-//! This node's own tunnels, indexed by session, with what stops each one: the control channel closes a
-//! revoked session's tunnels and the older tunnel of an exclusive session taken over, and the node's stop
-//! closes them all. Each tunnel learns why it was stopped, to tell the browser. Entries are made and
+//! This node's own tunnels, indexed by session, with what stops each one: the session's expiry; the control
+//! channel, which closes a revoked session's tunnels, a deleted tenant's, and the older tunnel of an
+//! exclusive session taken over; the lease, when the node can no longer own a tunnel; and the node's stop,
+//! which closes them all. Each tunnel learns why it was stopped, to tell the browser. Entries are made and
 //! removed only by a tunnel's [`crate::registration::Registration`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use deskbroker_shared::cluster::TunnelRecord;
-use deskbroker_shared::ids::{SessionId, TunnelId};
+use deskbroker_shared::ids::{SessionId, TenantId, TunnelId};
 
 use crate::error::TunnelError;
 
@@ -20,6 +24,7 @@ use crate::error::TunnelError;
 enum Reason {
     SessionClosed,
     TakenOver,
+    LeaseLost,
 }
 
 #[derive(Debug)]
@@ -69,15 +74,27 @@ pub struct LocalTunnel {
     pub record: TunnelRecord,
     pub traffic: Arc<Traffic>,
     stopper: Arc<Stopper>,
+    /// When its session expires.
+    expires: Option<Instant>,
 }
 
 impl LocalTunnel {
-    /// Waits until the tunnel is stopped from outside, and says why.
+    /// Waits until the tunnel is stopped from outside or its session expires, and says why.
     pub async fn stopped(&self) -> TunnelError {
-        self.stopper.token.cancelled().await;
+        let expiry = async {
+            match self.expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.stopper.token.cancelled() => {}
+            () = expiry => return TunnelError::SessionExpired,
+        }
         match self.stopper.reason.get() {
             Some(Reason::SessionClosed) => TunnelError::SessionClosed,
             Some(Reason::TakenOver) => TunnelError::TakenOver,
+            Some(Reason::LeaseLost) => TunnelError::LeaseLost,
             // Only the node's stop cancels the parent token without a reason.
             None => TunnelError::ShuttingDown,
         }
@@ -92,6 +109,7 @@ pub struct LocalTunnels {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    tenant: TenantId,
     stopper: Arc<Stopper>,
     traffic: Arc<Traffic>,
 }
@@ -104,14 +122,20 @@ impl LocalTunnels {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a tunnel, stopped with `parent` (the node's stop) or on its own.
-    pub fn insert(&self, record: TunnelRecord, parent: &CancellationToken) -> LocalTunnel {
+    /// Adds a tunnel, stopped with `parent` (the node's stop), on its own, or when its session `expires`.
+    pub fn insert(
+        &self,
+        record: TunnelRecord,
+        expires: Option<SystemTime>,
+        parent: &CancellationToken,
+    ) -> LocalTunnel {
         let stopper = Arc::new(Stopper {
             token: parent.child_token(),
             reason: OnceLock::new(),
         });
         let traffic = Arc::new(Traffic::default());
         let entry = Entry {
+            tenant: record.tenant.clone(),
             stopper: stopper.clone(),
             traffic: traffic.clone(),
         };
@@ -120,10 +144,13 @@ impl LocalTunnels {
             .entry(record.session.clone())
             .or_default()
             .insert(record.id, entry);
+        let now = SystemTime::now();
+        let expires = expires.map(|at| Instant::now() + at.duration_since(now).unwrap_or_default());
         LocalTunnel {
             record,
             traffic,
             stopper,
+            expires,
         }
     }
 
@@ -150,6 +177,48 @@ impl LocalTunnels {
         }
         for entry in tunnels.values() {
             entry.stopper.stop(Reason::SessionClosed);
+        }
+    }
+
+    /// Stops every tunnel of a deleted tenant.
+    pub fn close_tenant(&self, tenant: &TenantId) {
+        let stoppers: Vec<Arc<Stopper>> = self
+            .lock()
+            .values()
+            .flat_map(|tunnels| tunnels.values())
+            .filter(|entry| &entry.tenant == tenant)
+            .map(|entry| entry.stopper.clone())
+            .collect();
+        if !stoppers.is_empty() {
+            info!(%tenant, tunnels = stoppers.len(), "closing the tunnels of a deleted tenant");
+        }
+        for stopper in stoppers {
+            stopper.stop(Reason::SessionClosed);
+        }
+    }
+
+    /// The tenants this node has tunnels of.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = self
+            .lock()
+            .values()
+            .flat_map(|tunnels| tunnels.values())
+            .map(|entry| entry.tenant.clone())
+            .collect();
+        tenants.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        tenants.dedup();
+        tenants
+    }
+
+    /// Stops a tunnel the node can no longer own: its lease lapsed, and its tenant's slots were taken
+    /// meanwhile.
+    pub fn evict(&self, record: &TunnelRecord) {
+        let entry = self
+            .lock()
+            .get(&record.session)
+            .and_then(|tunnels| tunnels.get(&record.id).cloned());
+        if let Some(entry) = entry {
+            entry.stopper.stop(Reason::LeaseLost);
         }
     }
 

@@ -1,17 +1,19 @@
 //! A tunnel's registration: everything the node records about a tunnel it owns, held by one value.
 //!
-//! Opening a tunnel takes three things in order: a quota slot of its tenant, its record in the registry
-//! (so that any node finds it), and its entry in the node's own map (so that the control channel and the
-//! node's stop can reach it). A [`Registration`] owns all three from the first step on. Every tunnel kind
-//! ends by calling [`Registration::release`]; on any error path, a `Registration` that is simply dropped
+//! Opening a tunnel takes three things in order, before any upstream socket is opened: a quota slot of its
+//! tenant, its record in the registry (so that any node finds it), and its entry in the node's own map (so
+//! that the control channel, the session's expiry and the node's stop can reach it). A [`Registration`]
+//! owns all three from the first step on; once the upstream is connected, [`Registration::connected`]
+//! adds guacd's connection id to the record and takes over an exclusive session. Every tunnel kind ends
+//! by calling [`Registration::release`]; on any error path, a `Registration` that is simply dropped
 //! releases the same things, its registry records at the next lease renewal. Either way each is released
-//! exactly once.
+//! exactly once, and the membership orders every registry write about the tunnel (see `Membership`).
 
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
-use deskbroker_broker::Membership;
+use deskbroker_broker::{Membership, Recorded};
 use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
@@ -26,8 +28,6 @@ pub struct Tunnel {
     pub kind: TunnelKind,
     /// Digest of an HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
     pub http_token: Option<TokenDigest>,
-    /// guacd's connection id, which shares of the session join.
-    pub connection: Option<String>,
 }
 
 /// A tunnel this node owns, with all that the node recorded about it.
@@ -35,16 +35,14 @@ pub struct Registration {
     tunnel: LocalTunnel,
     local: LocalTunnels,
     membership: Membership,
-    /// Whether the registry may hold something of this tunnel (its slot, its records): set before each
-    /// write, since a write that timed out may still have happened.
-    in_registry: bool,
+    exclusive: bool,
     released: bool,
 }
 
 impl Registration {
-    /// Registers a tunnel of `session`, owned by this node and stopped with `parent` (the node's own stop).
-    /// Refuses it when the tenant has no slot left or the registry cannot record it. A tunnel of an
-    /// exclusive session takes over: the session's older tunnels are closed, wherever they are.
+    /// Registers a tunnel of `session`, owned by this node and stopped with `parent` (the node's own stop)
+    /// or when the session expires. Refuses it when the session's tenant is gone (the operator's own
+    /// sessions have none, and no limit), has no slot left, or the registry cannot record it.
     pub async fn open(
         membership: &Membership,
         local: &LocalTunnels,
@@ -53,7 +51,11 @@ impl Registration {
         session: &Session,
     ) -> Result<Self, TunnelError> {
         let registry = membership.registry();
-        let tenant = registry.tenant(&session.tenant).await?;
+        let limit = match registry.tenant(&session.tenant).await? {
+            Some(tenant) => Some(tenant.limits.max_tunnels),
+            None if session.trusted_target => None,
+            None => return Err(TunnelError::BadToken),
+        };
         let me = membership.me();
         let record = TunnelRecord {
             id: tunnel.id,
@@ -64,40 +66,40 @@ impl Registration {
             kind: tunnel.kind,
             created_ms: unix_ms(SystemTime::now()),
             http_token: tunnel.http_token,
-            connection: tunnel.connection,
+            connection: None,
         };
-        let mut registration = Self {
-            tunnel: local.insert(record, parent),
+        let registration = Self {
+            tunnel: local.insert(record.clone(), session.expires, parent),
             local: local.clone(),
             membership: membership.clone(),
-            in_registry: false,
+            exclusive: session.exclusive,
             released: false,
         };
-        let record = registration.record().clone();
-        registration.in_registry = true;
-        let recorded = async {
-            // Sessions of a tenant without a record (a session file's) have no limit.
-            if let Some(tenant) = tenant {
-                let limit = tenant.limits.max_tunnels;
-                if !registry.reserve_slot(&tenant.id, &record.id, limit).await? {
-                    return Err(TunnelError::TooMany);
-                }
-            }
-            membership.add_tunnel(record.clone()).await?;
-            if session.exclusive {
-                take_over(membership, &record).await?;
-            }
-            Ok(())
-        };
-        match recorded.await {
-            Ok(()) => Ok(registration),
-            Err(error) => {
-                // Refused by the quota: no slot was taken, and nothing else was written.
-                registration.in_registry = !matches!(error, TunnelError::TooMany);
+        match membership.add_tunnel(record, limit).await {
+            Ok(Recorded::Yes) => Ok(registration),
+            Ok(Recorded::NoSlot) => {
                 registration.release().await;
-                Err(error)
+                Err(TunnelError::TooMany)
+            }
+            Err(error) => {
+                registration.release().await;
+                Err(error.into())
             }
         }
+    }
+
+    /// The upstream is connected: records guacd's connection id (which shares join), and takes over an
+    /// exclusive session, closing its older tunnels wherever they are.
+    pub async fn connected(&mut self, connection: Option<String>) -> Result<(), TunnelError> {
+        if connection.is_some() {
+            self.tunnel.record.connection = connection;
+            let record = self.tunnel.record.clone();
+            self.membership.update_tunnel(record).await?;
+        }
+        if self.exclusive {
+            take_over(&self.membership, &self.tunnel.record).await?;
+        }
+        Ok(())
     }
 
     pub fn record(&self) -> &TunnelRecord {
@@ -108,8 +110,8 @@ impl Registration {
         &self.tunnel.traffic
     }
 
-    /// Waits until the tunnel is stopped from outside (revoked, taken over, the node stopping), and says
-    /// why.
+    /// Waits until the tunnel is stopped from outside (revoked, expired, taken over, the node stopping),
+    /// and says why.
     pub async fn stopped(&self) -> TunnelError {
         self.tunnel.stopped().await
     }
@@ -119,9 +121,7 @@ impl Registration {
     pub async fn release(mut self) {
         self.released = true;
         self.local.remove(&self.tunnel.record);
-        if self.in_registry {
-            self.membership.remove_tunnel(&self.tunnel.record).await;
-        }
+        self.membership.remove_tunnel(&self.tunnel.record).await;
     }
 }
 
@@ -131,9 +131,7 @@ impl Drop for Registration {
             return;
         }
         self.local.remove(&self.tunnel.record);
-        if self.in_registry {
-            self.membership.remove_tunnel_later(&self.tunnel.record);
-        }
+        self.membership.remove_tunnel_later(&self.tunnel.record);
     }
 }
 
@@ -195,7 +193,6 @@ mod tests {
             id: TunnelId::random(),
             kind: TunnelKind::Websockify,
             http_token: None,
-            connection: None,
         };
         let parent = CancellationToken::new();
         Registration::open(membership, local, &parent, tunnel, session).await
@@ -229,7 +226,7 @@ mod tests {
         drop(open(&node).await.unwrap());
         assert!(node.1.sessions().is_empty(), "the entry goes at once");
         // The registry is told at the next renewal, without waiting in the dropping task.
-        node.0.tick().await.unwrap();
+        node.0.tick(&|_| {}).await.unwrap();
         assert_eq!(recorded(&node).await, 0);
         assert!(open(&node).await.is_ok(), "the slot is free again");
     }

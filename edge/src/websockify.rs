@@ -91,14 +91,15 @@ async fn open(
     };
     let id = TunnelId::random();
     tracing::Span::current().record("tunnel", tracing::field::display(id));
-    let vnc = upstream::connect(addr, node.deny_for(&session)).await?;
     let tunnel = Tunnel {
         id,
         kind: TunnelKind::Websockify,
         http_token: None,
-        connection: None,
     };
-    let tunnel = node.register(tunnel, &session).await?;
+    // The slot is taken before the VNC server is dialled: a refused tunnel costs it nothing.
+    let mut tunnel = node.register(tunnel, &session).await?;
+    let vnc = upstream::connect(addr, node.deny_for(&session)).await?;
+    tunnel.connected(None).await?;
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
     let filter = (session.read_only || session.join.is_some())
         .then(|| ReadOnlyFilter::new(session.read_only, session.join.is_some()));

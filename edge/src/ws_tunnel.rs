@@ -29,7 +29,6 @@ use crate::error::{TunnelError, error_response};
 use crate::guac;
 use crate::local::Traffic;
 use crate::node::Node;
-use crate::registration::Tunnel;
 use crate::upstream::Guacd;
 use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
 
@@ -54,19 +53,9 @@ pub async fn handle(
 }
 
 async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
-    let opened = async {
-        let guac::Opened { id, guacd, session } = guac::open(&node, &request).await?;
-        let tunnel = Tunnel {
-            id,
-            kind: TunnelKind::WebsocketTunnel,
-            http_token: None,
-            connection: Some(guacd.connection_id.clone()),
-        };
-        let tunnel = node.register(tunnel, &session).await?;
-        Ok::<_, TunnelError>((tunnel, guacd, session.read_only))
-    };
-    let (tunnel, guacd, read_only) = match opened.await {
-        Ok(opened) => opened,
+    let opened = guac::open(&node, &request, TunnelKind::WebsocketTunnel, None).await;
+    let (tunnel, guacd, read_only) = match opened {
+        Ok(opened) => (opened.registration, opened.guacd, opened.session.read_only),
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
             close(&mut socket, error.status()).await;
@@ -74,7 +63,6 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
         }
     };
     let id = tunnel.record().id;
-    tracing::Span::current().record("tunnel", tracing::field::display(id));
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {

@@ -313,6 +313,15 @@ impl Registry for Away {
     fn remove_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<()>> {
         away()
     }
+    fn remove_lapsed_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn removed_tenants<'a>(
+        &'a self,
+        _: &'a [TenantId],
+    ) -> BoxFuture<'a, RegistryResult<Vec<TenantId>>> {
+        away()
+    }
     fn reserve_slot<'a>(
         &'a self,
         _: &'a TenantId,

@@ -90,6 +90,8 @@ impl TunnelRecord {
 pub enum ControlEvent {
     /// The session was revoked: close its tunnels wherever they are.
     SessionClosed { session: SessionId },
+    /// The tenant was removed: close every tunnel of its sessions.
+    TenantClosed { tenant: TenantId },
     /// A newer connection took over an exclusive session: close this tunnel of it.
     TakenOver {
         session: SessionId,

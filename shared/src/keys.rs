@@ -3,7 +3,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `deskbroker:nodes` | hash | node id → `NodeRecord` JSON (the lease, renewed in place) |
+//! | `deskbroker:nodes` | hash | node id → `NodeRecord` JSON (the lease, renewed in place), or a fence `{"cleaning_until_ms":…}` while another node removes a lapsed node's records |
 //! | `deskbroker:node-tunnels:{<node>}` | set | ids of the tunnels the node owns |
 //! | `deskbroker:tunnel:{<tunnel>}` | string | `TunnelRecord` JSON |
 //! | `deskbroker:http-tunnel:{<digest>}` | string | `TunnelRecord` JSON, by SHA-256 of the tunnel token |
@@ -11,6 +11,7 @@
 //! | `deskbroker:session-id:{<session>}` | string | the session token's digest, by session id, expiring with it |
 //! | `deskbroker:session-tunnels:{<session>}` | set | ids of the session's open tunnels |
 //! | `deskbroker:revoked:{<session>}` | string | present for a while after the session was closed |
+//! | `deskbroker:removed-tenant:{<tenant>}` | string | present for a while after the tenant was removed |
 //! | `deskbroker:tenant-sessions:{<tenant>}` | set | ids of the tenant's sessions (expired ones pruned when listed) |
 //! | `deskbroker:tenant-tunnels:{<tenant>}` | set | ids of the tenant's open tunnels: its used slots |
 //! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
@@ -58,4 +59,8 @@ pub fn tenant_sessions(tenant: &TenantId) -> String {
 
 pub fn tenant_tunnels(tenant: &TenantId) -> String {
     format!("deskbroker:tenant-tunnels:{{{tenant}}}")
+}
+
+pub fn removed_tenant(tenant: &TenantId) -> String {
+    format!("deskbroker:removed-tenant:{{{tenant}}}")
 }

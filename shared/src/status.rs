@@ -144,6 +144,8 @@ pub enum RelayClose {
     TooMany,
     /// 4410: the session was closed (revoked) by the control plane.
     SessionClosed,
+    /// 4410: the session's lifetime ran out.
+    SessionExpired,
     /// 4503: the node is shutting down, or the registry cannot be reached; try again.
     Unavailable,
     /// 4504: the VNC server did not accept the connection in time.
@@ -166,7 +168,7 @@ impl RelayClose {
             Self::BadToken => 4403,
             Self::Internal => 4500,
             Self::UpstreamError => 4502,
-            Self::SessionClosed => 4410,
+            Self::SessionClosed | Self::SessionExpired => 4410,
             Self::TakenOver => 4409,
             Self::TooMany => 4429,
             Self::Unavailable => 4503,
@@ -188,6 +190,7 @@ impl RelayClose {
             Self::Internal => "internal error",
             Self::UpstreamError => "VNC server unreachable or failed",
             Self::SessionClosed => "session closed",
+            Self::SessionExpired => "session expired",
             Self::TakenOver => "taken over by another connection",
             Self::TooMany => "too many connections",
             Self::ReadOnlyUnsupported => "client not supported for read-only viewing",

@@ -112,6 +112,23 @@ impl Process {
         let _ = self.child.kill().await;
     }
 
+    /// Stops the process where it stands (SIGSTOP), as a hung node or a paused VM is.
+    pub async fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// Lets a frozen process go on (SIGCONT).
+    pub async fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().await?;
+        anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
+        Ok(())
+    }
+
     /// Stops the process with SIGTERM and waits until everything it wrote is in [`Process::logs`].
     pub async fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let status = tokio::time::timeout(READY_TIMEOUT, self.terminate())

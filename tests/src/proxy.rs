@@ -1,11 +1,14 @@
-//! A TCP proxy that can be cut, for putting a network between one process and a server: while cut, every
-//! connection through it is dropped and new ones are refused.
+//! A TCP proxy for putting a network between one process and a server, which a test can cut (every
+//! connection through it is dropped and new ones are refused) or pause (bytes stop moving both ways, and
+//! connections stay open, as over a link that stalls; what was sent meanwhile arrives on resuming).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 pub struct Proxy {
@@ -14,9 +17,9 @@ pub struct Proxy {
     accept: AbortHandle,
 }
 
-#[derive(Default)]
 struct Shared {
     cut: AtomicBool,
+    paused: watch::Sender<bool>,
     connections: Mutex<Vec<AbortHandle>>,
 }
 
@@ -24,16 +27,26 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            cut: AtomicBool::new(false),
+            paused: watch::channel(false).0,
+            connections: Mutex::default(),
+        });
         let state = shared.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if state.cut.load(Ordering::SeqCst) {
                     continue;
                 }
+                let paused = state.paused.subscribe();
                 let connection = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(target).await {
+                        let (from_client, to_client) = client.into_split();
+                        let (from_server, to_server) = server.into_split();
+                        tokio::select! {
+                            () = pump(from_client, to_server, paused.clone()) => {}
+                            () = pump(from_server, to_client, paused) => {}
+                        }
                     }
                 });
                 state
@@ -60,6 +73,36 @@ impl Proxy {
 
     pub fn heal(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops moving bytes, keeping every connection open, until [`Proxy::resume`].
+    pub fn pause(&self) {
+        self.shared.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.shared.paused.send_replace(false);
+    }
+}
+
+/// Copies one direction, holding each chunk while the proxy is paused.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if paused.wait_for(|paused| !paused).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 

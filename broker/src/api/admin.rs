@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use deskbroker_shared::cluster::{NodeRecord, TunnelKind};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelKind};
 use deskbroker_shared::ids::{TenantId, TokenDigest};
 
 use super::error::ApiError;
@@ -90,6 +90,9 @@ pub async fn delete_tenant(
     if !api.registry().remove_tenant(&id).await? {
         return Err(ApiError::NotFound("tenant"));
     }
+    // Every node closes the tenant's tunnels at once, whatever state its sessions are in.
+    let event = ControlEvent::TenantClosed { tenant: id.clone() };
+    api.registry().publish(&event).await?;
     for session in api.registry().sessions_of(&id).await? {
         close(&api, &session.id).await?;
     }

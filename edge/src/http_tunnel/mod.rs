@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
+use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelToken;
 use deskbroker_shared::instruction::{self, END_OF_RESPONSE, FromBrowser};
@@ -121,9 +122,11 @@ async fn connect(node: &Node, tunnels: &HttpTunnels, body: Body) -> Response {
         return error_response(GuacStatus::ClientOverrun, "Connect data too large.");
     };
     let request = ConnectRequest::parse(&form);
-    let opened = async { HttpTunnel::open(node, tunnels, guac::open(node, &request).await?).await };
-    match opened.await {
-        Ok((id, token)) => {
+    let token = TunnelToken::random();
+    let kind = TunnelKind::HttpTunnel;
+    let opened = guac::open(node, &request, kind, Some(token.digest())).await;
+    match opened.map(|opened| HttpTunnel::open(node, tunnels, opened, &token)) {
+        Ok(id) => {
             let mut response = id.to_string().into_response();
             let headers = response.headers_mut();
             headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -19,7 +19,6 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
 use deskbroker_shared::instruction::Instruction;
 
@@ -28,7 +27,7 @@ use crate::error::TunnelError;
 use crate::guac::Opened;
 use crate::local::Traffic;
 use crate::node::Node;
-use crate::registration::{Registration, Tunnel};
+use crate::registration::Registration;
 use crate::upstream::Guacd;
 
 /// The node's open HTTP tunnels, found by the digest of their `Guacamole-Tunnel-Token`: a cheap `Clone`
@@ -92,23 +91,21 @@ impl Drop for Entry {
 }
 
 impl HttpTunnel {
-    /// Registers the tunnel (so any node can find it by its token), enters it in `tunnels` and starts its
-    /// owner task; returns its id and token.
-    pub async fn open(
+    /// Enters a registered tunnel, which any node finds by the digest of `token`, in `tunnels` and starts
+    /// its owner task; returns its id.
+    pub fn open(
         node: &Node,
         tunnels: &HttpTunnels,
         opened: Opened,
-    ) -> Result<(TunnelId, TunnelToken), TunnelError> {
-        let Opened { id, guacd, session } = opened;
-        let token = TunnelToken::random();
+        token: &TunnelToken,
+    ) -> TunnelId {
+        let Opened {
+            guacd,
+            session,
+            registration,
+        } = opened;
+        let id = registration.record().id;
         let digest = token.digest();
-        let registration = Tunnel {
-            id,
-            kind: TunnelKind::HttpTunnel,
-            http_token: Some(digest),
-            connection: Some(guacd.connection_id.clone()),
-        };
-        let registration = node.register(registration, &session).await?;
         let (output_tx, output_rx) = mpsc::channel(HTTP_OUTPUT_QUEUE);
         let (input_tx, input_rx) = mpsc::channel(HTTP_INPUT_QUEUE);
         let tunnel = Arc::new(HttpTunnel {
@@ -130,7 +127,7 @@ impl HttpTunnel {
             node: node.clone(),
         };
         node.spawn_tunnel(owner.run(guacd, output_tx, input_rx));
-        Ok((id, token))
+        id
     }
 
     pub fn touch(&self) {

@@ -9,6 +9,7 @@
 
 mod access;
 mod hostile;
+mod lifecycle;
 mod limits;
 mod sessions;
 mod sharing;

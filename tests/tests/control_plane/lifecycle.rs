@@ -1,0 +1,265 @@
+//! A session, a tunnel and a quota slot end exactly once, whatever fails: a session's expiry ends its
+//! tunnels, a refused connect dials nothing, and a node that froze or was cut off from Redis neither
+//! brings back tunnels that closed meanwhile nor keeps more than its tenant's quota. Each test ends with
+//! the invariant: open tunnels == registry records == slots held <= `max_tunnels`, and the live view
+//! lists exactly the open tunnels.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use deskbroker_tests::Edge;
+use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
+use deskbroker_tests::process::LEASE;
+use deskbroker_tests::proxy::Proxy;
+
+use crate::{ADMIN, LOOPBACK_ALLOWED, Platform, SECRET};
+
+/// Opens the relay at `url`: the socket if it echoes, or the close code it was refused with.
+async fn open(url: &str) -> Result<Ws, u16> {
+    let (mut socket, _) = ws_connect(url, &[]).await.unwrap();
+    match echoes(&mut socket).await {
+        Ok(()) => Ok(socket),
+        Err(code) => Err(code),
+    }
+}
+
+/// Whether a relay still echoes; the close code if it was closed.
+async fn echoes(socket: &mut Ws) -> Result<(), u16> {
+    // A refused socket may be closing already: its close frame is what to read then.
+    let _ = socket.send(Message::binary(vec![7])).await;
+    loop {
+        match tokio::time::timeout(STEP, socket.next()).await.unwrap() {
+            Some(Ok(Message::Binary(_))) => return Ok(()),
+            Some(Ok(Message::Close(Some(frame)))) => return Err(frame.code.into()),
+            Some(Ok(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Waits (polling, up to `limit`) until `check` holds; panics with `what` otherwise.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Platform {
+    /// A tenant of its own for a test, allowed `max_tunnels`; returns its API key.
+    async fn tenant(&self, id: &str, max_tunnels: u32) -> String {
+        let key = format!("{id}-key-0123456789");
+        let spec = json!({
+            "key": key,
+            "policy": {"hosts": ["127.0.0.1"], "ports": ["1-65535"], "kinds": ["vnc"]},
+            "limits": {"max_tunnels": max_tunnels, "max_lifetime": "1h"}
+        });
+        let path = format!("/api/v1/tenants/{id}");
+        let (status, body) = self.api("PUT", &path, ADMIN, Some(spec)).await;
+        assert_eq!(status, 200, "{body}");
+        key
+    }
+
+    /// The slots the registry holds for a tenant.
+    async fn slots(&self, tenant: &str) -> usize {
+        let key = format!("deskbroker:tenant-tunnels:{{{tenant}}}");
+        let answer = self.redis.cli(&["SCARD", &key]).await.unwrap();
+        answer.first().and_then(|n| n.parse().ok()).unwrap_or(0)
+    }
+
+    /// The tunnels the live view lists for a tenant.
+    async fn listed(&self, key: &str) -> usize {
+        let (status, sessions) = self.api("GET", "/api/v1/sessions", key, None).await;
+        assert_eq!(status, 200, "{sessions}");
+        let sessions = sessions.as_array().unwrap();
+        sessions
+            .iter()
+            .map(|session| session["tunnels"].as_array().map_or(0, Vec::len))
+            .sum()
+    }
+
+    /// The invariant after every scenario: `open` tunnels run, the registry holds exactly as many records
+    /// and slots, no more than `max`, and the live view lists them.
+    async fn assert_invariant(&self, tenant: &str, key: &str, open: usize, max: usize) {
+        assert!(open <= max, "{open} tunnels open against a limit of {max}");
+        assert_eq!(self.slots(tenant).await, open, "slots held by {tenant}");
+        assert_eq!(self.listed(key).await, open, "tunnels listed for {tenant}");
+    }
+}
+
+/// A relay session for a tenant's key; returns its websockify path.
+async fn relay_session(platform: &Platform, key: &str, extra: Value) -> String {
+    let mut body = json!({"target": platform.vnc_target()});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let session = platform.session(key, body).await;
+    session["urls"]["websockify"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_session_ends_its_tunnels_when_it_expires() {
+    let platform = Platform::start().await;
+    let key = platform.tenant("brief", 5).await;
+    let path = relay_session(&platform, &key, json!({"lifetime": "3s"})).await;
+    let mut relays = Vec::new();
+    for node in 0..3 {
+        relays.push(open(&format!("{}{path}", platform.ws(node))).await.unwrap());
+    }
+    for relay in &mut relays {
+        let closed = close_frame(relay).await.unwrap();
+        assert_eq!(closed, (4410, "session expired".into()));
+    }
+    let gone = || async { platform.slots("brief").await == 0 };
+    eventually(STEP, "the expired session's slots are given back", gone).await;
+    platform.assert_invariant("brief", &key, 0, 5).await;
+}
+
+#[tokio::test]
+async fn a_refused_connect_dials_nothing_and_a_tenant_without_a_record_gets_nothing() {
+    let platform = Platform::start().await;
+    let key = platform.tenant("small", 2).await;
+    let path = relay_session(&platform, &key, json!({})).await;
+    let mut held = Vec::new();
+    for node in 0..2 {
+        held.push(open(&format!("{}{path}", platform.ws(node))).await.unwrap());
+    }
+    let dialled = platform.echo.accepted.load(Ordering::SeqCst);
+    for node in 0..6 {
+        let refused = open(&format!("{}{path}", platform.ws(node % 3)))
+            .await
+            .err();
+        assert_eq!(refused, Some(4429));
+    }
+    assert_eq!(
+        platform.echo.accepted.load(Ordering::SeqCst),
+        dialled,
+        "a connect refused for the quota opened no socket to the desktop"
+    );
+    platform.assert_invariant("small", &key, 2, 2).await;
+
+    // A tenant whose record is gone (while its sessions are not) is not a tenant without limits.
+    let orphan = platform.tenant("orphan", 5).await;
+    let path = relay_session(&platform, &orphan, json!({})).await;
+    let cli = ["HDEL", "deskbroker:tenants", "orphan"];
+    platform.redis.cli(&cli).await.unwrap();
+    let refused = open(&format!("{}{path}", platform.ws(0))).await.err();
+    assert_eq!(refused, Some(4403), "refused as an unknown token is");
+    assert_eq!(platform.echo.accepted.load(Ordering::SeqCst), dialled);
+    assert_eq!(platform.slots("orphan").await, 0);
+}
+
+#[tokio::test]
+async fn tunnels_closed_while_their_node_was_frozen_do_not_come_back() {
+    const TUNNELS: usize = 40;
+    let platform = Platform::start().await;
+    let key = platform.tenant("frozen", TUNNELS as u32).await;
+    let path = relay_session(&platform, &key, json!({})).await;
+    let mut relays = Vec::new();
+    for _ in 0..TUNNELS {
+        relays.push(open(&format!("{}{path}", platform.ws(0))).await.unwrap());
+    }
+    platform
+        .assert_invariant("frozen", &key, TUNNELS, TUNNELS)
+        .await;
+
+    // The node freezes until its lease lapses and the others remove its records; its clients leave
+    // while it is frozen, so it meets their departures and its own return at the same moment.
+    let frozen = &platform.edges[0].process;
+    frozen.freeze().await.unwrap();
+    let cleaned = || async { platform.slots("frozen").await == 0 };
+    eventually(3 * LEASE, "the frozen node's records are removed", cleaned).await;
+    for relay in &mut relays {
+        let _ = relay.close(None).await;
+    }
+    drop(relays);
+    frozen.thaw().await.unwrap();
+
+    // Back, it renews its lease (finding it lost) and ends the relays whose clients left: what it
+    // records again must be none of them.
+    let nodes = || async {
+        let field = platform
+            .redis
+            .cli(&["HGET", "deskbroker:nodes", "edge-1"])
+            .await;
+        field.is_ok_and(|lines| lines.first().is_some_and(|l| l.contains("expires_ms")))
+    };
+    eventually(3 * LEASE, "the thawed node renews its lease", nodes).await;
+    tokio::time::sleep(LEASE).await;
+    platform.assert_invariant("frozen", &key, 0, TUNNELS).await;
+
+    // And every slot is the tenant's again.
+    let mut reopened = Vec::new();
+    for i in 0..TUNNELS {
+        let url = format!("{}{path}", platform.ws(i % 3));
+        reopened.push(open(&url).await.expect("every slot is free"));
+    }
+    platform
+        .assert_invariant("frozen", &key, TUNNELS, TUNNELS)
+        .await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_redis_records_its_tunnels_again_within_the_quota() {
+    let platform = Platform::start().await;
+    let key = platform.tenant("parted", 5).await;
+    // A fourth node reaches Redis through a link that stalls: its commands wait, and their answers
+    // arrive after the node gave up on them.
+    let link = Proxy::start(([127, 0, 0, 1], platform.redis.port).into())
+        .await
+        .unwrap();
+    let url = format!("redis://{}", link.addr);
+    let edge = Edge::start_node("edge-parted", &url, SECRET, &[], &LOOPBACK_ALLOWED)
+        .await
+        .unwrap();
+    let path = relay_session(&platform, &key, json!({})).await;
+    let mut parted = Vec::new();
+    for _ in 0..5 {
+        parted.push(open(&edge.ws_url(&path)).await.unwrap());
+    }
+    platform.assert_invariant("parted", &key, 5, 5).await;
+
+    // Cut off past its lease, its records are removed, and the tenant opens three tunnels elsewhere.
+    link.pause();
+    let cleaned = || async { platform.slots("parted").await == 0 };
+    eventually(4 * LEASE, "the cut-off node's records are removed", cleaned).await;
+    let mut elsewhere = Vec::new();
+    for node in 0..3 {
+        elsewhere.push(open(&format!("{}{path}", platform.ws(node))).await.unwrap());
+    }
+    for relay in &mut parted {
+        assert_eq!(echoes(relay).await, Ok(()), "relays run on while cut off");
+    }
+
+    // Healed, it records its tunnels again while slots are left, and closes the rest with "try again".
+    link.resume();
+    let recorded = || async { platform.slots("parted").await == 5 };
+    eventually(
+        4 * LEASE,
+        "the healed node records its tunnels again",
+        recorded,
+    )
+    .await;
+    tokio::time::sleep(LEASE).await;
+    let mut open_on_parted = 0;
+    for relay in &mut parted {
+        match echoes(relay).await {
+            Ok(()) => open_on_parted += 1,
+            Err(code) => assert_eq!(code, 4503, "closed with the retry status"),
+        }
+    }
+    assert_eq!(open_on_parted, 2, "two of its five fit in the quota");
+    for relay in &mut elsewhere {
+        assert_eq!(echoes(relay).await, Ok(()));
+    }
+    platform.assert_invariant("parted", &key, 5, 5).await;
+}
