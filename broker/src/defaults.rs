@@ -25,6 +25,10 @@ pub const RENEWALS_PER_LEASE: u32 = 3;
 /// delays the lapsed node's return, and the next cleanup, by no more than this.
 pub const LAPSED_CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a broker (and an edge with a session file) checks that the registry still holds what the
+/// operator configured: a Redis that restarted empty has its tenants back within this.
+pub const RESTORE_PERIOD: Duration = Duration::from_secs(2);
+
 /// How long the registry remembers that a session was closed, for nodes that were cut off from the control
 /// channel when it happened: longer than any outage a node survives with its tunnels.
 pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod process;
 pub mod redis;
 pub mod registry;
+pub mod restore;
 pub mod service;
 pub mod session_file;
 pub mod tenants;

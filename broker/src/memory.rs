@@ -35,6 +35,7 @@ struct State {
     /// Sessions revoked, and when.
     revoked: HashMap<SessionId, SystemTime>,
     tenants: HashMap<TenantId, Tenant>,
+    markers: std::collections::HashSet<String>,
     /// Tenants removed (until one of the same id is put again).
     removed_tenants: std::collections::HashSet<TenantId>,
     slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
@@ -308,6 +309,15 @@ impl Registry for MemoryRegistry {
         let state = self.lock();
         let removed = ids.iter().filter(|id| state.removed_tenants.contains(*id));
         ready(removed.cloned().collect())
+    }
+
+    fn marked<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<bool>> {
+        ready(self.lock().markers.contains(marker))
+    }
+
+    fn mark<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.lock().markers.insert(marker.to_owned());
+        ready(())
     }
 
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>> {

@@ -96,12 +96,44 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+impl Connection {
+    async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd).await,
+            Connection::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn send_all(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+        }
+    }
+}
+
+/// A command that failed because the connection it went out on was gone (Redis restarted, or the link
+/// dropped) is sent once more, on the connection the manager makes in its place: otherwise the first
+/// command after every reconnect fails. A command that timed out is not: it may have run, and waiting
+/// twice would double its deadline. Every command deskbroker sends may run twice.
+fn lost_connection(error: &RedisError) -> bool {
+    !error.is_timeout()
+        && (error.is_connection_dropped() || error.is_connection_refusal() || error.is_io_error())
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Connection::Single(c) => c.req_packed_command(cmd),
-            Connection::Cluster(c) => c.req_packed_command(cmd),
-        }
+        Box::pin(async move {
+            match self.send(cmd).await {
+                Err(error) if lost_connection(&error) => self.send(cmd).await,
+                answer => answer,
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -110,10 +142,14 @@ impl ConnectionLike for Connection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
+        Box::pin(async move {
+            match self.send_all(pipeline, offset, count).await {
+                Err(error) if lost_connection(&error) => {
+                    self.send_all(pipeline, offset, count).await
+                }
+                answer => answer,
+            }
+        })
     }
 
     fn get_db(&self) -> i64 {
@@ -606,6 +642,20 @@ impl Registry for RedisRegistry {
                 }
             }
             Ok(removed)
+        })
+    }
+
+    fn marked<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let key = keys::marker(marker);
+            self.conn().exists(key).await.map_err(unavailable)
+        })
+    }
+
+    fn mark<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let key = keys::marker(marker);
+            self.conn().set(key, 1).await.map_err(unavailable)
         })
     }
 

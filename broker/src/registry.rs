@@ -125,6 +125,12 @@ pub trait Registry: Send + Sync + 'static {
     /// against once it hears the channel again.
     fn removed_tenants<'a>(&'a self, ids: &'a [TenantId]) -> BoxFuture<'a, Result<Vec<TenantId>>>;
 
+    /// Whether the registry holds a marker (see `restore.rs`): gone only when it lost its data.
+    fn marked<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Sets a marker, after writing what it stands for.
+    fn mark<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<()>>;
+
     /// Tells every node (this one included) about an event.
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>>;
 

@@ -1,6 +1,7 @@
-//! `deskbroker-broker` as a running service: [`start`] stores the configured tenants, binds the API's
-//! listener and serves it; [`BrokerHandle::stop`] stops it, with a deadline. The binary only reads flags and
-//! files and calls these, so a test can run the control plane in its own process too.
+//! `deskbroker-broker` as a running service: [`start`] stores the configured tenants (and stores them again
+//! whenever the registry loses them), binds the API's listener and serves it; [`BrokerHandle::stop`] stops
+//! it, with a deadline. The binary only reads flags and files and calls these, so a test can run the
+//! control plane in its own process too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,10 @@ use crate::config::{BrokerConfig, ConfigError};
 use crate::defaults::STOP_TIMEOUT;
 use crate::process::{StopError, Tasks};
 use crate::registry::{Registry, RegistryError};
+use crate::restore;
+
+/// The marker of the configured tenants in the registry.
+const TENANTS_MARKER: &str = "tenants";
 
 /// What a broker needs besides its registry.
 #[derive(Debug)]
@@ -57,9 +62,20 @@ pub async fn start(
     settings: Settings,
 ) -> Result<BrokerHandle, StartError> {
     let guacd_pools = settings.config.pools()?;
-    for tenant in &settings.config.tenants {
-        registry.put_tenant(tenant).await?;
-    }
+    let tenants = Arc::new(settings.config.tenants.clone());
+    let mut write_tenants = {
+        let registry = registry.clone();
+        move || {
+            let (registry, tenants) = (registry.clone(), tenants.clone());
+            async move {
+                for tenant in tenants.iter() {
+                    registry.put_tenant(tenant).await?;
+                }
+                Ok(())
+            }
+        }
+    };
+    restore::write(registry.as_ref(), TENANTS_MARKER, &mut write_tenants).await?;
     let api_config = ApiConfig {
         // The live view's byte counts come from the owning nodes, asked with the cluster secret.
         traffic: settings
@@ -79,9 +95,20 @@ pub async fn start(
         source,
     })?;
     let stop = CancellationToken::new();
+    let mut tasks = Tasks::default();
+    // A Redis that restarted empty gets the configured tenants back.
+    let kept = restore::keep(
+        registry.clone(),
+        TENANTS_MARKER.into(),
+        stop.clone(),
+        write_tenants,
+    );
+    tasks.spawn("the configured tenants", async move {
+        kept.await;
+        Ok(())
+    });
     let app = api::router(Api::new(registry, api_config));
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut tasks = Tasks::default();
     tasks.spawn("the API listener", server.into_future());
     info!(%addr, tenants = settings.config.tenants.len(), "listening");
     Ok(BrokerHandle { addr, stop, tasks })

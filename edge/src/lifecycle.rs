@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use deskbroker_broker::process::{StopError, Tasks};
+use deskbroker_broker::restore;
 use deskbroker_broker::{Membership, Registry, RegistryError};
 
 use crate::config::Config;
@@ -68,9 +69,23 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         });
         routes = demo.routes;
     }
-    for (token, session) in &sessions {
-        registry
-            .put_session(token, session)
+    // The session file's sessions (and the demo's) come back by themselves if the registry loses them.
+    let marker = format!("sessions:{}", config.node_id);
+    let sessions = Arc::new(sessions);
+    let mut write_sessions = {
+        let (registry, sessions) = (registry.clone(), sessions.clone());
+        move || {
+            let (registry, sessions) = (registry.clone(), sessions.clone());
+            async move {
+                for (token, session) in sessions.iter() {
+                    registry.put_session(token, session).await?;
+                }
+                Ok(())
+            }
+        }
+    };
+    if !sessions.is_empty() {
+        restore::write(registry.as_ref(), &marker, &mut write_sessions)
             .await
             .map_err(StartError::Sessions)?;
     }
@@ -100,6 +115,18 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     );
     // The lease outlives the listeners: tunnels draining are still owned, and found, until they end.
     let leave = CancellationToken::new();
+    if !sessions.is_empty() {
+        let kept = restore::keep(
+            membership.registry().clone(),
+            marker,
+            leave.clone(),
+            write_sessions,
+        );
+        tasks.spawn("the session file's sessions", async move {
+            kept.await;
+            Ok(())
+        });
+    }
     tasks.spawn("the lease", {
         let (node, leave) = (node.clone(), leave.clone());
         async move {

@@ -316,6 +316,12 @@ impl Registry for Away {
     fn remove_lapsed_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<bool>> {
         away()
     }
+    fn marked<'a>(&'a self, _: &'a str) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn mark<'a>(&'a self, _: &'a str) -> BoxFuture<'a, RegistryResult<()>> {
+        away()
+    }
     fn removed_tenants<'a>(
         &'a self,
         _: &'a [TenantId],

@@ -16,6 +16,7 @@
 //! | `deskbroker:tenant-tunnels:{<tenant>}` | set | ids of the tenant's open tunnels: its used slots |
 //! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
 //! | `deskbroker:tenant-keys` | hash | SHA-256 of an API key → tenant id |
+//! | `deskbroker:restored:{<marker>}` | string | present while the registry holds what the operator configured (see the broker's `restore.rs`) |
 //! | `deskbroker:control` | pub/sub channel | `ControlEvent` JSON, heard by every node |
 
 use crate::ids::{NodeId, SessionId, TenantId, TokenDigest, TunnelId};
@@ -63,4 +64,8 @@ pub fn tenant_tunnels(tenant: &TenantId) -> String {
 
 pub fn removed_tenant(tenant: &TenantId) -> String {
     format!("deskbroker:removed-tenant:{{{tenant}}}")
+}
+
+pub fn marker(name: &str) -> String {
+    format!("deskbroker:restored:{{{name}}}")
 }

@@ -16,7 +16,7 @@ use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
 use deskbroker_tests::process::LEASE;
 use deskbroker_tests::proxy::Proxy;
 
-use crate::{ADMIN, LOOPBACK_ALLOWED, Platform, SECRET};
+use crate::{ACME, ADMIN, LOOPBACK_ALLOWED, Platform, SECRET};
 
 /// Opens the relay at `url`: the socket if it echoes, or the close code it was refused with.
 async fn open(url: &str) -> Result<Ws, u16> {
@@ -262,4 +262,27 @@ async fn a_node_cut_off_from_redis_records_its_tunnels_again_within_the_quota() 
         assert_eq!(echoes(relay).await, Ok(()));
     }
     platform.assert_invariant("parted", &key, 5, 5).await;
+}
+
+#[tokio::test]
+async fn configured_tenants_come_back_after_redis_restarts_empty() {
+    let mut platform = Platform::start().await;
+    platform.redis.restart().await.unwrap();
+    // From the first request on, the broker answers for itself: its link to Redis is made again at
+    // once (never a 503), and the configured tenants are written again within a few seconds.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = platform.api("GET", "/api/v1/sessions", ACME, None).await;
+        match status {
+            200 => break,
+            401 => assert!(
+                tokio::time::Instant::now() < deadline,
+                "acme never came back"
+            ),
+            _ => panic!("{status} {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let path = relay_session(&platform, ACME, json!({})).await;
+    open(&format!("{}{path}", platform.ws(1))).await.unwrap();
 }
