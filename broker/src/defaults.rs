@@ -33,6 +33,15 @@ pub const RESTORE_PERIOD: Duration = Duration::from_secs(2);
 /// channel when it happened: longer than any outage a node survives with its tunnels.
 pub const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// How often a node sweeps what has expired out of its registry (the in-memory one; Redis expires keys
+/// itself): a sweep with nothing due looks at the first entry of two indexes, so sweeping often costs
+/// nothing, and an expired session's memory comes back within this.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Records one step of a sweep drops with the in-memory registry's lock held: some tens of microseconds,
+/// so lookups never wait long behind a sweep, however much expired at once.
+pub const SWEEP_BATCH: usize = 256;
+
 /// Control events the in-memory registry buffers for a slow subscriber before it misses some.
 pub const CONTROL_BUFFER: usize = 1024;
 

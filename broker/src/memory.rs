@@ -1,8 +1,13 @@
 //! The embedded in-memory registry of single-node mode. Sessions are keyed by the SHA-256 digest of their
 //! token, so a lookup's timing says nothing useful about the tokens held, and the final comparison of
 //! digests is constant-time.
+//!
+//! Nothing here expires by itself, as Redis keys do: sessions past their expiry and revocations past
+//! [`REVOCATION_MEMORY`] are refused at once, but their memory comes back only when the registry's owner
+//! calls [`MemoryRegistry::purge`] (the edge's sweep does, every second). Both are indexed by when they
+//! end, so a purge looks only at what has ended, earliest first, a bounded batch per call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -32,13 +37,18 @@ struct State {
     tunnels: HashMap<TunnelId, TunnelRecord>,
     /// HTTP tunnels by the digest of their `Guacamole-Tunnel-Token`, for forwarding.
     http_tunnels: HashMap<TokenDigest, TunnelId>,
+    /// Sessions by expiry, earliest first: what a purge looks at (sessions without one never expire).
+    expiries: BTreeSet<(SystemTime, SessionId)>,
     /// Sessions revoked, and when.
     revoked: HashMap<SessionId, SystemTime>,
+    /// The same, by time, earliest first.
+    revocations: BTreeSet<(SystemTime, SessionId)>,
     tenants: HashMap<TenantId, Tenant>,
-    markers: std::collections::HashSet<String>,
+    markers: HashSet<String>,
     /// Tenants removed (until one of the same id is put again).
-    removed_tenants: std::collections::HashSet<TenantId>,
-    slots: HashMap<TenantId, std::collections::HashSet<TunnelId>>,
+    removed_tenants: HashSet<TenantId>,
+    /// The tunnels holding each tenant's quota slots; a tenant with none has no entry.
+    slots: HashMap<TenantId, HashSet<TunnelId>>,
 }
 
 impl State {
@@ -52,6 +62,9 @@ impl State {
         }
         if let Some(slots) = self.slots.get_mut(&tunnel.tenant) {
             slots.remove(&tunnel.id);
+            if slots.is_empty() {
+                self.slots.remove(&tunnel.tenant);
+            }
         }
     }
 
@@ -67,6 +80,73 @@ impl State {
         for tunnel in &gone {
             self.remove_tunnel(tunnel);
         }
+    }
+
+    /// Stores a session under a token's digest. A session id names one grant: a token stored again, or
+    /// a session id stored under another token, replaces what was there, so that nothing is left that
+    /// neither lookup nor purge can reach.
+    fn insert_session(&mut self, digest: TokenDigest, session: Session) {
+        if let Some(previous) = self.sessions.get(&digest) {
+            let id = previous.id.clone();
+            self.remove_session(&id);
+        }
+        self.remove_session(&session.id);
+        if let Some(expires) = session.expires {
+            self.expiries.insert((expires, session.id.clone()));
+        }
+        self.session_ids.insert(session.id.clone(), digest);
+        self.sessions.insert(digest, session);
+    }
+
+    /// Removes a session with its id and its place in the expiry index; the session, if there was one.
+    fn remove_session(&mut self, id: &SessionId) -> Option<Session> {
+        let digest = self.session_ids.remove(id)?;
+        let session = self.sessions.remove(&digest)?;
+        if let Some(expires) = session.expires {
+            self.expiries.remove(&(expires, session.id.clone()));
+        }
+        Some(session)
+    }
+
+    fn remember_revocation(&mut self, id: &SessionId, at: SystemTime) {
+        if let Some(earlier) = self.revoked.insert(id.clone(), at) {
+            self.revocations.remove(&(earlier, id.clone()));
+        }
+        self.revocations.insert((at, id.clone()));
+    }
+
+    /// Drops at most `budget` sessions expired at `now`, earliest first; how many it dropped.
+    fn purge_sessions(&mut self, now: SystemTime, budget: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < budget {
+            let Some((expires, id)) = self.expiries.first().cloned() else {
+                break;
+            };
+            if expires > now {
+                break;
+            }
+            self.expiries.pop_first();
+            self.remove_session(&id);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Forgets at most `budget` revocations older than [`REVOCATION_MEMORY`] at `now`, earliest first.
+    fn purge_revocations(&mut self, now: SystemTime, budget: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < budget {
+            let Some((at, id)) = self.revocations.first().cloned() else {
+                break;
+            };
+            if now.duration_since(at).unwrap_or_default() < REVOCATION_MEMORY {
+                break;
+            }
+            self.revocations.pop_first();
+            self.revoked.remove(&id);
+            dropped += 1;
+        }
+        dropped
     }
 }
 
@@ -86,9 +166,17 @@ impl MemoryRegistry {
 
     /// Adds or replaces the session a token grants.
     pub fn insert(&self, token: &SessionToken, session: Session) {
+        self.lock().insert_session(token.digest(), session);
+    }
+
+    /// Drops at most `budget` records whose time has passed at `now` (sessions past their expiry first,
+    /// then revocations older than [`REVOCATION_MEMORY`]), earliest first, and says how many it dropped:
+    /// fewer than `budget` means nothing is left to drop. The lock is held for one batch, so a caller
+    /// with more to drop calls again, letting lookups in between.
+    pub fn purge(&self, now: SystemTime, budget: usize) -> usize {
         let mut state = self.lock();
-        state.session_ids.insert(session.id.clone(), token.digest());
-        state.sessions.insert(token.digest(), session);
+        let sessions = state.purge_sessions(now, budget);
+        sessions + state.purge_revocations(now, budget - sessions)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -247,18 +335,15 @@ impl Registry for MemoryRegistry {
 
     fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>> {
         let mut state = self.lock();
-        let digest = state.session_ids.remove(id);
-        let live = digest
-            .and_then(|digest| state.sessions.remove(&digest))
-            .is_some();
+        let live = state.remove_session(id).is_some();
         if live {
-            let now = SystemTime::now();
-            state
-                .revoked
-                .retain(|_, at| now.duration_since(*at).unwrap_or_default() < REVOCATION_MEMORY);
-            state.revoked.insert(id.clone(), now);
+            state.remember_revocation(id, SystemTime::now());
         }
         ready(live)
+    }
+
+    fn purge_expired(&self, budget: usize) -> BoxFuture<'_, Result<usize>> {
+        ready(self.purge(SystemTime::now(), budget))
     }
 
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
@@ -373,6 +458,66 @@ mod tests {
             [SessionId::new("s")],
             "remembered as revoked"
         );
+    }
+
+    /// What the registry holds: sessions, session ids, revocations.
+    fn held(registry: &MemoryRegistry) -> (usize, usize, usize) {
+        let state = registry.lock();
+        (
+            state.sessions.len(),
+            state.session_ids.len(),
+            state.revoked.len(),
+        )
+    }
+
+    #[tokio::test]
+    async fn expired_sessions_and_old_revocations_are_purged_a_batch_at_a_time() {
+        let registry = MemoryRegistry::new();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        for i in 0..5 {
+            let (token, id) = (format!("old-{i}"), format!("s-old-{i}"));
+            let expired = now - Duration::from_secs(5 - i);
+            registry.insert(&SessionToken::new(token), session(&id, Some(expired)));
+        }
+        registry.insert(
+            &SessionToken::new("live"),
+            session("s-live", Some(now + hour)),
+        );
+        registry.insert(&SessionToken::new("file"), session("s-file", None));
+        registry.insert(
+            &SessionToken::new("gone"),
+            session("s-gone", Some(now + hour)),
+        );
+        assert!(registry.revoke(&SessionId::new("s-gone")).await.unwrap());
+        assert_eq!(held(&registry), (7, 7, 1));
+
+        // At most the budget per step, so that no step holds the lock for long.
+        assert_eq!(registry.purge(now, 3), 3);
+        assert_eq!(registry.purge(now, 3), 2, "fewer than the budget: done");
+        assert_eq!(registry.purge(now, 3), 0);
+        assert_eq!(
+            held(&registry),
+            (2, 2, 1),
+            "the live sessions and the revocation"
+        );
+        let live = registry.session(&SessionToken::new("live")).await.unwrap();
+        assert!(live.is_some());
+
+        // A day later the revocation is forgotten, and the session with an expiry has expired; the one
+        // without stays.
+        let later = now + REVOCATION_MEMORY + Duration::from_secs(1);
+        assert_eq!(registry.purge(later, 10), 2);
+        assert_eq!(held(&registry), (1, 1, 0));
+        assert!(
+            registry
+                .revoked(&[SessionId::new("s-gone")])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let file = registry.session(&SessionToken::new("file")).await.unwrap();
+        assert!(file.is_some());
     }
 
     #[tokio::test]

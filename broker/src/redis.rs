@@ -530,6 +530,11 @@ impl Registry for RedisRegistry {
         })
     }
 
+    fn purge_expired(&self, _budget: usize) -> BoxFuture<'_, Result<usize>> {
+        // Sessions and revocations are written with their expiry (`PX`, `EX`): Redis drops them itself.
+        Box::pin(async { Ok(0) })
+    }
+
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
         Box::pin(async move {
             let mut conn = self.conn();

@@ -104,6 +104,12 @@ pub trait Registry: Send + Sync + 'static {
     /// [`defaults::REVOCATION_MEMORY`].
     fn revoke<'a>(&'a self, id: &'a SessionId) -> BoxFuture<'a, Result<bool>>;
 
+    /// Drops at most `budget` records whose time has passed (sessions past their expiry, revocations past
+    /// [`defaults::REVOCATION_MEMORY`]), earliest first, and says how many it dropped: fewer than `budget`
+    /// means none is left. The in-memory registry keeps its records itself and needs its owner to call
+    /// this now and then; Redis expires its keys by itself, and drops nothing here.
+    fn purge_expired(&self, budget: usize) -> BoxFuture<'_, Result<usize>>;
+
     /// Which of these sessions were revoked: what a node that missed control events checks its tunnels
     /// against once it hears the channel again.
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>>;

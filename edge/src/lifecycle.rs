@@ -1,7 +1,8 @@
 //! A node's life: [`start`] brings up everything a node runs (the demo desktop, the sessions it was given,
-//! its listeners, its lease in the cluster, the control channel) and returns a [`NodeHandle`];
-//! [`NodeHandle::stop`] takes it down in the order docs/lifecycle.md describes, and says whether it
-//! stopped cleanly. The binary reads flags and calls these; a test can run a node in its own process.
+//! its listeners, its lease in the cluster, the registry's sweep, the control channel) and returns a
+//! [`NodeHandle`]; [`NodeHandle::stop`] takes it down in the order docs/lifecycle.md describes, and says
+//! whether it stopped cleanly. The binary reads flags and calls these; a test can run a node in its own
+//! process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use deskbroker_broker::process::{StopError, Tasks};
 use deskbroker_broker::restore;
+use deskbroker_broker::sweep::sweep;
 use deskbroker_broker::{Membership, Registry, RegistryError};
 
 use crate::config::Config;
@@ -127,6 +129,14 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
             Ok(())
         });
     }
+    // The registry's upkeep: a node alone holds its sessions in memory, and they expire only by this.
+    tasks.spawn("the registry sweep", {
+        let (registry, leave) = (membership.registry().clone(), leave.clone());
+        async move {
+            sweep(registry, leave).await;
+            Ok(())
+        }
+    });
     tasks.spawn("the lease", {
         let (node, leave) = (node.clone(), leave.clone());
         async move {

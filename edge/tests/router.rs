@@ -369,6 +369,9 @@ impl Registry for Away {
     fn revoke<'a>(&'a self, _: &'a SessionId) -> BoxFuture<'a, RegistryResult<bool>> {
         away()
     }
+    fn purge_expired(&self, _: usize) -> BoxFuture<'_, RegistryResult<usize>> {
+        away()
+    }
     fn revoked<'a>(&'a self, _: &'a [SessionId]) -> BoxFuture<'a, RegistryResult<Vec<SessionId>>> {
         away()
     }
