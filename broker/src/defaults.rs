@@ -72,6 +72,15 @@ pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// few registry commands, each with its own deadline.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Largest session record the API stores: the session's JSON, as Redis holds it, with its connection
+/// parameters percent-encoded in its target's URL form and the tenant's own `guacd_params` among them. A
+/// real session is a few KiB (an RDP desktop with every parameter a tenant may set, with ordinary values,
+/// is about 2 KiB; the longest single value, an SSH private key, is 3.3 KiB for RSA-4096, 13 KiB for
+/// RSA-16384), so the size of a whole request body is far above any of them, and bounds what each live
+/// session holds in the registry's memory: 10,000 sessions at the limit are 640 MiB, where nothing
+/// bounded them before.
+pub const MAX_SESSION_RECORD: usize = 64 * 1024;
+
 /// Largest request body the API reads: a session's target with its parameters, or a tenant's policy, is a
 /// few KiB; 64 KiB leaves room for a long policy and bounds what one request makes the broker hold.
 pub const MAX_BODY: usize = 64 * 1024;

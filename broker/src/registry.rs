@@ -154,3 +154,24 @@ pub fn session_ttl(session: &Session, now: std::time::SystemTime) -> Option<Dura
         .expires
         .map(|expires| expires.duration_since(now).unwrap_or_default())
 }
+
+/// The size of a session's record as a registry stores it: its JSON, the target in its URL form. What
+/// [`defaults::MAX_SESSION_RECORD`](crate::defaults::MAX_SESSION_RECORD) bounds.
+pub fn session_record_len(session: &Session) -> usize {
+    /// Counts what is written, and keeps none of it.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A session is strings, numbers and a map with string keys, and the writer never fails: serialising
+    // it cannot fail.
+    let _ = serde_json::to_writer(&mut count, session);
+    count.0
+}

@@ -2,8 +2,8 @@
 //! on an in-memory registry holding one tenant, `acme` (sessions of at most an hour), and an admin key.
 //! Every answer, refusals included (a wrong method, a path that names nothing), is JSON `{"code",
 //! "message"}`; the caller is known before its body is read; no lifetime, however long or short, leaves a
-//! caller without an answer or with a dead token; and a guacd session carries no parameter past the policy,
-//! only the operator's own on top.
+//! caller without an answer or with a dead token; a guacd session carries no parameter past the policy,
+//! only the operator's own on top; and a session too large to store is refused.
 
 #![allow(
     clippy::unwrap_used,
@@ -606,4 +606,63 @@ async fn the_operators_guacd_parameters_are_laid_over_the_request() {
     };
     assert_eq!(params["recording-path"], "/recordings/acme");
     assert_eq!(params["hostname"], "10.1.2.3");
+}
+
+#[tokio::test]
+async fn a_session_too_large_to_store_is_refused_and_nothing_is_stored() {
+    let (app, registry) = recorded_tenant().await;
+    let desktop = json!({"hostname": "10.1.2.3", "port": "3389"});
+    let refused = |answer: &Answer| {
+        assert_eq!(
+            answer.error(),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into()),
+            "{}",
+            answer.body
+        );
+        assert!(
+            answer.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("session")
+        );
+    };
+
+    // A body within the API's limit whose record is not: stored in its URL form, every `<` of the
+    // password is three bytes.
+    let mut params = desktop.clone();
+    params["password"] = json!("<".repeat(40 * 1024));
+    let body = rdp(params);
+    assert!(body.to_string().len() < MAX_BODY);
+    let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(body)).await;
+    refused(&answer);
+
+    // What the operator lays over every session counts too: a tenant configured with a megabyte and a
+    // half of parameters gets no session, however small its request.
+    let mut bloated = registry
+        .tenant(&TenantId::new("acme"))
+        .await
+        .unwrap()
+        .unwrap();
+    let huge = "x".repeat(1_900_000);
+    bloated.guacd_params.insert("recording-name".into(), huge);
+    registry.put_tenant(&bloated).await.unwrap();
+    let answer = call(
+        &app,
+        "POST",
+        "/api/v1/sessions",
+        ACME,
+        Some(rdp(desktop.clone())),
+    )
+    .await;
+    refused(&answer);
+    let stored = registry.sessions_of(&TenantId::new("acme")).await.unwrap();
+    assert!(stored.is_empty(), "nothing was stored");
+
+    // A real session, with an SSH-sized private key among its parameters, is far from the limit.
+    bloated.guacd_params.remove("recording-name");
+    registry.put_tenant(&bloated).await.unwrap();
+    let mut params = desktop;
+    params["password"] = json!("p4ss/w+rd=".repeat(400));
+    let answer = call(&app, "POST", "/api/v1/sessions", ACME, Some(rdp(params))).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
 }

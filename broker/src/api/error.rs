@@ -33,6 +33,14 @@ pub enum ApiError {
         crate::defaults::MAX_BODY
     )]
     PayloadTooLarge,
+    /// A session whose record would be larger than the registry stores: a refusal of the same kind as
+    /// [`ApiError::PayloadTooLarge`], under its code, so that clients handle it as they already do.
+    #[error(
+        "the session would be stored as {size} bytes, over the {limit} a session may hold: its target \
+         and connection parameters (the request's, and the tenant's own laid over them) are too long",
+        limit = crate::defaults::MAX_SESSION_RECORD
+    )]
+    SessionTooLarge { size: usize },
     #[error(transparent)]
     Policy(#[from] PolicyViolation),
     #[error("registry unavailable")]
@@ -54,7 +62,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Lifetime(_) => "bad_request",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::PayloadTooLarge | ApiError::SessionTooLarge { .. } => "payload_too_large",
             ApiError::Policy(_) => "policy_violation",
             ApiError::Registry(_) => "registry_unavailable",
         }
@@ -68,7 +76,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Lifetime(_) => StatusCode::BAD_REQUEST,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::SessionTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Registry(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -102,6 +102,7 @@ mod tests {
             ApiError::Lifetime(crate::tenants::BadLifetime::PastTheClock),
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,
+            ApiError::SessionTooLarge { size: 0 },
             ApiError::Policy(crate::tenants::PolicyViolation::MissingRemote),
             ApiError::Registry(crate::registry::RegistryError::Unavailable(String::new())),
         ];
@@ -116,6 +117,7 @@ mod tests {
                 | ApiError::Lifetime(_)
                 | ApiError::UnsupportedMediaType
                 | ApiError::PayloadTooLarge
+                | ApiError::SessionTooLarge { .. }
                 | ApiError::Policy(_)
                 | ApiError::Registry(_) => {}
             }

@@ -20,6 +20,8 @@ use deskbroker_shared::time::from_unix_ms;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::state::{Api, Caller};
+use crate::defaults::MAX_SESSION_RECORD;
+use crate::registry::session_record_len;
 use crate::tenants::Tenant;
 
 /// What to connect to, as the backend describes it.
@@ -289,8 +291,13 @@ pub async fn share(
     created(&api, session, capped).await
 }
 
-/// Stores a new session under a fresh token and answers with the token and the URLs to use it.
+/// Stores a new session under a fresh token and answers with the token and the URLs to use it; a session
+/// whose record would be over [`MAX_SESSION_RECORD`] is refused, and nothing is stored.
 async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, ApiError> {
+    let size = session_record_len(&session);
+    if size > MAX_SESSION_RECORD {
+        return Err(ApiError::SessionTooLarge { size });
+    }
     let token = SessionToken::random();
     api.registry().put_session(&token, &session).await?;
     tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
