@@ -85,6 +85,8 @@ pub struct Timeouts {
     pub http_tunnel: Duration,
     /// How long a stop waits for tunnels to end by themselves.
     pub drain: Duration,
+    /// How long a VNC server may take, once connected, to send its greeting.
+    pub vnc_greeting: Duration,
 }
 
 impl Default for Timeouts {
@@ -92,6 +94,7 @@ impl Default for Timeouts {
         Self {
             http_tunnel: defaults::HTTP_TUNNEL_TIMEOUT,
             drain: defaults::DRAIN_TIMEOUT,
+            vnc_greeting: defaults::VNC_GREETING_TIMEOUT,
         }
     }
 }

@@ -10,6 +10,12 @@ pub const LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALH
 /// How long to wait for a TCP connection to a VNC server or guacd: Java's guacd socket uses 15 s.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a VNC server may take, once it accepted the connection, to send its first bytes (its RFB
+/// greeting, `RFB 003.008\n`, which a server sends at once): one that says nothing holds a tunnel and a
+/// tenant's slot for nobody. Shorter than [`WS_FIRST_MESSAGE_TIMEOUT`], since noVNC says nothing before the
+/// greeting: a silent server is then blamed, not the browser. Also `--vnc-greeting-timeout`.
+pub const VNC_GREETING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the whole guacd handshake may take: guacd itself gives the client 15 s per step.
 pub const GUACD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 

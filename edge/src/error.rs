@@ -81,6 +81,8 @@ pub enum TunnelError {
     UpstreamIo(io::Error),
     #[error("guacd went silent")]
     UpstreamSilent,
+    #[error("the VNC server at {0} sent no greeting in time")]
+    NoGreeting(HostPort),
     #[error("no request for the tunnel within its idle timeout")]
     Idle,
     #[error("the session was closed")]
@@ -115,7 +117,8 @@ impl TunnelError {
             | HandshakeTimeout(_)
             | UpstreamProtocol(_)
             | UpstreamIo(_)
-            | UpstreamSilent => Side::Upstream,
+            | UpstreamSilent
+            | NoGreeting(_) => Side::Upstream,
             ShuttingDown | SessionClosed | SessionExpired | LeaseLost => Side::Internal,
         }
     }
@@ -134,7 +137,9 @@ impl TunnelError {
             Idle | Silent => GuacStatus::ClientTimeout,
             Registry(_) => GuacStatus::UpstreamUnavailable,
             Connect { .. } => GuacStatus::UpstreamNotFound,
-            ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => GuacStatus::UpstreamTimeout,
+            ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent | NoGreeting(_) => {
+                GuacStatus::UpstreamTimeout
+            }
             Handshake { source, .. } => source.status(),
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
             ShuttingDown | LeaseLost => GuacStatus::UpstreamUnavailable,
@@ -181,6 +186,7 @@ impl TunnelError {
                 RelayClose::UpstreamError
             }
             ConnectTimeout(_) | HandshakeTimeout(_) | UpstreamSilent => RelayClose::UpstreamTimeout,
+            NoGreeting(_) => RelayClose::NoGreeting,
         }
     }
 
@@ -201,7 +207,7 @@ impl TunnelError {
             Idle => "Tunnel closed after a period without requests.",
             Registry(_) => "Session registry unavailable.",
             Connect { .. } | ConnectTimeout(_) => "Remote desktop server unreachable.",
-            Handshake { .. } | HandshakeTimeout(_) => {
+            Handshake { .. } | HandshakeTimeout(_) | NoGreeting(_) => {
                 "Remote desktop server refused the connection."
             }
             UpstreamProtocol(_) | UpstreamIo(_) | UpstreamSilent => "Remote desktop server failed.",

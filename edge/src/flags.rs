@@ -86,6 +86,11 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", default_value_t = defaults::DRAIN_TIMEOUT.into())]
     pub drain_timeout: humantime::Duration,
 
+    /// How long a VNC server may take, once it accepted the connection, to send its greeting (e.g. `10s`).
+    #[arg(long, env = "DESKBROKER_VNC_GREETING_TIMEOUT",
+          default_value_t = defaults::VNC_GREETING_TIMEOUT.into())]
+    pub vnc_greeting_timeout: humantime::Duration,
+
     /// How long a client may take to send a request's headers, the first request's included.
     #[arg(long, env = "DESKBROKER_HEADER_TIMEOUT", default_value_t = defaults::HEADER_TIMEOUT.into())]
     pub header_timeout: humantime::Duration,
@@ -220,6 +225,7 @@ impl Args {
             timeouts: Timeouts {
                 http_tunnel: self.http_tunnel_timeout.into(),
                 drain: self.drain_timeout.into(),
+                vnc_greeting: self.vnc_greeting_timeout.into(),
             },
             connections,
             upstream_deny: DenyList::new(upstream_deny),
@@ -276,9 +282,18 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let args = Args::try_parse_from(["edge", "--demo", "--http-tunnel-timeout", "2s"]).unwrap();
+        let args = Args::try_parse_from([
+            "edge",
+            "--demo",
+            "--http-tunnel-timeout",
+            "2s",
+            "--vnc-greeting-timeout",
+            "500ms",
+        ])
+        .unwrap();
         assert!(args.demo);
         assert_eq!(*args.http_tunnel_timeout, Duration::from_secs(2));
+        assert_eq!(*args.vnc_greeting_timeout, Duration::from_millis(500));
         assert_eq!(args.listen, defaults::LISTEN);
         assert!(Args::try_parse_from(["edge", "--listen", "nowhere"]).is_err());
     }

@@ -4,7 +4,11 @@
 //! (websockify does the same). The upgrade is accepted before the token is checked, so a refusal reaches
 //! the browser as a close code and reason instead of an undiagnosable 1006. The VNC address comes from the
 //! session, never from the request. Bytes are relayed as they come, one read per binary frame, with one
-//! bounded buffer per direction: a browser that stops reading stops the relay reading from VNC.
+//! bounded buffer per direction: a browser that stops reading stops the relay reading from VNC. The VNC
+//! server's first bytes (its greeting) must come within `--vnc-greeting-timeout`: a server that accepts
+//! and says nothing would otherwise hold the tunnel, and the tenant's slot, for good.
+
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
@@ -14,6 +18,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::timeout;
 use tracing::{debug, info, info_span, warn};
 
 use deskbroker_shared::RelayClose;
@@ -21,7 +26,7 @@ use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelId;
 use deskbroker_shared::rfb::ReadOnlyFilter;
-use deskbroker_shared::session::Target;
+use deskbroker_shared::session::{HostPort, Target};
 
 use crate::defaults::{FLUSH_AFTER, RELAY_MAX_MESSAGE};
 use crate::error::TunnelError;
@@ -62,9 +67,13 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
             return;
         }
     };
-    let (tunnel, vnc, filter) = vnc;
+    let (tunnel, vnc, filter, addr) = vnc;
+    let greeting = Greeting {
+        from: addr,
+        within: node.timeouts().vnc_greeting,
+    };
     let end = tokio::select! {
-        end = relay(&mut socket, vnc, filter, tunnel.traffic()) => end,
+        end = relay(&mut socket, vnc, filter, greeting, tunnel.traffic()) => end,
         stop = tunnel.stopped() => Err(stop),
     };
     tunnel.release().await;
@@ -79,12 +88,12 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
     .await;
 }
 
-/// Checks the token, connects to the session's VNC server and registers the tunnel; returns the filter
-/// the browser's bytes must pass, if the session is read-only or joins another.
-async fn open(
-    node: &Node,
-    request: &ConnectRequest,
-) -> Result<(Registration, TcpStream, Option<ReadOnlyFilter>), TunnelError> {
+/// What [`open`] returns: the tunnel's registration, the VNC socket, the filter the browser's bytes must
+/// pass (if the session is read-only or joins another), and the VNC server's address.
+type Opened = (Registration, TcpStream, Option<ReadOnlyFilter>, HostPort);
+
+/// Checks the token, connects to the session's VNC server and registers the tunnel.
+async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelError> {
     let session = node.session(request.token.as_ref()).await?;
     let Target::Vnc { addr } = &session.target else {
         return Err(TunnelError::WrongKind(session.target.kind()));
@@ -103,15 +112,23 @@ async fn open(
     info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
     let filter = (session.read_only || session.join.is_some())
         .then(|| ReadOnlyFilter::new(session.read_only, session.join.is_some()));
-    Ok((tunnel, vnc, filter))
+    Ok((tunnel, vnc, filter, addr.clone()))
+}
+
+/// The deadline of the VNC server's first bytes: RFB servers speak first (`RFB 003.008\n`) and at once.
+struct Greeting {
+    from: HostPort,
+    within: Duration,
 }
 
 /// Pumps both directions until either side ends. `Ok` is a normal end by either side. With a filter, the
-/// browser's bytes pass through it (read-only viewing, shared joining).
+/// browser's bytes pass through it (read-only viewing, shared joining). The VNC server's first read must
+/// come within the greeting's deadline; later ones may take as long as they like.
 async fn relay(
     socket: &mut WebSocket,
     vnc: TcpStream,
     mut filter: Option<ReadOnlyFilter>,
+    greeting: Greeting,
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (from_vnc, mut to_vnc) = vnc.into_split();
@@ -119,10 +136,16 @@ async fn relay(
 
     let downstream = async {
         let mut buffer = BytesMut::new();
+        let mut greeting = Some(greeting);
         loop {
-            let read = upstream::read_some(&from_vnc, &mut buffer)
-                .await
-                .map_err(TunnelError::UpstreamIo)?;
+            let reading = upstream::read_some(&from_vnc, &mut buffer);
+            let read = match greeting.take() {
+                Some(Greeting { from, within }) => timeout(within, reading)
+                    .await
+                    .map_err(|_| TunnelError::NoGreeting(from))?,
+                None => reading.await,
+            }
+            .map_err(TunnelError::UpstreamIo)?;
             if read == 0 {
                 return Ok(());
             }

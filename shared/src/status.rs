@@ -150,6 +150,8 @@ pub enum RelayClose {
     Unavailable,
     /// 4504: the VNC server did not accept the connection in time.
     UpstreamTimeout,
+    /// 4504: the VNC server accepted the connection, but sent no greeting (its first bytes) in time.
+    NoGreeting,
     /// 1008: the client sent WebSocket control frames (pings) faster than allowed.
     ControlFlood,
     /// 4408: the client sent nothing in time after the upgrade.
@@ -172,7 +174,7 @@ impl RelayClose {
             Self::TakenOver => 4409,
             Self::TooMany => 4429,
             Self::Unavailable => 4503,
-            Self::UpstreamTimeout => 4504,
+            Self::UpstreamTimeout | Self::NoGreeting => 4504,
             Self::ControlFlood => 1008,
             Self::ClientTimeout => 4408,
             Self::TargetDenied => 4403,
@@ -196,6 +198,7 @@ impl RelayClose {
             Self::ReadOnlyUnsupported => "client not supported for read-only viewing",
             Self::Unavailable => "service unavailable, try again",
             Self::UpstreamTimeout => "VNC server timed out",
+            Self::NoGreeting => "VNC server sent no greeting in time",
             Self::ControlFlood => "too many control frames",
             Self::ClientTimeout => "no message from the client in time",
             Self::TargetDenied => "target not allowed",

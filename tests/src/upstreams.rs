@@ -1,5 +1,6 @@
-//! Plain TCP upstreams living in the test process, for checking relays byte for byte: an echo server, and a
-//! source that writes as fast as it is allowed and counts what it got rid of.
+//! Plain TCP upstreams living in the test process, for checking relays byte for byte: an echo server, a
+//! source that writes as fast as it is allowed and counts what it got rid of, and a server that accepts and
+//! never says a word.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,39 @@ impl Echo {
                 tokio::spawn(async move {
                     let (mut reader, mut writer) = stream.split();
                     let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                    ends.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            accepted,
+            closed,
+        })
+    }
+}
+
+/// Accepts connections and never writes to them, as a VNC server that hangs before its greeting: reads and
+/// drops what it is sent; counts the connections it accepted, and those whose other end closed.
+pub struct Silent {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    pub closed: Arc<AtomicUsize>,
+}
+
+impl Silent {
+    pub async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, ends) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let ends = ends.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
                     ends.fetch_add(1, Ordering::SeqCst);
                 });
             }

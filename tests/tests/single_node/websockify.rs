@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use deskbroker_tests::Edge;
 use deskbroker_tests::clients::{GuacWs, STEP, Ws, close_frame, connect_data, ws_connect};
-use deskbroker_tests::upstreams::{Echo, Source, rss_kib};
+use deskbroker_tests::upstreams::{Echo, Silent, Source, rss_kib};
 
 use crate::Node;
 
@@ -337,6 +337,90 @@ async fn a_browser_that_stops_reading_holds_bounded_memory_and_slows_no_one_else
     assert!(
         written < 64 << 20,
         "the stalled tunnel kept absorbing: {written} bytes"
+    );
+}
+
+/// Opens the relay with `token`, sends a byte, and says whether it was echoed (the tunnel is open) or
+/// refused, with which close code.
+async fn echoed(node: &Node, token: &str) -> Result<Ws, u16> {
+    let url = format!("{}/websockify?token={token}", node.ws());
+    let (mut socket, _) = ws_connect(&url, &["binary"]).await.unwrap();
+    socket.send(Message::binary(vec![7])).await.unwrap();
+    match tokio::time::timeout(STEP, socket.next())
+        .await
+        .expect("an answer")
+    {
+        Some(Ok(Message::Binary(bytes))) if bytes[..] == [7] => Ok(socket),
+        Some(Ok(Message::Close(Some(frame)))) => Err(frame.code.into()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_vnc_server_that_never_greets_closes_its_tunnel_in_time_and_frees_its_slot() {
+    // A tenant allowed one tunnel at a time, with a session on a VNC server that accepts the connection
+    // and never sends its greeting, and one on an echo server.
+    let (silent, echo) = (Silent::start().await.unwrap(), Echo::start().await.unwrap());
+    let config = serde_json::json!({"tenants": [{
+        "id": "acme",
+        "key_sha256": deskbroker_shared::ids::TokenDigest::of("acme-key-0123456789").to_hex(),
+        "limits": {"max_tunnels": 1},
+    }]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let sessions = format!(
+        "hung: {} tenant=acme
+echo: {} tenant=acme
+",
+        silent.addr, echo.addr
+    );
+    let (_dir, sessions) = deskbroker_tests::process::session_file(&sessions).unwrap();
+    let args = [
+        "--sessions",
+        sessions.to_str().unwrap(),
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    let greeting = Duration::from_secs(1);
+    let env = [("DESKBROKER_VNC_GREETING_TIMEOUT", "1s")];
+    let node = Node {
+        edge: Edge::start_with_env(&args, &env).await.unwrap(),
+        _dir: dir,
+    };
+
+    // The client speaks first, so that only the server's silence can end the tunnel.
+    let url = format!("{}/websockify?token=hung", node.ws());
+    let opened = tokio::time::Instant::now();
+    let (mut hung, _) = ws_connect(&url, &["binary"]).await.unwrap();
+    hung.send(Message::binary(b"RFB 003.008\n".to_vec()))
+        .await
+        .unwrap();
+    wait_for(
+        || silent.accepted.load(Ordering::SeqCst) == 1,
+        "the VNC server accepts",
+    )
+    .await;
+    assert_eq!(
+        echoed(&node, "echo").await.err(),
+        Some(4429),
+        "the slot is held"
+    );
+
+    let closed = tokio::time::timeout(greeting + Duration::from_secs(4), close_frame(&mut hung))
+        .await
+        .expect("closed soon after the greeting deadline")
+        .unwrap();
+    assert_eq!(closed, (4504, "VNC server sent no greeting in time".into()));
+    assert!(opened.elapsed() >= greeting, "not before the deadline");
+    wait_for(
+        || silent.closed.load(Ordering::SeqCst) == 1,
+        "the upstream socket is closed",
+    )
+    .await;
+    assert!(
+        echoed(&node, "echo").await.is_ok(),
+        "the slot is free again"
     );
 }
 
