@@ -16,6 +16,22 @@ pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// greeting: a silent server is then blamed, not the browser. Also `--vnc-greeting-timeout`.
 pub const VNC_GREETING_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TCP keepalive on upstream sockets (VNC and guacd): probes start after this long without traffic. An RFB
+/// connection may rightly be silent for hours (a still screen, a client that asks for nothing), so silence
+/// alone ends nothing; but a desktop that vanished without a word (powered off, cut off) would hold its
+/// tunnel as long, and Linux's own keepalive starts only after 2 h. 30 s also keeps the connection in the
+/// state tables of NATs and load balancers on the way, which forget idle connections after as little as
+/// 350 s (AWS's NAT gateway) or 4 minutes (Azure's load balancer), for one empty segment each way per 30 s
+/// of silence.
+pub const UPSTREAM_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Between unanswered keepalive probes: a probe or two lost on a lossy path is not a dead peer.
+pub const UPSTREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered probes after which the kernel gives the socket up: an idle tunnel to a dead upstream ends
+/// within 30 s + 3 × 10 s, a minute, as a failed upstream (4502, 515).
+pub const UPSTREAM_KEEPALIVE_RETRIES: u32 = 3;
+
 /// How long the whole guacd handshake may take: guacd itself gives the client 15 s per step.
 pub const GUACD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -3,11 +3,14 @@
 //!
 //! Targets come only from session records, never from the browser. Every step has a deadline, and the
 //! bytes guacd sends right after `ready` stay in the returned buffer so that none are lost. After the
-//! handshake both Guacamole tunnels read guacd through one [`GuacdOutput`].
+//! handshake both Guacamole tunnels read guacd through one [`GuacdOutput`]. Every upstream socket has TCP
+//! keepalive on, so that a desktop or guacd that vanished without a word ends its tunnel within a minute
+//! of silence instead of holding it for the kernel's two hours.
 
 use std::io;
 
 use bytes::{Bytes, BytesMut};
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -21,6 +24,7 @@ use deskbroker_shared::session::HostPort;
 
 use crate::defaults::{
     GUACD_HANDSHAKE_TIMEOUT, GUACD_SILENCE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT,
+    UPSTREAM_KEEPALIVE_IDLE, UPSTREAM_KEEPALIVE_INTERVAL, UPSTREAM_KEEPALIVE_RETRIES,
 };
 use crate::deny::DenyList;
 use crate::error::TunnelError;
@@ -54,7 +58,7 @@ pub fn read_ready(stream: &OwnedReadHalf, buffer: &mut BytesMut) -> io::Result<O
 }
 
 /// Connects to `addr`, to the first of its addresses that `deny` allows and that answers, within the connect
-/// deadline; Nagle is off, since remote desktop input is latency-bound.
+/// deadline; Nagle is off, since remote desktop input is latency-bound, and keepalive is on.
 pub async fn connect(addr: &HostPort, deny: &DenyList) -> Result<TcpStream, TunnelError> {
     let connecting = async {
         let mut failure = None;
@@ -74,7 +78,18 @@ pub async fn connect(addr: &HostPort, deny: &DenyList) -> Result<TcpStream, Tunn
         .await
         .map_err(|_| TunnelError::ConnectTimeout(addr.clone()))??;
     stream.set_nodelay(true).map_err(TunnelError::UpstreamIo)?;
+    keep_alive(&stream).map_err(TunnelError::UpstreamIo)?;
     Ok(stream)
+}
+
+/// Turns TCP keepalive on, with the probes of `defaults`: a peer that answers none of them is gone, and
+/// the socket's next read fails.
+fn keep_alive(stream: &TcpStream) -> io::Result<()> {
+    let probes = TcpKeepalive::new()
+        .with_time(UPSTREAM_KEEPALIVE_IDLE)
+        .with_interval(UPSTREAM_KEEPALIVE_INTERVAL)
+        .with_retries(UPSTREAM_KEEPALIVE_RETRIES);
+    SockRef::from(stream).set_tcp_keepalive(&probes)
 }
 
 /// A guacd connection past its handshake.
@@ -221,5 +236,36 @@ fn handshake_error(addr: &HostPort, source: handshake::HandshakeError) -> Tunnel
     TunnelError::Handshake {
         addr: addr.clone(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upstream_sockets_probe_a_silent_peer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        let stream = connect(&target, &DenyList::default()).await.unwrap();
+        let socket = SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            UPSTREAM_KEEPALIVE_IDLE
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            UPSTREAM_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            UPSTREAM_KEEPALIVE_RETRIES
+        );
+        assert!(stream.nodelay().unwrap());
     }
 }
