@@ -7,13 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing::info;
+use tracing::{info, warn};
 
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::process::{self, LogArgs};
 use deskbroker_broker::service::{self, Settings};
 use deskbroker_broker::{RedisRegistry, defaults};
 use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
+use deskbroker_shared::seal;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,11 @@ struct Args {
     /// The cluster's secret, to ask nodes about their tunnels; prefer the variable.
     #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Keys that seal session tokens (Base64 of 32 bytes each, comma-separated; the first seals, all
+    /// open), the same on the broker and every node; without them, the cluster secret's derived key.
+    /// Prefer the variable.
+    #[arg(long, env = "DESKBROKER_SESSION_KEYS", hide_env_values = true)]
+    session_keys: Option<String>,
     /// The admin key; prefer the variable.
     #[arg(long, env = "DESKBROKER_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
@@ -57,11 +63,24 @@ async fn main() -> anyhow::Result<()> {
     let registry = RedisRegistry::connect(&args.redis_url)
         .await
         .context("connecting to Redis")?;
+    let keys = args
+        .session_keys
+        .as_deref()
+        .map(seal::parse_keys)
+        .transpose();
+    let keys = keys.context("DESKBROKER_SESSION_KEYS")?;
+    let sealer = seal::configured(keys.as_deref(), args.cluster_secret.as_deref());
+    if sealer.is_none() {
+        warn!(
+            "no session keys and no cluster secret: tokens live only as long as the registry's data"
+        );
+    }
     let settings = Settings {
         listen: args.listen,
         config,
         admin_key: args.admin_key.as_deref().map(TokenDigest::of),
         cluster_secret: args.cluster_secret.map(ClusterSecret::new),
+        sealer,
     };
     let broker = service::start(Arc::new(registry), settings).await?;
     stop.await;

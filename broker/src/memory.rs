@@ -346,6 +346,16 @@ impl Registry for MemoryRegistry {
         ready(self.purge(SystemTime::now(), budget))
     }
 
+    fn put_revocation<'a>(
+        &'a self,
+        id: &'a SessionId,
+        _until: SystemTime,
+    ) -> BoxFuture<'a, Result<()>> {
+        // Remembered for the registry's usual day: a node alone never loses its registry's data.
+        self.lock().remember_revocation(id, SystemTime::now());
+        ready(())
+    }
+
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
         let state = self.lock();
         ready(

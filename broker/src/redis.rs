@@ -523,7 +523,11 @@ impl Registry for RedisRegistry {
             conn.srem::<_, _, ()>(keys::tenant_sessions(&session.tenant), id.as_str())
                 .await
                 .map_err(unavailable)?;
-            conn.set_ex::<_, _, ()>(keys::revoked(id), 1, REVOCATION_MEMORY.as_secs())
+            // Remembered for a day, or until the session would have expired: a sealed token is refused
+            // by its revocation alone.
+            let left = session_ttl(&session, SystemTime::now()).unwrap_or_default();
+            let ttl = left.max(REVOCATION_MEMORY);
+            conn.pset_ex::<_, _, ()>(keys::revoked(id), 1, ttl.as_millis() as u64)
                 .await
                 .map_err(unavailable)?;
             Ok(true)
@@ -533,6 +537,21 @@ impl Registry for RedisRegistry {
     fn purge_expired(&self, _budget: usize) -> BoxFuture<'_, Result<usize>> {
         // Sessions and revocations are written with their expiry (`PX`, `EX`): Redis drops them itself.
         Box::pin(async { Ok(0) })
+    }
+
+    fn put_revocation<'a>(
+        &'a self,
+        id: &'a SessionId,
+        until: SystemTime,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+            let ttl = left.max(REVOCATION_MEMORY).as_millis() as u64;
+            self.conn()
+                .pset_ex(keys::revoked(id), 1, ttl)
+                .await
+                .map_err(unavailable)
+        })
     }
 
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {

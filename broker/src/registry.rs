@@ -110,6 +110,14 @@ pub trait Registry: Send + Sync + 'static {
     /// this now and then; Redis expires its keys by itself, and drops nothing here.
     fn purge_expired(&self, budget: usize) -> BoxFuture<'_, Result<usize>>;
 
+    /// Writes a revocation again (one a node remembers, into a registry that lost it), until `until` or
+    /// for [`defaults::REVOCATION_MEMORY`], whichever is longer.
+    fn put_revocation<'a>(
+        &'a self,
+        id: &'a SessionId,
+        until: std::time::SystemTime,
+    ) -> BoxFuture<'a, Result<()>>;
+
     /// Which of these sessions were revoked: what a node that missed control events checks its tunnels
     /// against once it hears the channel again.
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>>;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
+use deskbroker_shared::seal::Sealer;
 
 use crate::api::traffic::PeerTraffic;
 use crate::api::{self, Api, ApiConfig};
@@ -34,6 +35,8 @@ pub struct Settings {
     pub admin_key: Option<TokenDigest>,
     /// To ask nodes for their tunnels' byte counts; without it the live view shows none.
     pub cluster_secret: Option<ClusterSecret>,
+    /// What seals session tokens (see `deskbroker_shared::seal`); without it tokens are random.
+    pub sealer: Option<Sealer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,7 @@ pub async fn start(
             .map(|secret| PeerTraffic::new(secret) as _),
         admin_key: settings.admin_key,
         guacd_pools,
+        sealer: settings.sealer,
     };
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -139,6 +143,7 @@ mod tests {
             config: BrokerConfig::default(),
             admin_key: None,
             cluster_secret: None,
+            sealer: None,
         };
         let broker = start(Arc::new(MemoryRegistry::new()), settings)
             .await

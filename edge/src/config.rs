@@ -8,6 +8,7 @@ use std::time::Duration;
 use deskbroker_broker::config::BrokerConfig;
 use deskbroker_shared::cidr::Cidr;
 use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
+use deskbroker_shared::seal::Sealer;
 use deskbroker_shared::session::Session;
 
 use crate::defaults;
@@ -27,6 +28,8 @@ pub struct Config {
     pub lease: Duration,
     /// The secret every node of the cluster shares; without it, peer requests are refused.
     pub cluster_secret: Option<ClusterSecret>,
+    /// What opens sealed session tokens when the registry does not know them.
+    pub sealer: Option<Sealer>,
     /// Sessions to store in the registry at start (a session file's).
     pub sessions: Vec<(SessionToken, Session)>,
     /// Serve the built-in demo desktop as the session with token `demo`.
@@ -110,6 +113,7 @@ impl Config {
             node_id,
             lease: defaults::LEASE,
             cluster_secret: None,
+            sealer: None,
             sessions: Vec::new(),
             demo: false,
             control_plane: None,

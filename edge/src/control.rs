@@ -4,11 +4,15 @@
 //! meanwhile.
 
 use std::io;
+use std::time::SystemTime;
 
 use futures_util::StreamExt;
 use tracing::warn;
 
+use deskbroker_broker::defaults::REVOCATION_MEMORY;
 use deskbroker_shared::cluster::ControlEvent;
+use deskbroker_shared::ids::SessionId;
+use deskbroker_shared::time::from_unix_ms;
 
 use crate::defaults::CONTROL_RETRY;
 use crate::node::Node;
@@ -38,7 +42,9 @@ pub async fn follow(node: Node) -> io::Result<()> {
                 () = node.closing().cancelled() => return Ok(()),
             };
             match event {
-                Some(ControlEvent::SessionClosed { session }) => {
+                Some(ControlEvent::SessionClosed { session, until_ms }) => {
+                    let until = until_ms.map(from_unix_ms);
+                    remember(&node, &session, until);
                     node.local().close_session(&session)
                 }
                 Some(ControlEvent::TenantClosed { tenant }) => node.local().close_tenant(&tenant),
@@ -57,6 +63,7 @@ async fn close_revoked(node: &Node) -> deskbroker_broker::Result<()> {
     let registry = node.membership().registry();
     let sessions = node.local().sessions();
     for session in registry.revoked(&sessions).await? {
+        remember(node, &session, None);
         node.local().close_session(&session);
     }
     let tenants = node.local().tenants();
@@ -64,4 +71,13 @@ async fn close_revoked(node: &Node) -> deskbroker_broker::Result<()> {
         node.local().close_tenant(&tenant);
     }
     Ok(())
+}
+
+/// Remembers a revocation for sealed tokens: until the session's expiry, or the registry's usual day
+/// when it is not known.
+fn remember(node: &Node, session: &SessionId, until: Option<SystemTime>) {
+    if let Some(revocations) = node.revocations() {
+        let until = until.unwrap_or_else(|| SystemTime::now() + REVOCATION_MEMORY);
+        revocations.remember(session.clone(), until);
+    }
 }

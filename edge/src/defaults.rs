@@ -147,3 +147,7 @@ pub const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// sends is small (input events, one instruction per frame), and tungstenite's default of 128 KiB would cost
 /// 1.25 GiB for 10,000 idle tunnels. It grows only for a large message (a pasted clipboard).
 pub const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Revocations a node remembers for sealed tokens (docs/reliability.md): each is a session id and a time,
+/// some 100 bytes, so 10 MiB at most; past it, those that expire soonest are forgotten first.
+pub const REMEMBERED_REVOCATIONS: usize = 100_000;

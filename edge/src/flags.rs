@@ -11,6 +11,7 @@ use deskbroker_broker::config::BrokerConfig;
 use deskbroker_broker::process::LogArgs;
 use deskbroker_shared::cidr::Cidr;
 use deskbroker_shared::ids::{ClusterSecret, NodeId, SessionToken, TokenDigest};
+use deskbroker_shared::seal::{self, SealKey};
 use deskbroker_shared::session::Session;
 
 use crate::config::{Config, Connections, ControlPlane, Timeouts};
@@ -72,6 +73,11 @@ pub struct Args {
     /// Secret every node of the cluster shares; peer requests without it are refused.
     #[arg(long, env = "DESKBROKER_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+
+    /// Keys that open sealed session tokens (Base64 of 32 bytes each, comma-separated), the broker's
+    /// (docs/reliability.md); without them, the cluster secret's derived key. Prefer the variable.
+    #[arg(long, env = "DESKBROKER_SESSION_KEYS", hide_env_values = true, value_parser = session_keys)]
+    pub session_keys: Option<SessionKeys>,
 
     /// How long a silent node keeps its lease, and its tunnels (e.g. `10s`).
     #[arg(long, env = "DESKBROKER_LEASE", default_value_t = defaults::LEASE.into())]
@@ -178,6 +184,16 @@ pub struct Host {
     pub addresses: Vec<IpAddr>,
 }
 
+/// The keys of `--session-keys`, parsed as the flags are.
+#[derive(Debug, Clone)]
+pub struct SessionKeys(Vec<SealKey>);
+
+fn session_keys(text: &str) -> Result<SessionKeys, String> {
+    seal::parse_keys(text)
+        .map(SessionKeys)
+        .map_err(|error| error.to_string())
+}
+
 impl Args {
     /// The node's configuration: the flags, with what `main` read from the session and configuration files
     /// and learnt of the host.
@@ -217,6 +233,10 @@ impl Args {
             advertise: self.advertise,
             node_id: NodeId::new(node_id),
             lease: self.lease.into(),
+            sealer: seal::configured(
+                self.session_keys.as_ref().map(|keys| keys.0.as_slice()),
+                self.cluster_secret.as_deref(),
+            ),
             cluster_secret: self.cluster_secret.map(ClusterSecret::new),
             sessions,
             demo: self.demo,

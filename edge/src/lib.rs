@@ -23,6 +23,7 @@ pub mod node;
 mod page;
 pub mod peer;
 pub mod registration;
+pub mod revocations;
 pub mod server;
 pub mod standalone;
 mod upstream;

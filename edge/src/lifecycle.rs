@@ -114,6 +114,7 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         config.cluster_secret,
         config.timeouts,
         config.upstream_deny,
+        config.sealer,
     );
     // The lease outlives the listeners: tunnels draining are still owned, and found, until they end.
     let leave = CancellationToken::new();
@@ -125,6 +126,27 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
             write_sessions,
         );
         tasks.spawn("the session file's sessions", async move {
+            kept.await;
+            Ok(())
+        });
+    }
+    // Revocations of sealed tokens go back into a registry that lost them.
+    if node.revocations().is_some() {
+        let marker = format!("revocations:{}", node.membership().me().id);
+        let registry = node.membership().registry().clone();
+        let node = node.clone();
+        let write = move || {
+            let node = node.clone();
+            async move {
+                let registry = node.membership().registry();
+                for (session, until) in node.revocations().map(|r| r.all()).unwrap_or_default() {
+                    registry.put_revocation(&session, until).await?;
+                }
+                Ok(())
+            }
+        };
+        let kept = restore::keep(registry, marker, leave.clone(), write);
+        tasks.spawn("the remembered revocations", async move {
             kept.await;
             Ok(())
         });

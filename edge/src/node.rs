@@ -14,10 +14,12 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TrackedFuture;
+use tracing::info;
 
 use deskbroker_broker::Membership;
 use deskbroker_shared::ids::{ClusterSecret, SessionId, SessionToken, TunnelId};
 use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::seal::Sealer;
 use deskbroker_shared::session::Session;
 
 use crate::config::Timeouts;
@@ -26,6 +28,7 @@ use crate::error::TunnelError;
 use crate::forward::Forwarder;
 use crate::local::LocalTunnels;
 use crate::registration::{Registration, Tunnel};
+use crate::revocations::Revocations;
 
 #[derive(Clone)]
 pub struct Node {
@@ -39,6 +42,8 @@ struct Inner {
     cluster_secret: Option<ClusterSecret>,
     timeouts: Timeouts,
     deny: DenyList,
+    sealer: Option<Sealer>,
+    revocations: Revocations,
     tunnels: TaskTracker,
     close_tunnels: CancellationToken,
 }
@@ -49,6 +54,7 @@ impl Node {
         cluster_secret: Option<ClusterSecret>,
         timeouts: Timeouts,
         deny: DenyList,
+        sealer: Option<Sealer>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -58,6 +64,8 @@ impl Node {
                 cluster_secret,
                 timeouts,
                 deny,
+                sealer,
+                revocations: Revocations::default(),
                 tunnels: TaskTracker::new(),
                 close_tunnels: CancellationToken::new(),
             }),
@@ -144,15 +152,50 @@ impl Node {
         self.inner.tunnels.track_future(tunnel)
     }
 
+    /// The revocations this node remembers, when it opens sealed tokens (with no sealer, a revoked
+    /// token's record is simply gone).
+    pub fn revocations(&self) -> Option<&Revocations> {
+        self.inner.sealer.as_ref().map(|_| &self.inner.revocations)
+    }
+
     /// The live session a connect request's token grants.
     pub async fn session(&self, token: Option<&SessionToken>) -> Result<Session, TunnelError> {
         if self.inner.close_tunnels.is_cancelled() {
             return Err(TunnelError::ShuttingDown);
         }
         let token = token.ok_or(TunnelError::MissingToken)?;
-        let session = self.inner.membership.registry().session(token).await?;
+        let session = match self.inner.membership.registry().session(token).await? {
+            Some(session) => Some(session),
+            None => self.unsealed(token).await?,
+        };
         session
             .filter(|session| !session.is_expired(SystemTime::now()))
             .ok_or(TunnelError::BadToken)
+    }
+
+    /// The session a sealed token carries, when the registry does not know it (it lost its data): unless
+    /// it expired or was revoked (as the registry or this node remembers). Its record is written back, so
+    /// that the control plane lists it, and can revoke it, again.
+    async fn unsealed(&self, token: &SessionToken) -> Result<Option<Session>, TunnelError> {
+        let Some(session) = self.inner.sealer.as_ref().and_then(|s| s.open(token)) else {
+            return Ok(None);
+        };
+        let registry = self.inner.membership.registry();
+        let id = std::slice::from_ref(&session.id);
+        let revoked = async { Ok::<_, TunnelError>(!registry.revoked(id).await?.is_empty()) };
+        if session.is_expired(SystemTime::now())
+            || self.inner.revocations.contains(&session.id)
+            || revoked.await?
+        {
+            return Ok(None);
+        }
+        registry.put_session(token, &session).await?;
+        // A revocation that came while it was written back wins.
+        if !registry.revoked(id).await?.is_empty() {
+            registry.revoke(&session.id).await?;
+            return Ok(None);
+        }
+        info!(session = %session.id, "a sealed token's session was not in the registry; written back");
+        Ok(Some(session))
     }
 }

@@ -115,6 +115,8 @@ pub async fn control_plane(
         traffic: Some(Arc::new(LocalTraffic(node.clone()))),
         admin_key: plane.admin_key,
         guacd_pools: config.pools()?,
+        // A node alone keeps its registry in memory: tokens live as long as it does.
+        sealer: None,
     };
     Ok(api::router(Api::new(registry, api_config)))
 }

@@ -57,7 +57,13 @@ async fn routes_on(registry: Arc<dyn Registry>) -> Routes {
     }
     let secret = Some(ClusterSecret::new(SECRET));
     Routes {
-        node: Node::new(membership, secret, Timeouts::default(), DenyList::default()),
+        node: Node::new(
+            membership,
+            secret,
+            Timeouts::default(),
+            DenyList::default(),
+            None,
+        ),
         http_tunnels: HttpTunnels::default(),
     }
 }
@@ -314,6 +320,13 @@ impl Registry for Away {
         away()
     }
     fn remove_lapsed_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn put_revocation<'a>(
+        &'a self,
+        _: &'a SessionId,
+        _: std::time::SystemTime,
+    ) -> BoxFuture<'a, RegistryResult<()>> {
         away()
     }
     fn marked<'a>(&'a self, _: &'a str) -> BoxFuture<'a, RegistryResult<bool>> {

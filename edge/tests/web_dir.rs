@@ -72,7 +72,13 @@ fn public(dir: &Path) -> Router {
         Duration::from_secs(10),
     );
     let routes = Routes {
-        node: Node::new(membership, None, Timeouts::default(), DenyList::default()),
+        node: Node::new(
+            membership,
+            None,
+            Timeouts::default(),
+            DenyList::default(),
+            None,
+        ),
         http_tunnels: HttpTunnels::default(),
     };
     server::public(routes, Some(dir))

@@ -88,8 +88,13 @@ impl TunnelRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum ControlEvent {
-    /// The session was revoked: close its tunnels wherever they are.
-    SessionClosed { session: SessionId },
+    /// The session was revoked: close its tunnels wherever they are, and refuse its token until
+    /// `until_ms` (its expiry, Unix ms), even if the registry loses the revocation.
+    SessionClosed {
+        session: SessionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<u64>,
+    },
     /// The tenant was removed: close every tunnel of its sessions.
     TenantClosed { tenant: TenantId },
     /// A newer connection took over an exclusive session: close this tunnel of it.

@@ -221,7 +221,7 @@ impl SessionId {
 }
 
 /// Bytes from the operating system's CSPRNG.
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0; N];
     #[allow(
         clippy::expect_used,

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod peer;
 pub mod rfb;
 pub mod scanner;
+pub mod seal;
 pub mod session;
 pub mod status;
 pub mod time;

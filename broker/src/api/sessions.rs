@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelKind, TunnelRecord};
-use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId};
+use deskbroker_shared::ids::{NodeId, SessionId, TenantId};
 use deskbroker_shared::session::{HostPort, Session, Target};
-use deskbroker_shared::time::from_unix_ms;
+use deskbroker_shared::time::{from_unix_ms, unix_ms};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
@@ -298,7 +298,7 @@ async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, 
     if size > MAX_SESSION_RECORD {
         return Err(ApiError::SessionTooLarge { size });
     }
-    let token = SessionToken::random();
+    let token = api.token_for(&session);
     api.registry().put_session(&token, &session).await?;
     tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
     let mut view = SessionView::of(&session, &[]);
@@ -407,10 +407,14 @@ pub async fn delete(
 
 /// Revokes a session's token and tells every node to close its tunnels.
 pub async fn close(api: &Api, id: &SessionId) -> Result<(), ApiError> {
+    // A sealed token stays valid until its expiry unless the nodes remember its revocation that long.
+    let until = api.registry().session_by_id(id).await?;
+    let until_ms = until.and_then(|(_, session)| session.expires).map(unix_ms);
     api.registry().revoke(id).await?;
     api.registry()
         .publish(&ControlEvent::SessionClosed {
             session: id.clone(),
+            until_ms,
         })
         .await?;
     tracing::info!(session = %id, "session closed");

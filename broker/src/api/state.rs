@@ -8,8 +8,9 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use subtle::ConstantTimeEq;
 
-use deskbroker_shared::ids::TokenDigest;
-use deskbroker_shared::session::HostPort;
+use deskbroker_shared::ids::{SessionToken, TokenDigest};
+use deskbroker_shared::seal::Sealer;
+use deskbroker_shared::session::{HostPort, Session};
 
 use super::error::ApiError;
 use super::traffic::TrafficSource;
@@ -25,6 +26,9 @@ pub struct ApiConfig {
     pub admin_key: Option<TokenDigest>,
     /// Named groups of guacd addresses that sessions may use; a session names a pool or one of its members.
     pub guacd_pools: BTreeMap<String, Vec<HostPort>>,
+    /// What seals the sessions' tokens, so that they outlive the registry's data; without it tokens are
+    /// random, and live only as long as their record.
+    pub sealer: Option<Sealer>,
 }
 
 #[derive(Clone)]
@@ -58,6 +62,14 @@ impl Api {
 
     pub(super) fn registry(&self) -> &dyn Registry {
         self.inner.registry.as_ref()
+    }
+
+    /// A token for a new session: sealed when the API has keys.
+    pub(super) fn token_for(&self, session: &Session) -> SessionToken {
+        match &self.inner.config.sealer {
+            Some(sealer) => sealer.seal(session),
+            None => SessionToken::random(),
+        }
     }
 
     /// Where tunnels' byte counts come from, if anywhere.

@@ -286,3 +286,39 @@ async fn configured_tenants_come_back_after_redis_restarts_empty() {
     let path = relay_session(&platform, ACME, json!({})).await;
     open(&format!("{}{path}", platform.ws(1))).await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_made_through_the_api_survive_redis_restarting_empty() {
+    let mut platform = Platform::start().await;
+    let live = relay_session(&platform, ACME, json!({})).await;
+    let revoked = platform
+        .session(ACME, json!({"target": platform.vnc_target()}))
+        .await;
+    let path = format!("/api/v1/sessions/{}", revoked["id"].as_str().unwrap());
+    assert_eq!(platform.api("DELETE", &path, ACME, None).await.0, 204);
+    let revoked = revoked["urls"]["websockify"].as_str().unwrap().to_owned();
+    let mut running = open(&format!("{}{live}", platform.ws(0))).await.unwrap();
+
+    // Redis comes back with nothing: no session, no revocation, no tenant.
+    platform.redis.restart().await.unwrap();
+    let back = || async { platform.api("GET", "/api/v1/sessions", ACME, None).await.0 == 200 };
+    eventually(STEP, "the configured tenant comes back", back).await;
+
+    // The token still opens, on any node; the revoked one is still refused; the running relay runs.
+    let opened = open(&format!("{}{live}", platform.ws(1))).await.unwrap();
+    for node in 0..3 {
+        let refused = open(&format!("{}{revoked}", platform.ws(node))).await.err();
+        assert_eq!(refused, Some(4403), "the revoked token on node {node}");
+    }
+    assert_eq!(echoes(&mut running).await, Ok(()));
+    // Used again, the session is back in the registry: listed, with both its tunnels.
+    let relisted = || async { platform.listed(ACME).await == 2 };
+    eventually(
+        STEP,
+        "the session is listed again with its tunnels",
+        relisted,
+    )
+    .await;
+    platform.assert_invariant("acme", ACME, 2, 5).await;
+    drop((running, opened));
+}
