@@ -32,6 +32,11 @@ pub const UPSTREAM_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// within 30 s + 3 × 10 s, a minute, as a failed upstream (4502, 515).
 pub const UPSTREAM_KEEPALIVE_RETRIES: u32 = 3;
 
+/// How long data sent upstream may stay unacknowledged before the socket is given up (`TCP_USER_TIMEOUT`):
+/// a desktop that vanished while the browser typed ends its tunnel in a minute, as an idle one does,
+/// rather than after the kernel's 15 minutes of retransmits. A live peer acknowledges within a round trip.
+pub const UPSTREAM_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long the whole guacd handshake may take: guacd itself gives the client 15 s per step.
 pub const GUACD_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 

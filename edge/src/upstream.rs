@@ -25,6 +25,7 @@ use deskbroker_shared::session::HostPort;
 use crate::defaults::{
     GUACD_HANDSHAKE_TIMEOUT, GUACD_SILENCE_TIMEOUT, READ_CHUNK, UPSTREAM_CONNECT_TIMEOUT,
     UPSTREAM_KEEPALIVE_IDLE, UPSTREAM_KEEPALIVE_INTERVAL, UPSTREAM_KEEPALIVE_RETRIES,
+    UPSTREAM_USER_TIMEOUT,
 };
 use crate::deny::DenyList;
 use crate::error::TunnelError;
@@ -83,13 +84,16 @@ pub async fn connect(addr: &HostPort, deny: &DenyList) -> Result<TcpStream, Tunn
 }
 
 /// Turns TCP keepalive on, with the probes of `defaults`: a peer that answers none of them is gone, and
-/// the socket's next read fails.
+/// the socket's next read fails. Keepalive probes only an idle socket; one with sent data unacknowledged
+/// is given up after [`UPSTREAM_USER_TIMEOUT`] instead of the kernel's quarter of an hour of retransmits.
 fn keep_alive(stream: &TcpStream) -> io::Result<()> {
     let probes = TcpKeepalive::new()
         .with_time(UPSTREAM_KEEPALIVE_IDLE)
         .with_interval(UPSTREAM_KEEPALIVE_INTERVAL)
         .with_retries(UPSTREAM_KEEPALIVE_RETRIES);
-    SockRef::from(stream).set_tcp_keepalive(&probes)
+    let socket = SockRef::from(stream);
+    socket.set_tcp_keepalive(&probes)?;
+    socket.set_tcp_user_timeout(Some(UPSTREAM_USER_TIMEOUT))
 }
 
 /// A guacd connection past its handshake.
@@ -265,6 +269,10 @@ mod tests {
         assert_eq!(
             socket.tcp_keepalive_retries().unwrap(),
             UPSTREAM_KEEPALIVE_RETRIES
+        );
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(UPSTREAM_USER_TIMEOUT)
         );
         assert!(stream.nodelay().unwrap());
     }

@@ -135,18 +135,24 @@ where
 
     pub async fn next(&mut self) -> Result<Option<Data>, TunnelError> {
         loop {
-            let message = match self.first_by.take() {
+            // Control frames are not a first message: a client sending only pings is still silent.
+            let message = match self.first_by {
                 Some(deadline) => tokio::time::timeout_at(deadline, self.messages.next())
                     .await
                     .map_err(|_| TunnelError::Silent)?,
                 None => self.messages.next().await,
             };
-            match message.transpose().map_err(downstream_error)? {
+            let data = match message.transpose().map_err(downstream_error)? {
                 None | Some(Message::Close(_)) => return Ok(None),
-                Some(Message::Ping(_) | Message::Pong(_)) => self.control.spend()?,
-                Some(Message::Binary(bytes)) => return Ok(Some(Data::Binary(bytes))),
-                Some(Message::Text(text)) => return Ok(Some(Data::Text(text))),
-            }
+                Some(Message::Ping(_) | Message::Pong(_)) => {
+                    self.control.spend()?;
+                    continue;
+                }
+                Some(Message::Binary(bytes)) => Data::Binary(bytes),
+                Some(Message::Text(text)) => Data::Text(text),
+            };
+            self.first_by = None;
+            return Ok(Some(data));
         }
     }
 }
@@ -204,6 +210,12 @@ mod tests {
         assert!(matches!(incoming.next().await, Ok(Some(Data::Binary(_)))));
         let later = tokio::time::timeout(2 * WS_FIRST_MESSAGE_TIMEOUT, incoming.next()).await;
         assert!(later.is_err(), "still waiting, without a deadline");
+
+        // Pings within the budget are no first message: the deadline holds.
+        let ping = || Ok(Message::Ping(Bytes::from_static(b"p")));
+        let pings = futures_util::stream::iter([ping(), ping()]);
+        let mut incoming = Incoming::new(pings.chain(futures_util::stream::pending()));
+        assert!(matches!(incoming.next().await, Err(TunnelError::Silent)));
     }
 
     #[tokio::test(start_paused = true)]
