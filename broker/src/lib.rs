@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 pub mod defaults;
+pub mod lease;
 pub mod membership;
 pub mod memory;
 pub mod process;

@@ -6,20 +6,28 @@
 //! tunnels. A tunnel's owner is alive while its record in the view has not expired: since the view is
 //! refreshed every renewal period and a lease is renewed three times per lease, a live owner never looks
 //! expired, and a dead one looks expired everywhere within one lease of its last renewal.
+//!
+//! A node that uses another it found earlier (a forward to a tunnel's owner) asks [`Membership::lease_of`]
+//! each time, or waits on [`Membership::lapsed`] while it uses it: both judge by the rules of
+//! [`crate::lease`], which conclude a lapse only from a read of the registry.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, TenantId, TunnelId};
+use deskbroker_shared::time::unix_ms;
 
 use crate::defaults::RENEWALS_PER_LEASE;
+use crate::lease::{Lease, Reads};
 use crate::registry::{Registry, Renewal, Result};
 
 #[derive(Clone)]
@@ -32,11 +40,14 @@ struct Inner {
     me: NodeRecord,
     lease: Duration,
     state: Mutex<State>,
+    /// Bumped after every read of the view, for those waiting on [`Membership::lapsed`].
+    read: watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct State {
     view: HashMap<NodeId, NodeRecord>,
+    reads: Reads,
     tunnels: HashMap<TunnelId, Arc<Owned>>,
     /// Removals that failed while the registry was away, retried at each renewal.
     unremoved: Vec<Arc<Owned>>,
@@ -86,6 +97,7 @@ impl Membership {
                 me,
                 lease,
                 state,
+                read: watch::Sender::new(0),
             }),
         }
     }
@@ -177,7 +189,15 @@ impl Membership {
             info!("another node is removing this node's records after its lease lapsed; waiting");
             return Ok(());
         }
-        let last = self.lock().confirmed.replace(sent);
+        let last = {
+            let mut state = self.lock();
+            if renewal == Renewal::Fresh {
+                // Our record was gone (the registry lost its data, or cleaned up after us): the others'
+                // records come back only as they renew.
+                state.reads.recreated_ms = Some(unix_ms(SystemTime::now()));
+            }
+            state.confirmed.replace(sent)
+        };
         // Two renewal periods without a confirmed renewal: the lease may have lapsed (the threshold leaves
         // room for clocks that differ a little). Recording again what is still there changes nothing.
         let doubtful = last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
@@ -223,12 +243,52 @@ impl Membership {
 
     /// Reads every node's lease into the view.
     pub async fn refresh(&self) -> Result<()> {
+        let sent_ms = unix_ms(SystemTime::now());
         let nodes = self.inner.registry.nodes().await?;
-        self.lock().view = nodes
-            .into_iter()
-            .map(|node| (node.id.clone(), node))
-            .collect();
+        {
+            let mut state = self.lock();
+            state.view = nodes
+                .into_iter()
+                .map(|node| (node.id.clone(), node))
+                .collect();
+            state.reads.last_ms = sent_ms;
+        }
+        self.inner.read.send_modify(|reads| *reads += 1);
         Ok(())
+    }
+
+    /// What the view says of `known`, a node found live earlier (see [`crate::lease`]). Reads no registry.
+    pub fn lease_of(&self, known: &NodeRecord) -> Lease {
+        let state = self.lock();
+        let now_ms = unix_ms(SystemTime::now());
+        let seen = state.view.get(&known.id);
+        state.reads.judge(known, seen, self.inner.lease, now_ms)
+    }
+
+    /// Returns once `known` has lapsed in the view; never while the registry cannot be read. It looks at the
+    /// view once the node's lease would have run out and after each read from then on, so a wait costs a
+    /// timer and a wake-up per renewal period past the expiry, nothing per byte.
+    pub fn lapsed(&self, known: NodeRecord) -> impl Future<Output = ()> + Send + 'static {
+        let membership = self.clone();
+        let mut reads = self.inner.read.subscribe();
+        async move {
+            let mut known = known;
+            loop {
+                reads.borrow_and_update();
+                match membership.lease_of(&known) {
+                    Lease::Lapsed => return,
+                    Lease::Live(current) => known = current,
+                }
+                // A lease does not lapse before its expiry (a restarted or departed node's connections
+                // break by themselves), and after it only a read can tell.
+                let left = known.expires_ms.saturating_sub(unix_ms(SystemTime::now()));
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                if reads.changed().await.is_err() {
+                    // Cannot happen: this future holds the membership, and with it the sender.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// The live owner of a tunnel record, if it has one; refreshes the view once for a node it has not
@@ -403,6 +463,36 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn a_wait_on_a_known_node_ends_at_the_first_read_after_its_lease_ran_out() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let lease = Duration::from_millis(300);
+        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
+        let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
+        b.join().await.unwrap();
+        a.join().await.unwrap();
+        let known = match a.lease_of(b.me()) {
+            Lease::Live(known) => known,
+            Lease::Lapsed => panic!("b just joined"),
+        };
+        let lapsed = tokio::spawn(a.lapsed(known));
+
+        // b renews, a reads: b lives on past its first expiry.
+        tokio::time::sleep(lease / 2).await;
+        b.tick(&|_| {}).await.unwrap();
+        a.refresh().await.unwrap();
+        tokio::time::sleep(lease).await;
+        assert!(!lapsed.is_finished(), "no read has shown b lapsed yet");
+
+        // b stopped renewing long ago; a's next read shows it.
+        a.refresh().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), lapsed)
+            .await
+            .expect("the wait ends at the read")
+            .unwrap();
+        assert_eq!(a.lease_of(b.me()), Lease::Lapsed);
     }
 
     #[tokio::test]
