@@ -95,6 +95,23 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// packets must fail as fast as one that refuses, well within what the browser waits for a request.
 pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a forwarded request waits for the owner's response head once its body is sent. The owner
+/// answers a write when its instructions are queued for guacd, and a read when the tunnel's previous read
+/// has given way, which it does after its next batch of guacd's output: guacd sends at least a `nop` every
+/// 5 s, and an owner that hears nothing from guacd for [`GUACD_SILENCE_TIMEOUT`] (15 s) ends the tunnel
+/// itself. So a live owner has answered within that; 5 s more leave it room on a loaded machine. A frozen
+/// owner is found sooner, by its lapsed lease (within a lease and a third).
+pub const PEER_HEAD_TIMEOUT: Duration =
+    GUACD_SILENCE_TIMEOUT.saturating_add(Duration::from_secs(5));
+
+/// How long a forwarded response body may go without a byte from the owner while it is waited for (time
+/// the browser takes to read does not count). The owner's read responses are the only long bodies: they
+/// carry guacd's output, in which a quiet desktop still sends a `nop` every 5 s, and an owner whose guacd
+/// stays silent for [`GUACD_SILENCE_TIMEOUT`] ends the read itself with an `error` instruction. Beyond
+/// that and 5 s of room, the owner is stuck, and the response is cut.
+pub const PEER_BODY_STALL_TIMEOUT: Duration =
+    GUACD_SILENCE_TIMEOUT.saturating_add(Duration::from_secs(5));
+
 /// Pause before subscribing to the control channel again after it broke (Redis away).
 pub const CONTROL_RETRY: Duration = Duration::from_millis(500);
 

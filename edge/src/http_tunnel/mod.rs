@@ -108,7 +108,12 @@ pub async fn serve(
 async fn forward(node: &Node, token: &TunnelToken, request: Request<Body>) -> Response {
     let digest = token.digest();
     match node.forwarder().owner(node.membership(), &digest).await {
-        Ok(Owner::Peer(owner)) => node.forwarder().forward(&owner, &digest, request).await,
+        Ok(Owner::Peer(owner)) => {
+            let forwarder = node.forwarder();
+            forwarder
+                .forward(node.membership(), &owner, &digest, request)
+                .await
+        }
         Ok(Owner::Gone) => error_response(GuacStatus::ResourceNotFound, "No such tunnel."),
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel lookup failed");

@@ -1,4 +1,4 @@
-//! Things going wrong in a cluster: an owner killed outright, Redis stopped and restarted empty.
+//! Things going wrong in a cluster: an owner killed outright or frozen, Redis stopped and restarted empty.
 
 use std::time::Duration;
 
@@ -102,6 +102,56 @@ async fn killing_an_owner_ends_its_tunnels_only() {
         .await
         .unwrap();
     assert_eq!(live.len(), 1, "the survivor is still recorded");
+}
+
+#[tokio::test]
+async fn a_frozen_owners_tunnel_reads_as_missing_once_its_lease_lapses() {
+    let redis = Redis::start().await.unwrap();
+    let cluster = Cluster::start(&redis.url(), 3).await;
+    let tunnel = HttpTunnel::connect(&cluster.http(0), &connect_data("g"))
+        .await
+        .unwrap();
+    // Node 2 reads and writes it, so node 2 has the owner cached; node 3 has never seen it.
+    let mut reads = tunnel.read(vec![cluster.http(1)]);
+    round_trip(&tunnel, &cluster.http(1), &mut reads, 0).await;
+
+    // The owner stops answering without closing anything: its peer port still accepts connections.
+    cluster.edges[0].process.freeze().await.unwrap();
+    let answered_in = deskbroker_tests::process::LEASE + STEP / 2;
+    let through_cache = cluster.http(1);
+    let write = tunnel.write_to(&through_cache, "3.nop;");
+    let read = async {
+        let response = tunnel
+            .http
+            .get(format!("{}/tunnel?read:{}:9", cluster.http(2), tunnel.uuid))
+            .header("guacamole-tunnel-token", &tunnel.token)
+            .send()
+            .await
+            .unwrap();
+        let code = response.headers().get("guacamole-status-code");
+        let code = code.map(|c| c.to_str().unwrap().parse::<u16>().unwrap());
+        (response.status().as_u16(), code)
+    };
+    let (write, read, ending) = tokio::join!(
+        tokio::time::timeout(answered_in, write),
+        tokio::time::timeout(answered_in, read),
+        tokio::time::timeout(answered_in, reads.end()),
+    );
+    cluster.edges[0].process.thaw().await.unwrap();
+
+    assert_eq!(
+        (write.is_ok(), read.is_ok(), ending.is_ok()),
+        (true, true, true),
+        "answered within {answered_in:?}: a write through the node that cached the owner, a read through \
+         one that looks it up, the read that was in flight"
+    );
+    assert_eq!(write.unwrap().err().map(|e| (e.http, e.guac)), missing());
+    assert_eq!(read.map(Some).unwrap(), missing());
+    let (_, ending) = ending.unwrap();
+    assert!(
+        !matches!(ending, deskbroker_tests::clients::ReadEvent::Instruction(_)),
+        "{ending:?}"
+    );
 }
 
 #[tokio::test]

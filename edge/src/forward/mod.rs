@@ -2,8 +2,17 @@
 //! request to the owner's peer listener and stream the answer back, both bodies as they come.
 //!
 //! The owner is found from the registry by the digest of the `Guacamole-Tunnel-Token` (one round trip on a
-//! miss), then cached per token; a failed forward drops the cache entry. An owner whose lease lapsed, or
-//! that cannot be reached, means the tunnel is gone: the client gets 404 with Guacamole status 516 at once.
+//! miss), then cached per token, and checked against its lease in the node's view at every use; a failed
+//! forward drops the cache entry. An owner whose lease lapsed, or that cannot be reached, means the tunnel is
+//! gone: the client gets 404 with Guacamole status 516 at once.
+//!
+//! A forward has deadlines of its own (`bodies.rs` carries them), so that an owner that is frozen or stuck
+//! holds no request: the connection ([`PEER_CONNECT_TIMEOUT`]), the response head once the request body is
+//! sent ([`PEER_HEAD_TIMEOUT`]), a response body that stalls ([`PEER_BODY_STALL_TIMEOUT`]), and, all along,
+//! the owner's lease. Before the head, a failure is answered 404/516; after it, the response is cut.
+
+mod bodies;
+mod error;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,15 +23,21 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
 use deskbroker_broker::Membership;
+use deskbroker_broker::lease::Lease;
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::cluster::NodeRecord;
 use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
 use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TUNNEL_PATH};
 
-use crate::defaults::{OWNER_CACHE_ENTRIES, PEER_CONNECT_TIMEOUT};
+use self::bodies::{Lapse, Sending, Watched};
+use self::error::ForwardError;
+use crate::defaults::{
+    OWNER_CACHE_ENTRIES, PEER_BODY_STALL_TIMEOUT, PEER_CONNECT_TIMEOUT, PEER_HEAD_TIMEOUT,
+};
 use crate::error::{TunnelError, error_response};
 
 pub struct Forwarder {
@@ -59,14 +74,23 @@ impl Forwarder {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Finds the live owner of the tunnel with this token, from the cache or the registry.
+    /// Finds the live owner of the tunnel with this token, from the cache (if the view says its lease still
+    /// runs, in the same incarnation) or the registry.
     pub async fn owner(
         &self,
         membership: &Membership,
         token: &TokenDigest,
     ) -> Result<Owner, TunnelError> {
-        if let Some(owner) = self.cache().get(token).cloned() {
-            return Ok(Owner::Peer(owner));
+        let cached = self.cache().get(token).cloned();
+        if let Some(cached) = cached {
+            return Ok(match membership.lease_of(&cached) {
+                Lease::Live(owner) => Owner::Peer(owner),
+                Lease::Lapsed => {
+                    debug!(peer = %cached.id, "the cached owner's lease lapsed");
+                    self.cache().remove(token);
+                    Owner::Gone
+                }
+            });
         }
         let Some(record) = membership.registry().http_tunnel(token).await? else {
             return Ok(Owner::Gone);
@@ -86,9 +110,11 @@ impl Forwarder {
         Ok(Owner::Peer(owner))
     }
 
-    /// Sends the request to the owner's peer listener and streams its answer back.
+    /// Sends the request to the owner's peer listener and streams its answer back, within the forward's
+    /// deadlines.
     pub async fn forward(
         &self,
+        membership: &Membership,
         owner: &NodeRecord,
         token: &TokenDigest,
         request: Request<Body>,
@@ -115,15 +141,35 @@ impl Forwarder {
             parts.headers.insert(CLUSTER_SECRET_HEADER, value);
         }
         debug!(peer = %owner.id, "forwarding to the owner");
-        match self.client.request(Request::from_parts(parts, body)).await {
+        let sent = CancellationToken::new();
+        let request = Request::from_parts(parts, Body::new(Sending::new(body, sent.clone())));
+        let mut lapsed: Lapse = Box::pin(membership.lapsed(owner.clone()));
+        let peer = || owner.id.clone();
+        let answer = tokio::select! {
+            answer = self.client.request(request) => {
+                answer.map_err(|source| ForwardError::Request { peer: peer(), source })
+            }
+            () = async { sent.cancelled().await; tokio::time::sleep(PEER_HEAD_TIMEOUT).await } => {
+                Err(ForwardError::NoHead { peer: peer(), deadline: PEER_HEAD_TIMEOUT })
+            }
+            () = &mut lapsed => Err(ForwardError::Lapsed { peer: peer() }),
+        };
+        match answer {
             Ok(response) => {
                 if response.status() == axum::http::StatusCode::NOT_FOUND {
                     self.cache().remove(token);
                 }
-                response.map(Body::new).into_response()
+                response
+                    .map(|body| {
+                        Body::new(Watched::new(body, peer(), lapsed, PEER_BODY_STALL_TIMEOUT))
+                    })
+                    .into_response()
             }
             Err(error) => {
-                debug!(peer = %owner.id, %error, "forward failed; the owner is gone");
+                match error.is_unanswered() {
+                    true => warn!(side = "peer", %error, "forward failed; the tunnel is gone"),
+                    false => debug!(side = "peer", %error, "forward failed; the owner is gone"),
+                }
                 self.cache().remove(token);
                 error_response(GuacStatus::ResourceNotFound, "No such tunnel.")
             }
