@@ -45,8 +45,9 @@ pub const SWEEP_BATCH: usize = 256;
 /// Control events the in-memory registry buffers for a slow subscriber before it misses some.
 pub const CONTROL_BUFFER: usize = 1024;
 
-/// How long the live view waits for a node's byte counts before showing none: a slow node must not make
-/// the session list slow.
+/// How long the live view waits for a node's byte counts before showing its tunnels' as unknown: a slow
+/// node must not make the session list slow. Every node is asked at once, so this is also the longest a
+/// list waits for all of them.
 pub const TRAFFIC_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Deadline for opening a connection to a node's peer listener when asking for byte counts: within the

@@ -112,6 +112,11 @@ pub const PEER_HEAD_TIMEOUT: Duration =
 pub const PEER_BODY_STALL_TIMEOUT: Duration =
     GUACD_SILENCE_TIMEOUT.saturating_add(Duration::from_secs(5));
 
+/// Largest body of the live view's question to a node's peer listener: the ids of the sessions listed that
+/// have tunnels on the node, 39 bytes each in JSON. Only a caller with the cluster secret gets it read, so
+/// this bounds a mistake rather than an attack: some 200,000 sessions, more than a node holds tunnels.
+pub const TRAFFIC_QUERY_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Pause before subscribing to the control channel again after it broke (Redis away).
 pub const CONTROL_RETRY: Duration = Duration::from_millis(500);
 

@@ -234,12 +234,14 @@ impl LocalTunnels {
         }
     }
 
-    /// What one of this node's tunnels has moved: (bytes from the browser, bytes to the browser).
-    pub fn traffic(&self, session: &SessionId, tunnel: &TunnelId) -> Option<(u64, u64)> {
-        let sessions = self.lock();
+    /// What this node's tunnels of `sessions` have moved: (bytes from the browser, bytes to the browser).
+    pub fn traffic(&self, sessions: &[SessionId]) -> Vec<(TunnelId, (u64, u64))> {
+        let map = self.lock();
         sessions
-            .get(session)?
-            .get(tunnel)
-            .map(|entry| entry.traffic.totals())
+            .iter()
+            .filter_map(|session| map.get(session))
+            .flatten()
+            .map(|(id, entry)| (*id, entry.traffic.totals()))
+            .collect()
     }
 }

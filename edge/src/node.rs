@@ -17,8 +17,8 @@ use tokio_util::task::task_tracker::TrackedFuture;
 use tracing::info;
 
 use deskbroker_broker::Membership;
-use deskbroker_shared::ids::{ClusterSecret, SessionId, SessionToken, TunnelId};
-use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::ids::{ClusterSecret, SessionId, SessionToken};
+use deskbroker_shared::peer::{TrafficAnswer, TrafficReport};
 use deskbroker_shared::seal::Sealer;
 use deskbroker_shared::session::Session;
 
@@ -113,13 +113,19 @@ impl Node {
         &self.inner.tunnels
     }
 
-    /// What one of this node's tunnels has moved.
-    pub fn traffic(&self, session: &SessionId, tunnel: &TunnelId) -> Option<TrafficReport> {
-        let (to_upstream, from_upstream) = self.inner.local.traffic(session, tunnel)?;
-        Some(TrafficReport {
-            to_upstream,
-            from_upstream,
-        })
+    /// What this node's tunnels of `sessions` have moved.
+    pub fn traffic(&self, sessions: &[SessionId]) -> TrafficAnswer {
+        let tunnels = self.inner.local.traffic(sessions).into_iter();
+        let tunnels = tunnels.map(|(id, (to_upstream, from_upstream))| {
+            let report = TrafficReport {
+                to_upstream,
+                from_upstream,
+            };
+            (id, report)
+        });
+        TrafficAnswer {
+            tunnels: tunnels.collect(),
+        }
     }
 
     /// Registers a tunnel this node now owns, within its tenant's quota (see [`Registration::open`]).

@@ -7,15 +7,15 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::warn;
 
 use deskbroker_shared::GuacStatus;
-use deskbroker_shared::ids::{SessionId, TunnelId};
-use deskbroker_shared::peer::CLUSTER_SECRET_HEADER;
+use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TrafficQuery};
 
+use crate::defaults::TRAFFIC_QUERY_LIMIT;
 use crate::error::error_response;
 use crate::http_tunnel::{self, HttpTunnels};
 use crate::node::Node;
@@ -48,19 +48,17 @@ pub async fn tunnel(
     http_tunnel::serve(&node, &tunnels, request, http_tunnel::Scope::LocalOnly).await
 }
 
-/// What one of this node's tunnels has moved, for the control plane's live view.
-pub async fn traffic(
-    State(node): State<Node>,
-    Path((session, tunnel)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if !authenticated(&node, &headers) {
+/// What this node's tunnels of the sessions asked for have moved, for the control plane's live view: one
+/// request for all of them. The body is read only from a caller with the secret, and only so far.
+pub async fn traffic(State(node): State<Node>, request: Request<Body>) -> Response {
+    if !authenticated(&node, request.headers()) {
         return StatusCode::FORBIDDEN.into_response();
     }
-    let tunnel = TunnelId::parse(&tunnel);
-    let report = tunnel.and_then(|tunnel| node.traffic(&SessionId::new(session), &tunnel));
-    match report {
-        Some(report) => Json(report).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+    let Ok(body) = axum::body::to_bytes(request.into_body(), TRAFFIC_QUERY_LIMIT).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
+    match serde_json::from_slice::<TrafficQuery>(&body) {
+        Ok(query) => Json(node.traffic(&query.sessions)).into_response(),
+        Err(_) => StatusCode::BAD_REQUEST.into_response(),
     }
 }

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 
-use deskbroker_shared::peer::{TRAFFIC_ROUTE, TUNNEL_PATH};
+use deskbroker_shared::peer::{TRAFFIC_PATH, TUNNEL_PATH};
 
 use crate::http_tunnel::{self, HttpTunnels};
 use crate::node::Node;
@@ -36,7 +36,7 @@ pub fn public(routes: Routes, web_dir: Option<&Path>) -> Router {
 pub fn peers(routes: Routes) -> Router {
     Router::new()
         .route(TUNNEL_PATH, any(peer::tunnel))
-        .route(TRAFFIC_ROUTE, get(peer::traffic))
+        .route(TRAFFIC_PATH, post(peer::traffic))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(routes)
 }

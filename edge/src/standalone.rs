@@ -14,9 +14,9 @@ use deskbroker_broker::config::ConfigError;
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
 use deskbroker_broker::{BoxFuture, RegistryError, session_file};
 use deskbroker_demo::DemoDesktop;
-use deskbroker_shared::cluster::{NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::NodeRecord;
 use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
-use deskbroker_shared::peer::TrafficReport;
+use deskbroker_shared::peer::TrafficAnswer;
 use deskbroker_shared::session::{HostPort, Session, Target};
 
 use crate::config::ControlPlane;
@@ -127,10 +127,10 @@ struct LocalTraffic(Node);
 impl TrafficSource for LocalTraffic {
     fn traffic<'a>(
         &'a self,
-        _owner: &'a NodeRecord,
-        tunnel: &'a TunnelRecord,
-    ) -> BoxFuture<'a, Option<TrafficReport>> {
-        let report = self.0.traffic(&tunnel.session, &tunnel.id);
-        Box::pin(async move { report })
+        _node: &'a NodeRecord,
+        sessions: &'a [SessionId],
+    ) -> BoxFuture<'a, Option<TrafficAnswer>> {
+        let answer = self.0.traffic(sessions);
+        Box::pin(async move { Some(answer) })
     }
 }

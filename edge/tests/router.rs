@@ -199,28 +199,29 @@ async fn the_page_learns_a_sessions_kind_and_nothing_else() {
 async fn the_peer_listener_serves_only_requests_with_the_cluster_secret() {
     let routes = routes().await;
     let peers = || server::peers(routes.clone());
-    let traffic = format!(
-        "/tunnels/s/{}/traffic",
-        TunnelId::from_random_bytes([1; 16])
-    );
-    let with_secret = |uri: &str, secret: &str| {
-        Request::get(uri)
-            .header("deskbroker-cluster-secret", secret)
-            .body(Body::empty())
-            .unwrap()
+    let traffic = |secret: Option<&str>, body: &'static str| {
+        let mut request = Request::post("/traffic");
+        if let Some(secret) = secret {
+            request = request.header("deskbroker-cluster-secret", secret);
+        }
+        request.body(Body::from(body)).unwrap()
     };
+    let query = r#"{"sessions": ["s"]}"#;
     assert_eq!(
-        ask(peers(), get(&traffic)).await.status(),
+        ask(peers(), traffic(None, query)).await.status(),
         StatusCode::FORBIDDEN
     );
-    let wrong = ask(peers(), with_secret(&traffic, "guess")).await;
+    let wrong = ask(peers(), traffic(Some("guess"), query)).await;
     assert_eq!(wrong.status(), StatusCode::FORBIDDEN);
-    let unknown = ask(peers(), with_secret(&traffic, SECRET)).await;
+    let none = ask(peers(), traffic(Some(SECRET), query)).await;
+    assert_eq!(none.status(), StatusCode::OK);
     assert_eq!(
-        unknown.status(),
-        StatusCode::NOT_FOUND,
-        "no such tunnel here"
+        body_text(none).await,
+        r#"{"tunnels":{}}"#,
+        "no tunnel of that session here"
     );
+    let malformed = ask(peers(), traffic(Some(SECRET), "{")).await;
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
 
     let read = Request::get("/tunnel?read:0f7c:0")
         .header("guacamole-tunnel-token", "nope")

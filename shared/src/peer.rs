@@ -1,6 +1,8 @@
 //! The peer API: what other nodes and the broker ask of a node's peer listener. Both sides build its paths
 //! and headers from here, so they cannot drift apart.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{SessionId, TunnelId};
@@ -11,15 +13,23 @@ pub const CLUSTER_SECRET_HEADER: &str = "deskbroker-cluster-secret";
 /// Where forwarded HTTP tunnel requests go, with the browser's query string unchanged.
 pub const TUNNEL_PATH: &str = "/tunnel";
 
-/// The route of a tunnel's byte counts, as the peer listener's router writes it.
-pub const TRAFFIC_ROUTE: &str = "/tunnels/{session}/{tunnel}/traffic";
+/// Where the live view asks a node, in one `POST` of a [`TrafficQuery`], what its tunnels have moved.
+pub const TRAFFIC_PATH: &str = "/traffic";
 
-/// The path of one tunnel's byte counts.
-pub fn traffic_path(session: &SessionId, tunnel: &TunnelId) -> String {
-    format!("/tunnels/{session}/{tunnel}/traffic")
+/// The sessions whose tunnels the live view shows: a node answers for those of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficQuery {
+    pub sessions: Vec<SessionId>,
 }
 
-/// What a node's peer listener answers about one of its tunnels.
+/// A node's answer to a [`TrafficQuery`]: each of its tunnels of those sessions, by id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficAnswer {
+    pub tunnels: HashMap<TunnelId, TrafficReport>,
+}
+
+/// What one tunnel has moved, as its node counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrafficReport {
     /// Bytes from the browser to the VNC server or guacd.
@@ -33,11 +43,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_traffic_path_fills_the_route() {
-        let (session, tunnel) = (SessionId::new("s"), TunnelId::from_random_bytes([1; 16]));
-        let filled = TRAFFIC_ROUTE
-            .replace("{session}", session.as_str())
-            .replace("{tunnel}", &tunnel.to_string());
-        assert_eq!(traffic_path(&session, &tunnel), filled);
+    fn an_answer_goes_over_the_wire_and_back() {
+        let report = TrafficReport {
+            to_upstream: 4,
+            from_upstream: 5,
+        };
+        let tunnel = TunnelId::from_random_bytes([1; 16]);
+        let answer = TrafficAnswer {
+            tunnels: HashMap::from([(tunnel, report)]),
+        };
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            json,
+            format!(r#"{{"tunnels":{{"{tunnel}":{{"to_upstream":4,"from_upstream":5}}}}}}"#)
+        );
+        assert_eq!(
+            serde_json::from_str::<TrafficAnswer>(&json).unwrap(),
+            answer
+        );
     }
 }

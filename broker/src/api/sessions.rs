@@ -1,7 +1,7 @@
 //! `/api/v1/sessions`: create a session (the policy is checked here), list and read sessions with their
 //! open tunnels, and kill one (its token is revoked and every node closes its tunnels).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use axum::Json;
@@ -10,16 +10,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use std::collections::HashMap;
-
 use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelKind, TunnelRecord};
-use deskbroker_shared::ids::{NodeId, SessionId, TenantId};
+use deskbroker_shared::ids::{NodeId, SessionId, TenantId, TunnelId};
+use deskbroker_shared::peer::TrafficReport;
 use deskbroker_shared::session::{HostPort, Session, Target};
 use deskbroker_shared::time::{from_unix_ms, unix_ms};
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
 use super::state::{Api, Caller};
+use super::traffic;
 use crate::defaults::MAX_SESSION_RECORD;
 use crate::registry::session_record_len;
 use crate::tenants::Tenant;
@@ -106,10 +106,23 @@ pub struct TunnelView {
     pub node: String,
     pub kind: TunnelKind,
     pub since: String,
+    /// Whether the byte counts are known.
+    pub traffic: Traffic,
     /// Bytes from the browser to the desktop, when the owning node answered.
     pub bytes_in: Option<u64>,
     /// Bytes from the desktop to the browser, when the owning node answered.
     pub bytes_out: Option<u64>,
+}
+
+/// Whether a tunnel's byte counts are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Traffic {
+    /// `bytes_in` and `bytes_out` are the owning node's counts.
+    Counted,
+    /// The owning node did not answer in time (it hangs, or cannot be reached), or had just closed the
+    /// tunnel: both counts are null.
+    Unknown,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -117,7 +130,12 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 impl SessionView {
-    fn of(session: &Session, tunnels: &[TunnelRecord]) -> Self {
+    /// A session with its `tunnels` and what each has moved, by `counts`.
+    fn of(
+        session: &Session,
+        tunnels: &[TunnelRecord],
+        counts: &HashMap<TunnelId, TrafficReport>,
+    ) -> Self {
         let target = match &session.target {
             Target::Vnc { addr } => TargetView::Vnc {
                 host: addr.host.clone(),
@@ -136,13 +154,20 @@ impl SessionView {
         };
         let tunnels = tunnels
             .iter()
-            .map(|t| TunnelView {
-                id: t.id.to_string(),
-                node: t.owner.to_string(),
-                kind: t.kind,
-                since: rfc3339(from_unix_ms(t.created_ms)),
-                bytes_in: None,
-                bytes_out: None,
+            .map(|t| {
+                let count = counts.get(&t.id);
+                TunnelView {
+                    id: t.id.to_string(),
+                    node: t.owner.to_string(),
+                    kind: t.kind,
+                    since: rfc3339(from_unix_ms(t.created_ms)),
+                    traffic: match count {
+                        Some(_) => Traffic::Counted,
+                        None => Traffic::Unknown,
+                    },
+                    bytes_in: count.map(|c| c.to_upstream),
+                    bytes_out: count.map(|c| c.from_upstream),
+                }
             })
             .collect();
         Self {
@@ -301,7 +326,7 @@ async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, 
     let token = api.token_for(&session);
     api.registry().put_session(&token, &session).await?;
     tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
-    let mut view = SessionView::of(&session, &[]);
+    let mut view = SessionView::of(&session, &[], &HashMap::new());
     let encoded = form_urlencoded::byte_serialize(token.expose().as_bytes()).collect::<String>();
     view.urls = Some(Urls {
         websockify: format!("/websockify?token={encoded}"),
@@ -341,13 +366,18 @@ pub async fn list(
             .collect(),
     };
     let nodes = nodes(&api).await?;
-    let mut views = Vec::new();
+    let mut sessions = Vec::new();
     for tenant in tenants {
         for session in api.registry().sessions_of(&tenant).await? {
-            views.push(live_view(&api, &session, &nodes).await?);
+            let tunnels = live_tunnels(&api, &session, &nodes).await?;
+            sessions.push((session, tunnels));
         }
     }
-    Ok(Json(views))
+    let tunnels: Vec<&TunnelRecord> = sessions.iter().flat_map(|(_, t)| t).collect();
+    let counts = counts(&api, &nodes, &tunnels).await;
+    let views = sessions.iter();
+    let views = views.map(|(session, tunnels)| SessionView::of(session, tunnels, &counts));
+    Ok(Json(views.collect()))
 }
 
 pub async fn get(
@@ -356,7 +386,10 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let session = visible(&api, &caller, &SessionId::new(id)).await?;
-    Ok(Json(live_view(&api, &session, &nodes(&api).await?).await?))
+    let nodes = nodes(&api).await?;
+    let tunnels = live_tunnels(&api, &session, &nodes).await?;
+    let counts = counts(&api, &nodes, &tunnels.iter().collect::<Vec<_>>()).await;
+    Ok(Json(SessionView::of(&session, &tunnels, &counts)))
 }
 
 async fn nodes(api: &Api) -> Result<HashMap<NodeId, NodeRecord>, ApiError> {
@@ -369,31 +402,30 @@ async fn nodes(api: &Api) -> Result<HashMap<NodeId, NodeRecord>, ApiError> {
         .collect())
 }
 
-/// A session with its live tunnels (their owners' leases run) and what each has moved.
-async fn live_view(
+/// A session's live tunnels: those whose owners' leases run.
+async fn live_tunnels(
     api: &Api,
     session: &Session,
     nodes: &HashMap<NodeId, NodeRecord>,
-) -> Result<SessionView, ApiError> {
+) -> Result<Vec<TunnelRecord>, ApiError> {
     let now = SystemTime::now();
     let tunnels = api.registry().session_tunnels(&session.id).await?;
-    let live: Vec<TunnelRecord> = tunnels
+    Ok(tunnels
         .into_iter()
         .filter(|t| t.is_alive(nodes.get(&t.owner), now))
-        .collect();
-    let mut view = SessionView::of(session, &live);
-    if let Some(source) = api.traffic() {
-        for (shown, record) in view.tunnels.iter_mut().zip(&live) {
-            let Some(owner) = nodes.get(&record.owner) else {
-                continue;
-            };
-            if let Some(report) = source.traffic(owner, record).await {
-                shown.bytes_in = Some(report.to_upstream);
-                shown.bytes_out = Some(report.from_upstream);
-            }
-        }
+        .collect())
+}
+
+/// What `tunnels` have moved, asked of every owner at once (see [`traffic::counts`]); none without a source.
+async fn counts(
+    api: &Api,
+    nodes: &HashMap<NodeId, NodeRecord>,
+    tunnels: &[&TunnelRecord],
+) -> HashMap<TunnelId, TrafficReport> {
+    match api.traffic() {
+        Some(source) => traffic::counts(source, nodes, tunnels).await,
+        None => HashMap::new(),
     }
-    Ok(view)
 }
 pub async fn delete(
     State(api): State<Api>,

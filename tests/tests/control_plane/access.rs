@@ -213,12 +213,8 @@ async fn a_tunnel_token_opens_only_its_own_tunnel_and_the_peer_port_needs_the_se
             (403, "769"),
             "{secret:?}"
         );
-        let traffic = format!(
-            "{peer}/tunnels/{}/{}/traffic",
-            guacd["id"].as_str().unwrap(),
-            tunnel.uuid
-        );
-        let mut ask = http.get(traffic);
+        let query = json!({"sessions": [guacd["id"]]});
+        let mut ask = http.post(format!("{peer}/traffic")).body(query.to_string());
         if let Some(secret) = secret {
             ask = ask.header("deskbroker-cluster-secret", secret);
         }

@@ -11,6 +11,7 @@ mod access;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod live_view;
 mod sessions;
 mod sharing;
 
