@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -74,8 +74,10 @@ pub struct Watched<B> {
     peer: NodeId,
     lapsed: Lapse,
     stall_deadline: Duration,
-    /// While waiting for the owner: when its silence means it is stuck.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// When the owner's silence means it is stuck; one timer for the body's life, set again at each wait.
+    stalled: Pin<Box<Sleep>>,
+    /// Waiting for the owner since the last frame, and the timer is set for this wait.
+    waiting: bool,
     done: bool,
 }
 
@@ -86,7 +88,8 @@ impl<B> Watched<B> {
             peer,
             lapsed,
             stall_deadline,
-            stalled: None,
+            stalled: Box::pin(sleep(stall_deadline)),
+            waiting: false,
             done: false,
         }
     }
@@ -119,7 +122,7 @@ where
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.stalled = None;
+                this.waiting = false;
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(source))) => {
@@ -138,10 +141,11 @@ where
             return this.cut(ForwardError::Lapsed { peer });
         }
         let deadline = this.stall_deadline;
-        let stalled = this
-            .stalled
-            .get_or_insert_with(|| Box::pin(sleep(deadline)));
-        if stalled.as_mut().poll(cx).is_ready() {
+        if !this.waiting {
+            this.waiting = true;
+            this.stalled.as_mut().reset(Instant::now() + deadline);
+        }
+        if this.stalled.as_mut().poll(cx).is_ready() {
             let peer = this.peer.clone();
             return this.cut(ForwardError::Stalled { peer, deadline });
         }
