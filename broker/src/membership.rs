@@ -301,17 +301,6 @@ impl Membership {
         Ok(owner.filter(|owner| tunnel.is_alive(Some(owner), SystemTime::now())))
     }
 
-    /// Live nodes as this node sees them.
-    pub fn live_nodes(&self) -> Vec<NodeRecord> {
-        let now = SystemTime::now();
-        self.lock()
-            .view
-            .values()
-            .filter(|node| node.is_alive(now))
-            .cloned()
-            .collect()
-    }
-
     /// Records a tunnel this node opened: takes one of its tenant's `limit` slots (none without a
     /// limit), then writes its records. Whatever the outcome, the tunnel ends with
     /// [`Membership::remove_tunnel`] (or its `_later` form), which removes whatever was written.
