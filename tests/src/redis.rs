@@ -1,17 +1,43 @@
 //! Real `redis-server` processes for the cluster tests, on free loopback ports, that a test can kill and
-//! restart: one server, or a three-master Redis Cluster built with `redis-cli --cluster create`.
+//! restart: one server, or a three-master Redis Cluster built with `redis-cli --cluster create`. Both
+//! are a [`Keyspace`]: what a test reads of the registry, wherever its keys live.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
 use crate::process::free_port;
 
 /// How long a redis-server may take to answer its first PING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a cluster master may be silent before the others mark it failed: short, so that a test sees a
+/// cluster lose a master in seconds (Redis's default is 15 s), yet far above what a busy machine delays
+/// the cluster bus by.
+const CLUSTER_NODE_TIMEOUT_MS: &str = "3000";
+
+/// What a test reads of the registry, on one server or across a cluster's masters.
+#[allow(
+    async_fn_in_trait,
+    reason = "test fixtures, awaited in place by the test that owns them"
+)]
+pub trait Keyspace {
+    /// The URL the edges and the broker are given.
+    fn url(&self) -> String;
+
+    /// Runs a redis-cli command about one key where that key lives; returns its output lines.
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<String>>;
+
+    /// The string values of every key matching `pattern` (on the masters that run).
+    async fn values(&self, pattern: &str) -> anyhow::Result<Vec<String>>;
+
+    /// How many keys the registry holds (on the masters that run).
+    async fn dbsize(&self) -> anyhow::Result<usize>;
+}
 
 /// One `redis-server` that keeps nothing on disk, so a restart comes back empty.
 pub struct Redis {
@@ -103,6 +129,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Whether the server runs (it was not killed, or was restarted since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL): whatever it held is gone.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -124,12 +155,63 @@ impl Redis {
             .args(args)
             .output()
             .await?;
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect())
+        Ok(lines(&output.stdout))
     }
+
+    /// The keys of this server matching `pattern`, and their string values, read in one pass.
+    async fn local_values(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        let keys = self.cli(&["--scan", "--pattern", pattern]).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One redis-cli for every GET: it reads commands from a stdin that is not a terminal.
+        let commands: String = keys.iter().map(|key| format!("GET {key}\n")).collect();
+        let mut child = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("redis-cli stdin")?;
+        stdin.write_all(commands.as_bytes()).await?;
+        drop(stdin);
+        let output = child.wait_with_output().await?;
+        Ok(lines(&output.stdout))
+    }
+
+    async fn local_dbsize(&self) -> anyhow::Result<usize> {
+        let answer = self.cli(&["DBSIZE"]).await?;
+        let size = answer.first().and_then(|n| n.trim().parse().ok());
+        size.with_context(|| format!("DBSIZE answered {answer:?}"))
+    }
+}
+
+impl Keyspace for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {
+        Redis::cli(self, args).await
+    }
+
+    async fn values(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        self.local_values(pattern).await
+    }
+
+    async fn dbsize(&self) -> anyhow::Result<usize> {
+        self.local_dbsize().await
+    }
+}
+
+/// redis-cli's output lines, the empty ones (nil replies) left out.
+fn lines(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// A Redis Cluster of three masters and no replicas.
@@ -147,6 +229,8 @@ impl RedisCluster {
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                "--cluster-node-timeout",
+                CLUSTER_NODE_TIMEOUT_MS,
             ];
             masters.push(Redis::start_with(args.map(String::from).to_vec()).await?);
         }
@@ -183,6 +267,84 @@ impl RedisCluster {
             .map(|m| format!("127.0.0.1:{}", m.port))
             .collect();
         format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The master that holds `key`'s slot, by its index in [`RedisCluster::masters`].
+    pub async fn master_of(&self, key: &str) -> anyhow::Result<usize> {
+        let running = self.running()?;
+        let answer = running.cli(&["CLUSTER", "KEYSLOT", key]).await?;
+        let slot: u16 = answer.first().context("no slot")?.trim().parse()?;
+        let mut owner = None;
+        for (index, master) in self.masters.iter().enumerate() {
+            if !master.is_running() {
+                continue;
+            }
+            let nodes = master.cli(&["CLUSTER", "NODES"]).await?;
+            let own = nodes.iter().find(|line| line.contains("myself"));
+            if own.is_some_and(|line| holds_slot(line, slot)) {
+                owner = Some(index);
+            }
+        }
+        owner.with_context(|| format!("no running master holds slot {slot} of {key}"))
+    }
+
+    /// Whether every running master says the cluster is ok (every slot served).
+    pub async fn is_ok(&self) -> bool {
+        for master in self.masters.iter().filter(|m| m.is_running()) {
+            let info = master.cli(&["CLUSTER", "INFO"]).await.unwrap_or_default();
+            if !info.iter().any(|line| line.trim() == "cluster_state:ok") {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn running(&self) -> anyhow::Result<&Redis> {
+        self.masters
+            .iter()
+            .find(|m| m.is_running())
+            .context("no master runs")
+    }
+}
+
+/// Whether a `CLUSTER NODES` line lists `slot` among its ranges (`0-5460 5462 …`).
+fn holds_slot(line: &str, slot: u16) -> bool {
+    line.split_whitespace().skip(8).any(|range| {
+        let mut ends = range.splitn(2, '-').map(|n| n.parse::<u16>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(first)), Some(Ok(last))) => (first..=last).contains(&slot),
+            (Some(Ok(only)), None) => only == slot,
+            _ => false,
+        }
+    })
+}
+
+impl Keyspace for RedisCluster {
+    fn url(&self) -> String {
+        RedisCluster::url(self)
+    }
+
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {
+        // `-c` follows the cluster's redirections to the master that holds the key.
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        self.running()?.cli(&all).await
+    }
+
+    async fn values(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        let mut values = Vec::new();
+        for master in self.masters.iter().filter(|m| m.is_running()) {
+            values.extend(master.local_values(pattern).await?);
+        }
+        Ok(values)
+    }
+
+    async fn dbsize(&self) -> anyhow::Result<usize> {
+        let mut size = 0;
+        for master in self.masters.iter().filter(|m| m.is_running()) {
+            size += master.local_dbsize().await?;
+        }
+        Ok(size)
     }
 }
 
