@@ -16,6 +16,8 @@
 pub mod browser;
 pub mod clients;
 pub mod flood;
+pub mod flows;
+pub mod guac_flows;
 pub mod logs;
 pub mod process;
 pub mod proxy;

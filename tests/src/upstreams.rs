@@ -136,3 +136,8 @@ pub fn sockets(pid: u32) -> usize {
         })
         .unwrap_or_default()
 }
+
+/// Open descriptors of a process (sockets, files, pipes, epoll), from /proc.
+pub fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
