@@ -19,6 +19,7 @@ pub mod flood;
 pub mod flows;
 pub mod guac_flows;
 pub mod logs;
+pub mod platform;
 pub mod process;
 pub mod proxy;
 pub mod raw_ws;

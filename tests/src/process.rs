@@ -202,8 +202,9 @@ impl Edge {
         Ok(Self { process, addr })
     }
 
-    /// Starts an edge as node `id` of a cluster on the Redis at `redis_url`, with a peer listener, the
-    /// cluster secret `secret` and the tests' [`LEASE`]; `args` and `env` are added.
+    /// Starts an edge as node `id` of a cluster on the Redis at `redis_url`, with a peer listener (on a
+    /// free port, unless `args` name one), the cluster secret `secret` and the tests' [`LEASE`]; `args`
+    /// and `env` are added.
     pub async fn start_node(
         id: &str,
         redis_url: &str,
@@ -211,7 +212,10 @@ impl Edge {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let mut all_args = vec!["--node-id", id, "--peer-listen", "127.0.0.1:0"];
+        let mut all_args = vec!["--node-id", id];
+        if !args.contains(&"--peer-listen") {
+            all_args.extend(["--peer-listen", "127.0.0.1:0"]);
+        }
         all_args.extend_from_slice(args);
         let lease = humantime::format_duration(LEASE).to_string();
         let mut all_env = vec![

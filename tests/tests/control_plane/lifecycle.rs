@@ -7,110 +7,24 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
 
 use deskbroker_tests::Edge;
-use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
+use deskbroker_tests::clients::{STEP, close_frame};
+use deskbroker_tests::flows::{echoes, open};
+use deskbroker_tests::platform::eventually;
 use deskbroker_tests::process::LEASE;
 use deskbroker_tests::proxy::Proxy;
 
-use crate::{ACME, ADMIN, LOOPBACK_ALLOWED, Platform, SECRET};
-
-/// Opens the relay at `url`: the socket if it echoes, or the close code it was refused with.
-async fn open(url: &str) -> Result<Ws, u16> {
-    let (mut socket, _) = ws_connect(url, &[]).await.unwrap();
-    match echoes(&mut socket).await {
-        Ok(()) => Ok(socket),
-        Err(code) => Err(code),
-    }
-}
-
-/// Whether a relay still echoes; the close code if it was closed.
-async fn echoes(socket: &mut Ws) -> Result<(), u16> {
-    // A refused socket may be closing already: its close frame is what to read then.
-    let _ = socket.send(Message::binary(vec![7])).await;
-    loop {
-        match tokio::time::timeout(STEP, socket.next()).await.unwrap() {
-            Some(Ok(Message::Binary(_))) => return Ok(()),
-            Some(Ok(Message::Close(Some(frame)))) => return Err(frame.code.into()),
-            Some(Ok(_)) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
-/// Waits (polling, up to `limit`) until `check` holds; panics with `what` otherwise.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-impl Platform {
-    /// A tenant of its own for a test, allowed `max_tunnels`; returns its API key.
-    async fn tenant(&self, id: &str, max_tunnels: u32) -> String {
-        let key = format!("{id}-key-0123456789");
-        let spec = json!({
-            "key": key,
-            "policy": {"hosts": ["127.0.0.1"], "ports": ["1-65535"], "kinds": ["vnc"]},
-            "limits": {"max_tunnels": max_tunnels, "max_lifetime": "1h"}
-        });
-        let path = format!("/api/v1/tenants/{id}");
-        let (status, body) = self.api("PUT", &path, ADMIN, Some(spec)).await;
-        assert_eq!(status, 200, "{body}");
-        key
-    }
-
-    /// The slots the registry holds for a tenant.
-    async fn slots(&self, tenant: &str) -> usize {
-        let key = format!("deskbroker:tenant-tunnels:{{{tenant}}}");
-        let answer = self.redis.cli(&["SCARD", &key]).await.unwrap();
-        answer.first().and_then(|n| n.parse().ok()).unwrap_or(0)
-    }
-
-    /// The tunnels the live view lists for a tenant.
-    async fn listed(&self, key: &str) -> usize {
-        let (status, sessions) = self.api("GET", "/api/v1/sessions", key, None).await;
-        assert_eq!(status, 200, "{sessions}");
-        let sessions = sessions.as_array().unwrap();
-        sessions
-            .iter()
-            .map(|session| session["tunnels"].as_array().map_or(0, Vec::len))
-            .sum()
-    }
-
-    /// The invariant after every scenario: `open` tunnels run, the registry holds exactly as many records
-    /// and slots, no more than `max`, and the live view lists them.
-    async fn assert_invariant(&self, tenant: &str, key: &str, open: usize, max: usize) {
-        assert!(open <= max, "{open} tunnels open against a limit of {max}");
-        assert_eq!(self.slots(tenant).await, open, "slots held by {tenant}");
-        assert_eq!(self.listed(key).await, open, "tunnels listed for {tenant}");
-    }
-}
-
-/// A relay session for a tenant's key; returns its websockify path.
-async fn relay_session(platform: &Platform, key: &str, extra: Value) -> String {
-    let mut body = json!({"target": platform.vnc_target()});
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let session = platform.session(key, body).await;
-    session["urls"]["websockify"].as_str().unwrap().to_owned()
-}
+use crate::{ACME, LOOPBACK_ALLOWED, Platform, SECRET};
 
 #[tokio::test]
 async fn a_session_ends_its_tunnels_when_it_expires() {
     let platform = Platform::start().await;
     let key = platform.tenant("brief", 5).await;
-    let path = relay_session(&platform, &key, json!({"lifetime": "3s"})).await;
+    let path = platform
+        .relay_session(&key, json!({"lifetime": "3s"}))
+        .await;
     let mut relays = Vec::new();
     for node in 0..3 {
         relays.push(open(&format!("{}{path}", platform.ws(node))).await.unwrap());
@@ -128,7 +42,7 @@ async fn a_session_ends_its_tunnels_when_it_expires() {
 async fn a_refused_connect_dials_nothing_and_a_tenant_without_a_record_gets_nothing() {
     let platform = Platform::start().await;
     let key = platform.tenant("small", 2).await;
-    let path = relay_session(&platform, &key, json!({})).await;
+    let path = platform.relay_session(&key, json!({})).await;
     let mut held = Vec::new();
     for node in 0..2 {
         held.push(open(&format!("{}{path}", platform.ws(node))).await.unwrap());
@@ -149,7 +63,7 @@ async fn a_refused_connect_dials_nothing_and_a_tenant_without_a_record_gets_noth
 
     // A tenant whose record is gone (while its sessions are not) is not a tenant without limits.
     let orphan = platform.tenant("orphan", 5).await;
-    let path = relay_session(&platform, &orphan, json!({})).await;
+    let path = platform.relay_session(&orphan, json!({})).await;
     let cli = ["HDEL", "deskbroker:tenants", "orphan"];
     platform.redis.cli(&cli).await.unwrap();
     let refused = open(&format!("{}{path}", platform.ws(0))).await.err();
@@ -163,7 +77,7 @@ async fn tunnels_closed_while_their_node_was_frozen_do_not_come_back() {
     const TUNNELS: usize = 40;
     let platform = Platform::start().await;
     let key = platform.tenant("frozen", TUNNELS as u32).await;
-    let path = relay_session(&platform, &key, json!({})).await;
+    let path = platform.relay_session(&key, json!({})).await;
     let mut relays = Vec::new();
     for _ in 0..TUNNELS {
         relays.push(open(&format!("{}{path}", platform.ws(0))).await.unwrap());
@@ -221,7 +135,7 @@ async fn a_node_cut_off_from_redis_records_its_tunnels_again_within_the_quota() 
     let edge = Edge::start_node("edge-parted", &url, SECRET, &[], &LOOPBACK_ALLOWED)
         .await
         .unwrap();
-    let path = relay_session(&platform, &key, json!({})).await;
+    let path = platform.relay_session(&key, json!({})).await;
     let mut parted = Vec::new();
     for _ in 0..5 {
         parted.push(open(&edge.ws_url(&path)).await.unwrap());
@@ -283,7 +197,7 @@ async fn configured_tenants_come_back_after_redis_restarts_empty() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let path = relay_session(&platform, ACME, json!({})).await;
+    let path = platform.relay_session(ACME, json!({})).await;
     open(&format!("{}{path}", platform.ws(1))).await.unwrap();
 }
 
