@@ -16,6 +16,7 @@
 )]
 
 mod owner_killed;
+mod peer_link;
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
@@ -68,6 +69,11 @@ async fn all_ended<F>(running: Vec<Running<F>>) -> Vec<(usize, F, Report)> {
         done.push(ended(flow, left).await);
     }
     done
+}
+
+/// Whether every flow still runs.
+fn all_running<F>(flows: &[Running<F>]) -> bool {
+    flows.iter().all(|flow| !flow.task.is_finished())
 }
 
 /// The median and the largest of some durations, for the figures.
