@@ -17,6 +17,7 @@
 
 mod owner_killed;
 mod peer_link;
+mod redis_lost;
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
