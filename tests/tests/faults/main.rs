@@ -15,6 +15,7 @@
     reason = "a test: a failed expectation is a failed test"
 )]
 
+mod deletion;
 mod owner_killed;
 mod peer_link;
 mod redis_lost;
@@ -75,6 +76,11 @@ async fn all_ended<F>(running: Vec<Running<F>>) -> Vec<(usize, F, Report)> {
 /// Whether every flow still runs.
 fn all_running<F>(flows: &[Running<F>]) -> bool {
     flows.iter().all(|flow| !flow.task.is_finished())
+}
+
+/// The reports of flows that ended.
+fn reports<F>(ended: Vec<(usize, F, Report)>) -> Vec<Report> {
+    ended.into_iter().map(|(_, _, report)| report).collect()
 }
 
 /// The median and the largest of some durations, for the figures.
