@@ -19,6 +19,7 @@ mod deletion;
 mod owner_killed;
 mod peer_link;
 mod redis_lost;
+mod soak;
 
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
