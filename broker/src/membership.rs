@@ -53,6 +53,11 @@ struct State {
     unremoved: Vec<Arc<Owned>>,
     /// When the last renewal that the registry confirmed was sent: the lease runs a lease from then.
     confirmed: Option<Instant>,
+    /// The registry's servers' runs as last read (see [`Registry::server_runs`]).
+    runs: Option<Vec<String>>,
+    /// The tunnels are to be recorded again: owed from the renewal that found it so until a renewal
+    /// manages it (one that fails half-way leaves it owed).
+    record_owed: bool,
 }
 
 /// One tunnel's registry state, owned by its node. Every write about the tunnel (its slot and records, a
@@ -179,30 +184,48 @@ impl Membership {
     }
 
     /// Renews the lease. When the registry did not know this node (first start, Redis lost its data,
-    /// another node cleaned up after it) or the lease may have lapsed since the last renewal the registry
-    /// confirmed (the registry's answers were lost, so the first is not known), records every tunnel again.
+    /// another node cleaned up after it), the lease may have lapsed since the last renewal the registry
+    /// confirmed (the registry's answers were lost, so the first is not known), or one of the registry's
+    /// servers restarted (a Cluster master back empty lost its slots, wherever the lease is kept),
+    /// records every tunnel again.
     async fn renew(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
         let sent = Instant::now();
         let record = self.inner.me.renewed(SystemTime::now(), self.inner.lease);
-        let renewal = self.inner.registry.renew(&record).await?;
+        let registry = &self.inner.registry;
+        let (renewal, runs) = tokio::join!(registry.renew(&record), registry.server_runs());
+        let renewal = renewal?;
         if renewal == Renewal::Fenced {
             info!("another node is removing this node's records after its lease lapsed; waiting");
             return Ok(());
         }
-        let last = {
+        let owed = {
             let mut state = self.lock();
-            if renewal == Renewal::Fresh {
-                // Our record was gone (the registry lost its data, or cleaned up after us): the others'
+            // Runs not read this time (a server away) are read again at the next renewal.
+            let before = match runs {
+                Ok(runs) => state.runs.replace(runs),
+                Err(_) => state.runs.clone(),
+            };
+            let restarted = before.is_some_and(|before| Some(&before) != state.runs.as_ref());
+            if restarted {
+                info!("a registry server restarted, and may have lost what it held");
+            }
+            if renewal == Renewal::Fresh || restarted {
+                // Records were lost (the registry lost its data, or cleaned up after us): the others'
                 // records come back only as they renew.
                 state.reads.recreated_ms = Some(unix_ms(SystemTime::now()));
             }
-            state.confirmed.replace(sent)
+            // Two renewal periods without a confirmed renewal: the lease may have lapsed (the threshold
+            // leaves room for clocks that differ a little).
+            let last = state.confirmed.replace(sent);
+            let doubtful =
+                last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
+            state.record_owed |= renewal == Renewal::Fresh || doubtful || restarted;
+            state.record_owed
         };
-        // Two renewal periods without a confirmed renewal: the lease may have lapsed (the threshold leaves
-        // room for clocks that differ a little). Recording again what is still there changes nothing.
-        let doubtful = last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
-        if renewal == Renewal::Fresh || doubtful {
+        // Recording again what is still there changes nothing.
+        if owed {
             self.record_again(evict).await?;
+            self.lock().record_owed = false;
         }
         Ok(())
     }

@@ -683,6 +683,17 @@ impl Registry for RedisRegistry {
         })
     }
 
+    fn server_runs(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            // A Cluster connection sends INFO to every master and answers with a map of their replies.
+            let mut info = redis::cmd("INFO");
+            info.arg("server");
+            let answer = self.conn().send(&info).await.map_err(unavailable)?;
+            run_ids(&answer)
+                .ok_or_else(|| RegistryError::Unavailable("a master refused INFO".into()))
+        })
+    }
+
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.conn()
@@ -707,6 +718,35 @@ impl Registry for RedisRegistry {
             Ok(Box::pin(events) as EventStream)
         })
     }
+}
+
+/// The `run_id`s in INFO replies (one server's text, or a Cluster's map of them), sorted; `None` when a
+/// server answered with an error (one still loading its data, say), whose run is then unknown.
+fn run_ids(answer: &Value) -> Option<Vec<String>> {
+    fn collect(value: &Value, ids: &mut Vec<String>) -> Option<()> {
+        match value {
+            Value::BulkString(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                let found = text.lines().filter_map(|line| line.strip_prefix("run_id:"));
+                ids.extend(found.map(|id| id.trim().to_owned()));
+            }
+            Value::VerbatimString { text, .. } => {
+                return collect(&Value::BulkString(text.clone().into_bytes()), ids);
+            }
+            Value::Map(pairs) => {
+                for (_, reply) in pairs {
+                    collect(reply, ids)?;
+                }
+            }
+            Value::ServerError(_) => return None,
+            _ => {}
+        }
+        Some(())
+    }
+    let mut ids = Vec::new();
+    collect(answer, &mut ids)?;
+    ids.sort();
+    Some(ids)
 }
 
 impl RedisRegistry {
@@ -734,6 +774,28 @@ impl RedisRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_are_read_from_one_server_or_every_master() {
+        let info = |id: &str| {
+            Value::BulkString(
+                format!("# Server\r\nredis_version:7.0.15\r\nrun_id:{id}\r\ntcp_port:6379\r\n")
+                    .into_bytes(),
+            )
+        };
+        assert_eq!(run_ids(&info("b2")).unwrap(), ["b2"]);
+        let addr = |port: u16| Value::BulkString(format!("127.0.0.1:{port}").into_bytes());
+        let cluster = Value::Map(vec![(addr(7002), info("c3")), (addr(7001), info("a1"))]);
+        assert_eq!(run_ids(&cluster).unwrap(), ["a1", "c3"]);
+        let loading =
+            redis::parse_redis_value(b"-LOADING Redis is loading the dataset\r\n").unwrap();
+        let one_loading = Value::Map(vec![(addr(7001), info("a1")), (addr(7002), loading)]);
+        assert_eq!(
+            run_ids(&one_loading),
+            None,
+            "a run not known is not a new run"
+        );
+    }
 
     #[test]
     fn errors_name_what_did_not_parse_without_quoting_it() {

@@ -145,6 +145,14 @@ pub trait Registry: Send + Sync + 'static {
     /// Sets a marker, after writing what it stands for.
     fn mark<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<()>>;
 
+    /// What identifies the current run of each of the registry's servers (a Redis's `run_id`, one per
+    /// master of a Cluster), sorted. It changes when a server restarted, which may have lost what it
+    /// held even though the others, and the node's own lease, kept theirs: a Cluster master without a
+    /// replica comes back empty, with its slots. A registry that cannot restart on its own says nothing.
+    fn server_runs(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Tells every node (this one included) about an event.
     fn publish<'a>(&'a self, event: &'a ControlEvent) -> BoxFuture<'a, Result<()>>;
 

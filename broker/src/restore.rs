@@ -1,8 +1,10 @@
 //! What the operator configured (the broker's tenants, an edge's session file) comes back by itself when the
 //! registry loses its data, as a Redis without persistence does when it restarts. Whoever wrote it sets a
-//! marker after it; [`keep`] looks for the marker every [`RESTORE_PERIOD`] (one `EXISTS`) and, when it is
-//! gone, writes everything again, then the marker. Tenants and sessions created through the API are not
-//! configuration: see docs/reliability.md for what survives a registry's data loss.
+//! marker after it; [`keep`] looks for the marker every [`RESTORE_PERIOD`] (one `EXISTS`, and one `INFO`
+//! per server) and, when it is gone or one of the registry's servers restarted (a Redis Cluster master
+//! that comes back empty loses its slots, which need not be the marker's), writes everything again, then
+//! the marker. Tenants and sessions created through the API are not configuration: see
+//! docs/reliability.md for what survives a registry's data loss.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,18 +37,28 @@ pub async fn keep<F, Fut>(
 {
     let mut ticks = tokio::time::interval(RESTORE_PERIOD);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut runs = registry.server_runs().await.ok();
+    // Written again after a server restarted, until a write succeeds.
+    let mut owed = false;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             () = stop.cancelled() => return,
         }
-        // While the registry is away, the next round asks again.
-        if registry.marked(&marker).await.unwrap_or(true) {
+        // While the registry (or one of its servers) is away, the next round asks again.
+        if let Ok(now) = registry.server_runs().await {
+            owed |= runs.as_ref().is_some_and(|before| *before != now);
+            runs = Some(now);
+        }
+        if !owed && registry.marked(&marker).await.unwrap_or(true) {
             continue;
         }
         info!(%marker, "the registry lost its data; writing the configuration again");
-        if let Err(error) = write(registry.as_ref(), &marker, &mut write_all).await {
-            warn!(%marker, %error, "could not write the configuration again; retrying");
+        match write(registry.as_ref(), &marker, &mut write_all).await {
+            Ok(()) => owed = false,
+            Err(error) => {
+                warn!(%marker, %error, "could not write the configuration again; retrying")
+            }
         }
     }
 }
