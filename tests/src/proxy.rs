@@ -93,13 +93,15 @@ async fn pump(
 ) {
     let mut buffer = vec![0; 64 * 1024];
     loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
+        let read = from.read(&mut buffer).await;
+        // An end, too, waits: over a stalled link, nothing reaches the other side, not even a close.
         if paused.wait_for(|paused| !paused).await.is_err() {
             return;
         }
+        let read = match read {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
         if to.write_all(&buffer[..read]).await.is_err() {
             return;
         }

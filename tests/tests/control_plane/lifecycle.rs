@@ -204,7 +204,7 @@ async fn configured_tenants_come_back_after_redis_restarts_empty() {
 #[tokio::test]
 async fn sessions_made_through_the_api_survive_redis_restarting_empty() {
     let mut platform = Platform::start().await;
-    let live = relay_session(&platform, ACME, json!({})).await;
+    let live = platform.relay_session(ACME, json!({})).await;
     let revoked = platform
         .session(ACME, json!({"target": platform.vnc_target()}))
         .await;
