@@ -5,6 +5,8 @@
 //! Redis). Key names come from `deskbroker_shared::keys`. Costs per tunnel are fixed: five commands to
 //! open and five to close (two round trips each), none while it lives; leases cost one command per node per renewal.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -163,8 +165,11 @@ impl ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct RedisRegistry {
     connection: Connection,
-    /// One server to subscribe on: a Redis Cluster delivers every publication to every node.
-    subscriber: redis::Client,
+    /// The servers to subscribe on, tried in turn: a Redis Cluster delivers every publication to every
+    /// node, so any one that answers will do, and a subscription lost with its server moves to the next.
+    subscribers: Arc<[redis::Client]>,
+    /// The subscriber that answered last, tried first.
+    subscribed: Arc<AtomicUsize>,
 }
 
 impl RedisRegistry {
@@ -178,7 +183,11 @@ impl RedisRegistry {
                 .collect(),
             None => vec![url.to_owned()],
         };
-        let subscriber = redis::Client::open(nodes[0].as_str()).map_err(unavailable)?;
+        let subscribers = nodes
+            .iter()
+            .map(|node| redis::Client::open(node.as_str()))
+            .collect::<std::result::Result<Arc<[_]>, _>>()
+            .map_err(unavailable)?;
         let connection = match url.strip_prefix("redis+cluster://") {
             Some(_) => {
                 let client = ClusterClient::builder(nodes)
@@ -204,7 +213,8 @@ impl RedisRegistry {
         };
         Ok(Self {
             connection,
-            subscriber,
+            subscribers,
+            subscribed: Arc::default(),
         })
     }
 
@@ -705,17 +715,32 @@ impl Registry for RedisRegistry {
 
     fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(async move {
-            let mut pubsub = self
-                .subscriber
-                .get_async_pubsub()
-                .await
-                .map_err(unavailable)?;
-            pubsub.subscribe(keys::CONTROL).await.map_err(unavailable)?;
-            let events = pubsub.into_on_message().filter_map(|message| async move {
-                let text: String = message.get_payload().ok()?;
-                serde_json::from_str(&text).ok()
-            });
-            Ok(Box::pin(events) as EventStream)
+            let servers = self.subscribers.len();
+            let first = self.subscribed.load(Ordering::Relaxed);
+            let mut failure = None;
+            for server in (first..first + servers).map(|i| i % servers) {
+                let subscribing = async {
+                    let mut pubsub = self.subscribers[server].get_async_pubsub().await?;
+                    pubsub.subscribe(keys::CONTROL).await?;
+                    Ok::<_, RedisError>(pubsub)
+                };
+                match tokio::time::timeout(REDIS_CONNECT_TIMEOUT, subscribing).await {
+                    Ok(Ok(pubsub)) => {
+                        self.subscribed.store(server, Ordering::Relaxed);
+                        let events = pubsub.into_on_message().filter_map(|message| async move {
+                            let text: String = message.get_payload().ok()?;
+                            serde_json::from_str(&text).ok()
+                        });
+                        return Ok(Box::pin(events) as EventStream);
+                    }
+                    Ok(Err(error)) => failure = Some(unavailable(error)),
+                    Err(_) => {
+                        failure = Some(RegistryError::Unavailable("subscribing timed out".into()))
+                    }
+                }
+            }
+            Err(failure
+                .unwrap_or_else(|| RegistryError::Unavailable("no server to subscribe on".into())))
         })
     }
 }

@@ -7,6 +7,7 @@
     reason = "a test: a failed expectation is a failed test"
 )]
 
+mod control_channel;
 mod failures;
 mod forwarding;
 mod logs;
