@@ -75,7 +75,8 @@ pub async fn open_page(job: Value) -> anyhow::Result<Value> {
     }
 }
 
-/// HAProxy in HTTP mode, round robin per request, no stickiness.
+/// HAProxy in HTTP mode, round robin per request, no stickiness: the product's configuration
+/// (`deploy/haproxy.cfg`, which docker-compose.yml runs), with this test's address and backends.
 pub struct Balancer {
     pub addr: SocketAddr,
     _child: Child,
@@ -86,19 +87,8 @@ impl Balancer {
     pub async fn start(backends: &[SocketAddr]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let servers: String = backends
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| format!("    server edge{i} {addr}\n"))
-            .collect();
-        // http-server-close: every request of a kept-alive browser connection is balanced anew, so
-        // consecutive HTTP tunnel requests land on different nodes.
-        let config = format!(
-            "global\n    maxconn 512\ndefaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n\
-             \x20   timeout server 60s\n    timeout tunnel 1h\n    option http-server-close\n\
-             frontend web\n    bind 127.0.0.1:{port}\n    default_backend edges\n\
-             backend edges\n    balance roundrobin\n{servers}"
-        );
+        let product = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/haproxy.cfg");
+        let config = balancer_config(&std::fs::read_to_string(product)?, port, backends);
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, config)?;
         let child = Command::new("haproxy")
@@ -127,4 +117,25 @@ impl Balancer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// The product's HAProxy configuration with its `bind` on a loopback port and its servers replaced.
+fn balancer_config(product: &str, port: u16, backends: &[SocketAddr]) -> String {
+    let mut config = String::new();
+    for line in product.lines() {
+        match line.trim_start() {
+            bind if bind.starts_with("bind ") => {
+                config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            }
+            server if server.starts_with("server ") => {}
+            _ => {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+    }
+    for (i, addr) in backends.iter().enumerate() {
+        config.push_str(&format!("    server edge{i} {addr} check\n"));
+    }
+    config
 }
