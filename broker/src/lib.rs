@@ -18,6 +18,7 @@ pub mod process;
 pub mod redis;
 pub mod registry;
 pub mod restore;
+pub mod sentinel;
 pub mod service;
 pub mod session_file;
 pub mod sweep;

@@ -26,7 +26,8 @@ struct Args {
     /// Address for the API.
     #[arg(long, env = "DESKBROKER_BROKER_LISTEN", default_value = defaults::LISTEN)]
     listen: SocketAddr,
-    /// The cluster's registry: `redis://host:port` or `redis+cluster://host:port[,…]`.
+    /// The cluster's registry: `redis://host:port`, `redis+cluster://host:port[,…]` or
+    /// `redis+sentinel://host:port[,…]/<master name>`.
     #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
     redis_url: String,
     /// Configuration file: tenants and guacd pools (docs/control-plane.md).

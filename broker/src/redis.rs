@@ -31,6 +31,7 @@ use crate::defaults::{
 use crate::registry::{
     BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl,
 };
+use crate::sentinel::{SentinelLink, master_moved};
 use crate::tenants::Tenant;
 
 /// Takes a slot if fewer than ARGV[1] are taken (or this tunnel already holds one).
@@ -91,11 +92,12 @@ struct Fence {
     cleaning_until_ms: u64,
 }
 
-/// A single Redis or a Redis Cluster, behind one connection type.
+/// A single Redis, a Redis Cluster or a Redis behind Sentinel, behind one connection type.
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelLink>),
 }
 
 impl Connection {
@@ -103,6 +105,13 @@ impl Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd).await,
             Connection::Cluster(c) => c.req_packed_command(cmd).await,
+            Connection::Sentinel(link) => {
+                let answer = link.connection().await?.req_packed_command(cmd).await;
+                if answer.as_ref().is_err_and(master_moved) {
+                    link.forget_master().await;
+                }
+                answer
+            }
         }
     }
 
@@ -115,6 +124,14 @@ impl Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count).await,
             Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+            Connection::Sentinel(link) => {
+                let mut master = link.connection().await?;
+                let answer = master.req_packed_commands(pipeline, offset, count).await;
+                if answer.as_ref().is_err_and(master_moved) {
+                    link.forget_master().await;
+                }
+                answer
+            }
         }
     }
 }
@@ -125,7 +142,10 @@ impl Connection {
 /// twice would double its deadline. Every command deskbroker sends may run twice.
 fn lost_connection(error: &RedisError) -> bool {
     !error.is_timeout()
-        && (error.is_connection_dropped() || error.is_connection_refusal() || error.is_io_error())
+        && (error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_io_error()
+            || error.code() == Some("READONLY"))
 }
 
 impl ConnectionLike for Connection {
@@ -158,6 +178,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(_) => 0,
         }
     }
 }
@@ -173,9 +194,18 @@ pub struct RedisRegistry {
 }
 
 impl RedisRegistry {
-    /// Connects to `redis://…` (one server) or `redis+cluster://host:port[,host:port…]` (a cluster, from
-    /// any of its nodes). Fails if Redis cannot be reached now.
+    /// Connects to `redis://…` (one server), `redis+cluster://host:port[,host:port…]` (a cluster, from
+    /// any of its nodes) or `redis+sentinel://host:port[,host:port…]/<master name>` (the master that
+    /// Sentinel names, followed through failovers). Fails if Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self> {
+        if let Some(spec) = url.strip_prefix("redis+sentinel://") {
+            let link = SentinelLink::connect(spec).await.map_err(unavailable)?;
+            return Ok(Self {
+                connection: Connection::Sentinel(Arc::new(link)),
+                subscribers: Arc::new([]),
+                subscribed: Arc::default(),
+            });
+        }
         let nodes: Vec<String> = match url.strip_prefix("redis+cluster://") {
             Some(nodes) => nodes
                 .split(',')
@@ -715,12 +745,23 @@ impl Registry for RedisRegistry {
 
     fn subscribe(&self) -> BoxFuture<'_, Result<EventStream>> {
         Box::pin(async move {
-            let servers = self.subscribers.len();
+            // Behind Sentinel, the master: a subscription lost in a failover is made again on the new one.
+            let master = match &self.connection {
+                Connection::Sentinel(link) => {
+                    Some(link.master_client().await.map_err(unavailable)?)
+                }
+                _ => None,
+            };
+            let subscribers = match master {
+                Some(master) => Arc::new([master]),
+                None => self.subscribers.clone(),
+            };
+            let servers = subscribers.len();
             let first = self.subscribed.load(Ordering::Relaxed);
             let mut failure = None;
             for server in (first..first + servers).map(|i| i % servers) {
                 let subscribing = async {
-                    let mut pubsub = self.subscribers[server].get_async_pubsub().await?;
+                    let mut pubsub = subscribers[server].get_async_pubsub().await?;
                     pubsub.subscribe(keys::CONTROL).await?;
                     Ok::<_, RedisError>(pubsub)
                 };

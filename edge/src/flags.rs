@@ -53,8 +53,9 @@ pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Redis holding the cluster's registry: `redis://host:port`, or `redis+cluster://host:port[,…]` for a
-    /// Redis Cluster. Without it the node runs alone with an in-memory registry.
+    /// Redis holding the cluster's registry: `redis://host:port`, `redis+cluster://host:port[,…]` for a
+    /// Redis Cluster, or `redis+sentinel://host:port[,…]/<master name>` for a Redis behind Sentinel.
+    /// Without it the node runs alone with an in-memory registry.
     #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
     pub redis_url: Option<String>,
 

@@ -356,3 +356,117 @@ fn require(program: &str, hint: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The name the sentinels know the master by.
+pub const SENTINEL_MASTER: &str = "deskbroker";
+
+/// A master, its replica, and three sentinels watching them (quorum two), as the common Kubernetes Redis
+/// charts run it. The sentinels take a master that does not answer for a second as down, and fail over to
+/// the replica.
+pub struct RedisSentinel {
+    /// The master at the start, then its replica.
+    pub servers: Vec<Redis>,
+    sentinels: Vec<(u16, Child, tempfile::TempDir)>,
+}
+
+impl RedisSentinel {
+    pub async fn start() -> anyhow::Result<Self> {
+        // Without the delay, a diskless full sync waits 5 s for more replicas.
+        let master =
+            Redis::start_with(vec!["--repl-diskless-sync-delay".into(), "0".into()]).await?;
+        let replica = Redis::start_with(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ])
+        .await?;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let port = free_port()?;
+            let config = format!(
+                "port {port}\nbind 127.0.0.1\nsentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 4000\n",
+                master.port
+            );
+            let path = dir.path().join("sentinel.conf");
+            std::fs::write(&path, config)?;
+            let child = Command::new("redis-server")
+                .arg(&path)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawning redis-server --sentinel")?;
+            sentinels.push((port, child, dir));
+        }
+        let sentinel = Self {
+            servers: vec![master, replica],
+            sentinels,
+        };
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let replication = sentinel.servers[1].cli(&["info", "replication"]).await?;
+            let synced = replication
+                .iter()
+                .any(|l| l.trim() == "master_link_status:up");
+            if synced && sentinel.master_port().await.is_ok() {
+                return Ok(sentinel);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the replica did not sync, or the sentinels named no master");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The port of the master the sentinels name now.
+    pub async fn master_port(&self) -> anyhow::Result<u16> {
+        for (port, _, _) in &self.sentinels {
+            let output = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "sentinel",
+                    "get-master-addr-by-name",
+                ])
+                .arg(SENTINEL_MASTER)
+                .output()
+                .await?;
+            if let Some(master) = lines(&output.stdout).get(1).and_then(|p| p.parse().ok()) {
+                return Ok(master);
+            }
+        }
+        bail!("no sentinel answered")
+    }
+
+    /// The server that is master now.
+    async fn master(&self) -> anyhow::Result<&Redis> {
+        let port = self.master_port().await?;
+        let master = self.servers.iter().find(|server| server.port == port);
+        master.context("the sentinels name a master that is not ours")
+    }
+}
+
+impl Keyspace for RedisSentinel {
+    fn url(&self) -> String {
+        let sentinels: Vec<String> = (self.sentinels.iter())
+            .map(|(port, _, _)| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis+sentinel://{}/{SENTINEL_MASTER}", sentinels.join(","))
+    }
+
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<Vec<String>> {
+        self.master().await?.cli(args).await
+    }
+
+    async fn values(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
+        self.master().await?.local_values(pattern).await
+    }
+
+    async fn dbsize(&self) -> anyhow::Result<usize> {
+        self.master().await?.local_dbsize().await
+    }
+}

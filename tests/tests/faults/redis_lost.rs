@@ -15,7 +15,7 @@ use deskbroker_tests::flows::{HANG, RelayFlow, open};
 use deskbroker_tests::guac_flows::HttpFlow;
 use deskbroker_tests::platform::{Options, Platform, configured_tenant, eventually};
 use deskbroker_tests::process::LEASE;
-use deskbroker_tests::redis::{Keyspace, RedisCluster};
+use deskbroker_tests::redis::{Keyspace, RedisCluster, RedisSentinel};
 
 use crate::{Running, all_ended, one_at_a_time, run_relay};
 
@@ -309,4 +309,63 @@ async fn a_cluster_master_back_empty_before_the_cluster_notices_gets_its_records
     let closed = || async { platform.slots("steady").await == 0 };
     eventually(2 * LEASE, "every slot comes back", closed).await;
     platform.assert_invariant("steady", STEADY, 0, MAX).await;
+}
+
+/// Redis behind Sentinel, as the common Kubernetes Redis charts run it: the master killed under traffic.
+/// The sentinels promote its replica, which has the data; the nodes and the broker follow them to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_flow_through_a_sentinel_failover_and_connects_come_back() {
+    let _alone = one_at_a_time().await;
+    let sentinel = RedisSentinel::start().await.unwrap();
+    let mut platform = Platform::start_on(sentinel, options()).await;
+    let path = platform.relay_session(STEADY, json!({})).await;
+    let stop = CancellationToken::new();
+    let relays = relays(&platform, &path, RELAYS, &stop).await;
+    platform
+        .assert_invariant("steady", STEADY, RELAYS, MAX)
+        .await;
+
+    let before = platform.redis.master_port().await.unwrap();
+    platform.redis.servers[0].kill().await;
+    let killed = Instant::now();
+    let promoted = || async {
+        let now = platform.redis.master_port().await;
+        now.is_ok_and(|port| port != before)
+    };
+    eventually(6 * LEASE, "the sentinels promote the replica", promoted).await;
+    let failed_over = killed.elapsed();
+    // Connects are refused with "try again" until the nodes follow, then open, with the session made
+    // before the failover (the replica has it).
+    let url = format!("{}{path}", platform.ws(1));
+    let mut refused = 0;
+    let reopened = loop {
+        match attempt(&url).await {
+            Ok(socket) => break socket,
+            Err(4503) if killed.elapsed() < 6 * LEASE => refused += 1,
+            Err(code) => panic!("a connect after the failover was refused with {code}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let connects_back = killed.elapsed();
+
+    let (bytes, relays) = lossless(&stop, relays).await;
+    eprintln!(
+        "measured: Sentinel failover under {RELAYS} relays: the replica promoted {failed_over:?} after \
+         the master's death, connects open again after {connects_back:?} ({refused} refused with 4503 \
+         meanwhile); {bytes} bytes moved, none lost"
+    );
+    let recorded = || async { platform.slots("steady").await == RELAYS + 1 };
+    eventually(
+        3 * LEASE,
+        "every tunnel is recorded on the new master",
+        recorded,
+    )
+    .await;
+    platform
+        .assert_invariant("steady", STEADY, RELAYS + 1, MAX)
+        .await;
+    for flow in relays {
+        flow.close().await;
+    }
+    drop(reopened);
 }
