@@ -52,7 +52,7 @@ pub struct Process {
 
 impl Process {
     /// Spawns `command` and waits until a line of its stdout yields an address through `ready`.
-    async fn start(
+    pub async fn start(
         mut command: Command,
         ready: impl Fn(&str) -> Option<SocketAddr>,
     ) -> anyhow::Result<(Self, SocketAddr)> {
