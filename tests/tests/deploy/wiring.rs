@@ -260,6 +260,14 @@ fn the_autoscaler_and_the_budgets_name_what_exists() {
                     target["name"].as_str().unwrap(),
                 )
                 .unwrap_or_else(|| panic!("{}: no {target}", id(hpa)));
+            // A count in the workload would be applied again at every `kubectl apply`, undoing the
+            // autoscaler's and ending the tunnels of the edges it removes.
+            assert!(
+                workload["spec"]["replicas"].is_null(),
+                "{} sets replicas, which {} owns",
+                id(workload),
+                id(hpa)
+            );
             let metric = &hpa["spec"]["metrics"][0]["resource"];
             assert_eq!(metric["name"], "cpu");
             for container in containers(workload) {
