@@ -14,7 +14,7 @@ const BROKER_STOP: u64 = 5;
 /// The edge's drain timeout when the manifests do not set one (README's flags table).
 const DEFAULT_DRAIN: &str = "10s";
 /// The UID the image runs as.
-const UID: u64 = 10001;
+const UID: u64 = 65532;
 
 fn each(check: impl Fn(&Rendered)) {
     for kustomization in KUSTOMIZATIONS {
