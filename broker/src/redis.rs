@@ -565,11 +565,8 @@ impl Registry for RedisRegistry {
                 .map_err(unavailable)?;
             // Remembered for a day, or until the session would have expired: a sealed token is refused
             // by its revocation alone.
-            let left = session_ttl(&session, SystemTime::now()).unwrap_or_default();
-            let ttl = left.max(REVOCATION_MEMORY);
-            conn.pset_ex::<_, _, ()>(keys::revoked(id), 1, ttl.as_millis() as u64)
-                .await
-                .map_err(unavailable)?;
+            let until = session.expires.unwrap_or_else(SystemTime::now);
+            self.put_revocation(id, until).await?;
             Ok(true)
         })
     }
@@ -595,21 +592,7 @@ impl Registry for RedisRegistry {
     }
 
     fn revoked<'a>(&'a self, ids: &'a [SessionId]) -> BoxFuture<'a, Result<Vec<SessionId>>> {
-        Box::pin(async move {
-            let mut conn = self.conn();
-            let mut revoked = Vec::new();
-            // One key per command: the keys live in different slots on Redis Cluster.
-            for id in ids {
-                if conn
-                    .exists::<_, bool>(keys::revoked(id))
-                    .await
-                    .map_err(unavailable)?
-                {
-                    revoked.push(id.clone());
-                }
-            }
-            Ok(revoked)
-        })
+        Box::pin(self.existing(ids, keys::revoked))
     }
 
     fn put_tenant<'a>(&'a self, tenant: &'a Tenant) -> BoxFuture<'a, Result<()>> {
@@ -692,21 +675,7 @@ impl Registry for RedisRegistry {
     }
 
     fn removed_tenants<'a>(&'a self, ids: &'a [TenantId]) -> BoxFuture<'a, Result<Vec<TenantId>>> {
-        Box::pin(async move {
-            let mut conn = self.conn();
-            let mut removed = Vec::new();
-            // One key per command: the keys live in different slots on Redis Cluster.
-            for id in ids {
-                if conn
-                    .exists::<_, bool>(keys::removed_tenant(id))
-                    .await
-                    .map_err(unavailable)?
-                {
-                    removed.push(id.clone());
-                }
-            }
-            Ok(removed)
-        })
+        Box::pin(self.existing(ids, keys::removed_tenant))
     }
 
     fn marked<'a>(&'a self, marker: &'a str) -> BoxFuture<'a, Result<bool>> {
@@ -816,6 +785,19 @@ fn run_ids(answer: &Value) -> Option<Vec<String>> {
 }
 
 impl RedisRegistry {
+    /// Those of `ids` whose key exists: one key per command, since the keys live in different slots on
+    /// Redis Cluster.
+    async fn existing<T: Clone>(&self, ids: &[T], key: fn(&T) -> String) -> Result<Vec<T>> {
+        let mut conn = self.conn();
+        let mut found = Vec::new();
+        for id in ids {
+            if conn.exists::<_, bool>(key(id)).await.map_err(unavailable)? {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// The tunnel records whose ids a set holds, dropping ids whose record is gone.
     async fn tunnels_in(&self, set: String) -> Result<Vec<TunnelRecord>> {
         let ids: Vec<String> = self.conn().smembers(&set).await.map_err(unavailable)?;
