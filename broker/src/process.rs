@@ -27,7 +27,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The logging flags both binaries take.
+/// The logging flags every binary takes.
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// Log format.
