@@ -119,23 +119,35 @@ impl Balancer {
     }
 }
 
-/// The product's HAProxy configuration with its `bind` on a loopback port and its servers replaced.
+/// The product's HAProxy configuration with its `bind` on a loopback port and the `edges` backend's servers
+/// replaced; other backends (the broker's) are left without servers, so they answer 503.
 fn balancer_config(product: &str, port: u16, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| format!("    server edge{i} {addr} check\n"))
+        .collect();
     let mut config = String::new();
+    let mut in_edges = false;
     for line in product.lines() {
+        let section = line.starts_with(|c: char| !c.is_whitespace() && c != '#');
+        if section && std::mem::take(&mut in_edges) {
+            config.push_str(&servers);
+        }
         match line.trim_start() {
+            "backend edges" => in_edges = true,
             bind if bind.starts_with("bind ") => {
                 config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+                continue;
             }
-            server if server.starts_with("server ") => {}
-            _ => {
-                config.push_str(line);
-                config.push('\n');
-            }
+            server if server.starts_with("server ") => continue,
+            _ => {}
         }
+        config.push_str(line);
+        config.push('\n');
     }
-    for (i, addr) in backends.iter().enumerate() {
-        config.push_str(&format!("    server edge{i} {addr} check\n"));
+    if in_edges {
+        config.push_str(&servers);
     }
     config
 }
