@@ -20,6 +20,11 @@ pub const REDIS_MAX_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 /// look lapsed to the others.
 pub const RENEWALS_PER_LEASE: u32 = 3;
 
+/// How soon a node tries again after a renewal failed (at most a renewal period): a registry that is back
+/// (a Sentinel's new master, a restarted Redis) has the node's lease running again within this, rather
+/// than within a period, whose wait can outlast the lease after an outage about as long.
+pub const RENEWAL_RETRY: Duration = REDIS_MAX_RECONNECT_DELAY;
+
 /// How long a node removing a lapsed node's records keeps that node from renewing (its fence): enough for
 /// tens of thousands of tunnels at a few commands each; a fence left by a node that stopped half-way
 /// delays the lapsed node's return, and the next cleanup, by no more than this.

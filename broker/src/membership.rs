@@ -26,7 +26,7 @@ use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, TenantId, TunnelId};
 use deskbroker_shared::time::unix_ms;
 
-use crate::defaults::RENEWALS_PER_LEASE;
+use crate::defaults::{RENEWAL_RETRY, RENEWALS_PER_LEASE};
 use crate::lease::{Lease, Reads};
 use crate::registry::{Registry, Renewal, Result};
 
@@ -146,6 +146,7 @@ impl Membership {
             }
             if let Err(error) = self.tick(&evict).await {
                 warn!(%error, "lease renewal failed; open tunnels keep flowing");
+                ticks.reset_after(RENEWAL_RETRY.min(self.period()));
             }
         }
         match self.inner.registry.remove_node(&self.inner.me.id).await {

@@ -406,13 +406,21 @@ impl RedisSentinel {
             servers: vec![master, replica],
             sentinels,
         };
+        // The replica's link is up once it loaded the master's snapshot, but the master may stream it
+        // nothing until the replica's first acknowledgement: a write seen on the replica shows the stream
+        // flows, as it does for a replica that has run a while.
+        sentinel.servers[0]
+            .cli(&["set", "deskbroker-test:streaming", "1"])
+            .await?;
         let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let replication = sentinel.servers[1].cli(&["info", "replication"]).await?;
-            let synced = replication
-                .iter()
-                .any(|l| l.trim() == "master_link_status:up");
-            if synced && sentinel.master_port().await.is_ok() {
+            let streamed = sentinel.servers[1]
+                .cli(&["get", "deskbroker-test:streaming"])
+                .await?;
+            if streamed.first().is_some_and(|v| v == "1") && sentinel.master_port().await.is_ok() {
+                sentinel.servers[0]
+                    .cli(&["del", "deskbroker-test:streaming"])
+                    .await?;
                 return Ok(sentinel);
             }
             if tokio::time::Instant::now() > deadline {
