@@ -15,6 +15,10 @@ use tracing::{info, warn};
 use crate::defaults::RESTORE_PERIOD;
 use crate::registry::{Registry, Result};
 
+/// The marker of the broker's configured tenants: while it is missing, a tenant the registry does not
+/// know may be one the broker has yet to write back.
+pub const TENANTS_MARKER: &str = "tenants";
+
 /// Writes what `marker` stands for with `write`, then the marker.
 pub async fn write<F, Fut>(registry: &dyn Registry, marker: &str, write: &mut F) -> Result<()>
 where

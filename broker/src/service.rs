@@ -21,9 +21,6 @@ use crate::process::{StopError, Tasks};
 use crate::registry::{Registry, RegistryError};
 use crate::restore;
 
-/// The marker of the configured tenants in the registry.
-const TENANTS_MARKER: &str = "tenants";
-
 /// What a broker needs besides its registry.
 #[derive(Debug)]
 pub struct Settings {
@@ -78,7 +75,12 @@ pub async fn start(
             }
         }
     };
-    restore::write(registry.as_ref(), TENANTS_MARKER, &mut write_tenants).await?;
+    restore::write(
+        registry.as_ref(),
+        restore::TENANTS_MARKER,
+        &mut write_tenants,
+    )
+    .await?;
     let api_config = ApiConfig {
         // The live view's byte counts come from the owning nodes, asked with the cluster secret.
         traffic: settings
@@ -103,7 +105,7 @@ pub async fn start(
     // A Redis that restarted empty gets the configured tenants back.
     let kept = restore::keep(
         registry.clone(),
-        TENANTS_MARKER.into(),
+        restore::TENANTS_MARKER.into(),
         stop.clone(),
         write_tenants,
     );

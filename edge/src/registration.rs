@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
-use deskbroker_broker::{Membership, Recorded};
+use deskbroker_broker::{Membership, Recorded, RegistryError, restore};
 use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
@@ -54,6 +54,14 @@ impl Registration {
         let limit = match registry.tenant(&session.tenant).await? {
             Some(tenant) => Some(tenant.limits.max_tunnels),
             None if session.trusted_target => None,
+            // The registry lost its data and the broker has not written its tenants back yet: the
+            // tenant may be one of them, so the client is told to try again, not that its token is bad.
+            None if !registry.marked(restore::TENANTS_MARKER).await? => {
+                return Err(RegistryError::Unavailable(
+                    "the tenants are being written back".into(),
+                )
+                .into());
+            }
             None => return Err(TunnelError::BadToken),
         };
         let me = membership.me();

@@ -12,7 +12,7 @@ use deskbroker_broker::api::traffic::TrafficSource;
 use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::config::ConfigError;
 use deskbroker_broker::tenants::{Limits, Policy, Tenant};
-use deskbroker_broker::{BoxFuture, RegistryError, session_file};
+use deskbroker_broker::{BoxFuture, RegistryError, restore, session_file};
 use deskbroker_demo::DemoDesktop;
 use deskbroker_shared::cluster::NodeRecord;
 use deskbroker_shared::ids::{SessionId, SessionToken, TenantId, TokenDigest};
@@ -111,6 +111,8 @@ pub async fn control_plane(
     for tenant in &tenants {
         registry.put_tenant(tenant).await?;
     }
+    // Its memory never loses them: an unknown tenant is one that is gone.
+    registry.mark(restore::TENANTS_MARKER).await?;
     let api_config = ApiConfig {
         traffic: Some(Arc::new(LocalTraffic(node.clone()))),
         admin_key: plane.admin_key,

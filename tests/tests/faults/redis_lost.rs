@@ -170,6 +170,33 @@ async fn tunnels_flow_while_redis_restarts_empty_and_are_recorded_again() {
     }
 }
 
+/// A registry that lost its data, before the broker has written its tenants back (it looks every 2 s): a
+/// connect with a configured tenant's sealed token is told to try again (4503), not that its token is bad
+/// (4403, which a client gives up on), and opens once the tenants are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_before_the_tenants_are_written_back_is_told_to_try_again() {
+    let _alone = one_at_a_time().await;
+    let platform = Platform::start_with(options()).await;
+    let path = platform.relay_session(STEADY, json!({})).await;
+    platform.broker.process.freeze().await.unwrap();
+    platform.redis.cli(&["FLUSHALL"]).await.unwrap();
+    let url = format!("{}{path}", platform.ws(0));
+    let refused = attempt(&url).await.err();
+    platform.broker.process.thaw().await.unwrap();
+    assert_eq!(
+        refused,
+        Some(4503),
+        "a valid token while its tenant is not back yet: try again"
+    );
+    let opens = || async { attempt(&url).await.is_ok() };
+    eventually(
+        3 * LEASE,
+        "the connect opens once the tenants are back",
+        opens,
+    )
+    .await;
+}
+
 /// The keys a session lives by, for finding where a Cluster keeps them.
 fn session_keys(session: &Value) -> [String; 2] {
     let token = session["token"].as_str().unwrap();
