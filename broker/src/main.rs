@@ -26,6 +26,9 @@ struct Args {
     /// Address for the API.
     #[arg(long, env = "DESKBROKER_BROKER_LISTEN", default_value = defaults::LISTEN)]
     listen: SocketAddr,
+    /// Address for the probes (`/healthz`, `/readyz`) apart from the API, which serves them too.
+    #[arg(long, env = "DESKBROKER_OPS_LISTEN")]
+    ops_listen: Option<SocketAddr>,
     /// The cluster's registry: `redis://host:port`, `redis+cluster://host:port[,…]` or
     /// `redis+sentinel://host:port[,…]/<master name>`.
     #[arg(long = "redis", env = "DESKBROKER_REDIS_URL")]
@@ -78,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let settings = Settings {
         listen: args.listen,
+        ops_listen: args.ops_listen,
         config,
         admin_key: args.admin_key.as_deref().map(TokenDigest::of),
         cluster_secret: args.cluster_secret.map(ClusterSecret::new),

@@ -115,6 +115,14 @@ impl Membership {
         &self.inner.registry
     }
 
+    /// Whether this node's lease runs, by the last renewal the registry confirmed: one that cannot renew
+    /// (the registry away, or fenced while another node cleans up after its lapse) is taken for gone by
+    /// the others within the lease, so it is no place for new tunnels.
+    pub fn lease_held(&self) -> bool {
+        let confirmed = self.lock().confirmed;
+        confirmed.is_some_and(|sent| sent.elapsed() < self.inner.lease)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Critical sections are single map operations: none can leave the state half-updated.
         self.inner

@@ -19,13 +19,15 @@ use crate::config::{BrokerConfig, ConfigError};
 use crate::defaults::STOP_TIMEOUT;
 use crate::process::{StopError, Tasks};
 use crate::registry::{Registry, RegistryError};
-use crate::restore;
+use crate::{probes, restore};
 
 /// What a broker needs besides its registry.
 #[derive(Debug)]
 pub struct Settings {
-    /// Address for the API.
+    /// Address for the API (which serves the probes too).
     pub listen: SocketAddr,
+    /// Address for the probes alone, apart from the API.
+    pub ops_listen: Option<SocketAddr>,
     /// Tenants to store at start, and the guacd pools sessions may use.
     pub config: BrokerConfig,
     /// SHA-256 of the admin key; without one, no caller is an administrator.
@@ -113,9 +115,31 @@ pub async fn start(
         kept.await;
         Ok(())
     });
-    let app = api::router(Api::new(registry, api_config));
+    // The ops listener keeps answering (not ready) until the API listener has stopped.
+    let stopped = CancellationToken::new();
+    if let Some(ops_addr) = settings.ops_listen {
+        let ops = TcpListener::bind(ops_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: ops_addr,
+                source,
+            })?;
+        let probes = probes::router(registry.clone(), stop.clone());
+        let server =
+            axum::serve(ops, probes).with_graceful_shutdown(stopped.clone().cancelled_owned());
+        tasks.spawn("the ops listener", server.into_future());
+    }
+    let app = api::router(Api::new(registry.clone(), api_config))
+        .merge(probes::router(registry, stop.clone()));
     let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
-    tasks.spawn("the API listener", server.into_future());
+    tasks.spawn("the API listener", {
+        let stopped = stopped.clone();
+        async move {
+            let served = server.await;
+            stopped.cancel();
+            served
+        }
+    });
     info!(%addr, tenants = settings.config.tenants.len(), "listening");
     Ok(BrokerHandle { addr, stop, tasks })
 }
@@ -142,6 +166,7 @@ mod tests {
     async fn serves_the_api_until_stopped() {
         let settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
+            ops_listen: None,
             config: BrokerConfig::default(),
             admin_key: None,
             cluster_secret: None,

@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Address for requests forwarded by other nodes; none for a node that runs alone.
     pub peer_listen: Option<SocketAddr>,
+    /// Address for the probes (`/healthz`, `/readyz`), apart from browsers; none: the browser listener's.
+    pub ops_listen: Option<SocketAddr>,
     /// URL other nodes use to reach the peer listener (default: `http://<peer listen address>`).
     pub advertise: Option<String>,
     /// This node's unique name in the cluster.
@@ -109,6 +111,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             peer_listen: None,
+            ops_listen: None,
             advertise: None,
             node_id,
             lease: defaults::LEASE,

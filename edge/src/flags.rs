@@ -67,6 +67,10 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Address for the probes and metrics (`/healthz`, `/readyz`), apart from browsers and peers.
+    #[arg(long, env = "DESKBROKER_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+
     /// URL other nodes use to reach the peer listener (default: http://<peer listen address>).
     #[arg(long, env = "DESKBROKER_ADVERTISE")]
     pub advertise: Option<String>,
@@ -231,6 +235,7 @@ impl Args {
         Config {
             listen: self.listen,
             peer_listen: self.peer_listen,
+            ops_listen: self.ops_listen,
             advertise: self.advertise,
             node_id: NodeId::new(node_id),
             lease: self.lease.into(),

@@ -20,6 +20,7 @@ pub mod lifecycle;
 mod listener;
 pub mod local;
 pub mod node;
+mod ops;
 mod page;
 pub mod peer;
 pub mod registration;

@@ -47,6 +47,7 @@ pub struct NodeHandle {
     node: Node,
     addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    ops_addr: Option<SocketAddr>,
     /// Stops the browser listener.
     stop_accepting: CancellationToken,
     /// Ends the lease: the node leaves the cluster.
@@ -97,7 +98,15 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
+    let ops_listener = match config.ops_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let addr = local_addr(&listener, config.listen)?;
+    let ops_addr = match (&ops_listener, config.ops_listen) {
+        (Some(listener), Some(asked)) => Some(local_addr(listener, asked)?),
+        _ => None,
+    };
     let peer_addr = match (&peer_listener, config.peer_listen) {
         (Some(listener), Some(asked)) => Some(local_addr(listener, asked)?),
         _ => None,
@@ -180,6 +189,18 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     let browsers = listener::serve(listener, app, config.connections, stop_accepting.clone());
     tasks.spawn("the browser listener", browsers);
     tasks.spawn("the control channel", control::follow(node.clone()));
+    if let (Some(ops_listener), Some(ops_addr)) = (ops_listener, ops_addr) {
+        // The probes answer until the very end, so that a draining node is seen draining.
+        let limits = listener::for_peers(header_timeout);
+        let ops = listener::serve(
+            ops_listener,
+            server::ops(state.clone()),
+            limits,
+            leave.clone(),
+        );
+        tasks.spawn("the ops listener", ops);
+        info!(addr = %ops_addr, "ops listening");
+    }
     if let (Some(peer_listener), Some(peer_addr)) = (peer_listener, peer_addr) {
         // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
         let limits = listener::for_peers(header_timeout);
@@ -197,6 +218,7 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         node,
         addr,
         peer_addr,
+        ops_addr,
         stop_accepting,
         leave,
         stop_demo,
@@ -215,6 +237,11 @@ impl NodeHandle {
         self.peer_addr
     }
 
+    /// The ops listener's address, if the node has one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
     pub fn node(&self) -> &Node {
         &self.node
     }
@@ -224,9 +251,10 @@ impl NodeHandle {
     /// leaves the cluster; the demo desktop stops. An error says what did not stop in time (it was cut
     /// short) or failed.
     pub async fn stop(self) -> Result<(), StopError> {
-        self.stop_accepting.cancel();
+        // Not ready first (`/readyz` answers 503 from here on), then no new connections.
         let tunnels = self.node.tunnels();
         tunnels.close();
+        self.stop_accepting.cancel();
         info!(open = tunnels.len(), "draining tunnels");
         let mut left = None;
         if timeout(self.node.timeouts().drain, tunnels.wait())

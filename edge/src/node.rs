@@ -30,6 +30,17 @@ use crate::local::LocalTunnels;
 use crate::registration::{Registration, Tunnel};
 use crate::revocations::Revocations;
 
+/// Why a node cannot take new tunnels now (`/readyz` answers 503 with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining")]
+    Draining,
+    #[error("lease not held")]
+    LeaseNotHeld,
+    #[error("registry unavailable")]
+    RegistryUnavailable,
+}
+
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
@@ -106,6 +117,21 @@ impl Node {
     /// Cancelled when the node closes its remaining tunnels.
     pub fn closing(&self) -> &CancellationToken {
         &self.inner.close_tunnels
+    }
+
+    /// Whether this node can take new tunnels now: it is not stopping, its lease runs, and the registry
+    /// answers within its deadline (every server of a Cluster); otherwise why not.
+    pub async fn ready(&self) -> Result<(), NotReady> {
+        if self.inner.tunnels.is_closed() {
+            return Err(NotReady::Draining);
+        }
+        if !self.inner.membership.lease_held() {
+            return Err(NotReady::LeaseNotHeld);
+        }
+        match self.inner.membership.registry().server_runs().await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(NotReady::RegistryUnavailable),
+        }
     }
 
     /// The tunnels' tasks, which a stop waits for.

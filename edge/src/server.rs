@@ -11,7 +11,7 @@ use deskbroker_shared::peer::{TRAFFIC_PATH, TUNNEL_PATH};
 
 use crate::http_tunnel::{self, HttpTunnels};
 use crate::node::Node;
-use crate::{page, peer, websockify, ws_tunnel};
+use crate::{ops, page, peer, websockify, ws_tunnel};
 
 /// What the handlers take as state: the node, and the HTTP tunnels by token (which only the HTTP tunnel's
 /// handlers, on either listener, need).
@@ -21,13 +21,14 @@ pub struct Routes {
     pub http_tunnels: HttpTunnels,
 }
 
-/// The browser listener: the three tunnels, the page's question, the page itself.
+/// The browser listener: the three tunnels, the probes, the page's question, the page itself.
 pub fn public(routes: Routes, web_dir: Option<&Path>) -> Router {
     let router = Router::new()
         .route("/websockify", any(websockify::handle))
         .route("/websocket-tunnel", any(ws_tunnel::handle))
         .route("/tunnel", any(http_tunnel::handle))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ops::readyz))
         .route("/client/session", get(page::session));
     page::with_files(router, web_dir).with_state(routes)
 }
@@ -38,5 +39,13 @@ pub fn peers(routes: Routes) -> Router {
         .route(TUNNEL_PATH, any(peer::tunnel))
         .route(TRAFFIC_PATH, post(peer::traffic))
         .route("/healthz", get(|| async { "ok" }))
+        .with_state(routes)
+}
+
+/// The ops listener (`--ops-listen`): the probes, on an address of their own, never the public one.
+pub fn ops(routes: Routes) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ops::readyz))
         .with_state(routes)
 }

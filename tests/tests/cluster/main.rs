@@ -12,6 +12,7 @@ mod failures;
 mod forwarding;
 mod logs;
 mod peer_port;
+mod probes;
 
 use deskbroker_tests::{Edge, TestGuacd};
 use tempfile::TempDir;
