@@ -335,6 +335,18 @@ async fn a_cluster_master_back_empty_before_the_cluster_notices_gets_its_records
     }
     let closed = || async { platform.slots("steady").await == 0 };
     eventually(2 * LEASE, "every slot comes back", closed).await;
+    // The tenant's key may have lived on the master too: the broker writes its configured tenants back
+    // when it sees the master's new run, within a restore period (2 s).
+    let key_back = || async {
+        let (status, _) = platform.api("GET", "/api/v1/sessions", STEADY, None).await;
+        status == 200
+    };
+    eventually(
+        3 * LEASE,
+        "the configured tenant's key opens the API again",
+        key_back,
+    )
+    .await;
     platform.assert_invariant("steady", STEADY, 0, MAX).await;
 }
 
