@@ -92,12 +92,7 @@ pub async fn start(
         guacd_pools,
         sealer: settings.sealer,
     };
-    let listener = TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener = bind(settings.listen).await?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: settings.listen,
         source,
@@ -118,12 +113,7 @@ pub async fn start(
     // The ops listener keeps answering (not ready) until the API listener has stopped.
     let stopped = CancellationToken::new();
     if let Some(ops_addr) = settings.ops_listen {
-        let ops = TcpListener::bind(ops_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: ops_addr,
-                source,
-            })?;
+        let ops = bind(ops_addr).await?;
         let probes = probes::router(registry.clone(), stop.clone());
         let server =
             axum::serve(ops, probes).with_graceful_shutdown(stopped.clone().cancelled_owned());
@@ -142,6 +132,12 @@ pub async fn start(
     });
     info!(%addr, tenants = settings.config.tenants.len(), "listening");
     Ok(BrokerHandle { addr, stop, tasks })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 impl BrokerHandle {

@@ -67,7 +67,7 @@ pub struct Args {
     #[arg(long, env = "DESKBROKER_PEER_LISTEN")]
     pub peer_listen: Option<SocketAddr>,
 
-    /// Address for the probes and metrics (`/healthz`, `/readyz`), apart from browsers and peers.
+    /// Address for the probes (`/healthz`, `/readyz`), apart from browsers and peers.
     #[arg(long, env = "DESKBROKER_OPS_LISTEN")]
     pub ops_listen: Option<SocketAddr>,
 

@@ -94,23 +94,11 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     }
 
     let listener = bind(config.listen).await?;
-    let peer_listener = match config.peer_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
-    let ops_listener = match config.ops_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
+    let peer_listener = bind_if(config.peer_listen).await?;
+    let ops_listener = bind_if(config.ops_listen).await?;
     let addr = local_addr(&listener, config.listen)?;
-    let ops_addr = match (&ops_listener, config.ops_listen) {
-        (Some(listener), Some(asked)) => Some(local_addr(listener, asked)?),
-        _ => None,
-    };
-    let peer_addr = match (&peer_listener, config.peer_listen) {
-        (Some(listener), Some(asked)) => Some(local_addr(listener, asked)?),
-        _ => None,
-    };
+    let peer_addr = peer_listener.as_ref().map(|(_, addr)| *addr);
+    let ops_addr = ops_listener.as_ref().map(|(_, addr)| *addr);
     let peer_url = match (config.advertise, peer_addr) {
         (Some(url), _) => url,
         (None, Some(peer_addr)) => format!("http://{peer_addr}"),
@@ -189,7 +177,7 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
     let browsers = listener::serve(listener, app, config.connections, stop_accepting.clone());
     tasks.spawn("the browser listener", browsers);
     tasks.spawn("the control channel", control::follow(node.clone()));
-    if let (Some(ops_listener), Some(ops_addr)) = (ops_listener, ops_addr) {
+    if let Some((ops_listener, ops_addr)) = ops_listener {
         // The probes answer until the very end, so that a draining node is seen draining.
         let limits = listener::for_peers(header_timeout);
         let ops = listener::serve(
@@ -201,7 +189,7 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         tasks.spawn("the ops listener", ops);
         info!(addr = %ops_addr, "ops listening");
     }
-    if let (Some(peer_listener), Some(peer_addr)) = (peer_listener, peer_addr) {
+    if let Some((peer_listener, peer_addr)) = peer_listener {
         // Peers keep forwarding to this node's tunnels while they drain, so this listener stops with them.
         let limits = listener::for_peers(header_timeout);
         let peers = listener::serve(
@@ -285,6 +273,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Binds `asked`, if the node was given one, with the address it got (the port chosen, for port 0).
+async fn bind_if(
+    asked: Option<SocketAddr>,
+) -> Result<Option<(TcpListener, SocketAddr)>, StartError> {
+    let Some(asked) = asked else {
+        return Ok(None);
+    };
+    let listener = bind(asked).await?;
+    let addr = local_addr(&listener, asked)?;
+    Ok(Some((listener, addr)))
 }
 
 fn local_addr(listener: &TcpListener, asked: SocketAddr) -> Result<SocketAddr, StartError> {

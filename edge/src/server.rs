@@ -27,7 +27,7 @@ pub fn public(routes: Routes, web_dir: Option<&Path>) -> Router {
         .route("/websockify", any(websockify::handle))
         .route("/websocket-tunnel", any(ws_tunnel::handle))
         .route("/tunnel", any(http_tunnel::handle))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/client/session", get(page::session));
     page::with_files(router, web_dir).with_state(routes)
@@ -38,14 +38,14 @@ pub fn peers(routes: Routes) -> Router {
     Router::new()
         .route(TUNNEL_PATH, any(peer::tunnel))
         .route(TRAFFIC_PATH, post(peer::traffic))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(ops::healthz))
         .with_state(routes)
 }
 
 /// The ops listener (`--ops-listen`): the probes, on an address of their own, never the public one.
 pub fn ops(routes: Routes) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .with_state(routes)
 }

@@ -108,11 +108,23 @@ pub async fn control_plane(
             guacd_params: Default::default(),
         });
     }
-    for tenant in &tenants {
-        registry.put_tenant(tenant).await?;
-    }
-    // Its memory never loses them: an unknown tenant is one that is gone.
-    registry.mark(restore::TENANTS_MARKER).await?;
+    // Marked as written, as the broker marks its own: its memory never loses them, so an unknown tenant
+    // is one that is gone.
+    let mut write_tenants = || {
+        let (registry, tenants) = (registry.clone(), tenants.clone());
+        async move {
+            for tenant in &tenants {
+                registry.put_tenant(tenant).await?;
+            }
+            Ok(())
+        }
+    };
+    restore::write(
+        registry.as_ref(),
+        restore::TENANTS_MARKER,
+        &mut write_tenants,
+    )
+    .await?;
     let api_config = ApiConfig {
         traffic: Some(Arc::new(LocalTraffic(node.clone()))),
         admin_key: plane.admin_key,
