@@ -67,9 +67,11 @@ impl Compose {
 
     /// Runs `docker-compose <args>` to its end and returns its standard output; panics if it failed.
     async fn run(&self, args: &[&str]) -> String {
-        let output = tokio::process::Command::from(self.command(args))
-            .output()
+        // Bringing the cluster up or down takes seconds here; a Docker that hangs fails the test.
+        let output = tokio::process::Command::from(self.command(args)).output();
+        let output = tokio::time::timeout(Duration::from_secs(300), output)
             .await
+            .expect("docker-compose answers within 5 minutes")
             .expect("docker-compose runs");
         assert!(
             output.status.success(),
