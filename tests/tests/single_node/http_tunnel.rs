@@ -5,14 +5,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::time::{Instant, timeout};
 
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_tests::clients::{HttpError, HttpTunnel, ReadEvent, connect_data};
 use deskbroker_tests::flood;
 use deskbroker_tests::upstreams::sockets;
 
-use crate::guacd_node;
 use crate::websockify::wait_for;
+use crate::{GUACD_SILENCE, SILENCE_MARGIN, guacd_node};
 
 fn not_found() -> HttpError {
     HttpError {
@@ -248,4 +249,71 @@ async fn an_unused_tunnel_is_closed_and_its_guacd_socket_released() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tunnel.write("3.nop;").await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_guacd_that_goes_silent_after_its_handshake_ends_the_read_with_514() {
+    let (guacd, node) = guacd_node(&[], &[]).await;
+    let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    let mut events = tunnel.read(vec![node.http()]);
+    events.until("sync").await; // guacd's last word: the drawing is done
+    tunnel
+        .write(Instruction::new("x-hang", Vec::<String>::new()).encode())
+        .await
+        .unwrap();
+    let hung = Instant::now();
+
+    // The client writes a `nop` every 500 ms as guacamole-common-js does, so the tunnel is in use and
+    // only guacd's silence can end it (the idle timeout is 15 s too).
+    let mut nops = tokio::time::interval(Duration::from_millis(500));
+    let mut writing = true;
+    let error = timeout(GUACD_SILENCE + Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                event = events.0.recv() => match event.expect("reading") {
+                    ReadEvent::Instruction(bytes) => {
+                        let instruction = Instruction::parse(&bytes).expect("whole instruction");
+                        assert_eq!(instruction.opcode, "error", "guacd said nothing more");
+                        return instruction;
+                    }
+                    other => panic!("the read ended without an error: {other:?}"),
+                },
+                _ = nops.tick(), if writing => match tunnel.write("3.nop;").await {
+                    Ok(()) => {}
+                    // The tunnel ended between two events: its error is on its way.
+                    Err(error) if error == not_found() => writing = false,
+                    Err(error) => panic!("write refused: {error:?}"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("ended soon after the silence deadline");
+    let after = hung.elapsed();
+    eprintln!("error {after:?} after x-hang");
+    assert_eq!(
+        error.args.get(1).map(String::as_str),
+        Some("514"),
+        "UPSTREAM_TIMEOUT: {error:?}"
+    );
+    assert!(
+        after >= GUACD_SILENCE - SILENCE_MARGIN,
+        "ended after {after:?}, before guacd's silence deadline"
+    );
+
+    // Then the reads end the normal way, and the tunnel is gone for writes too.
+    let (seen, ending) = events.end().await;
+    assert!(seen.is_empty(), "nothing after the error: {seen:?}");
+    assert!(
+        matches!(ending, ReadEvent::Failed(ref e) if *e == not_found()),
+        "{ending:?}"
+    );
+    assert_eq!(tunnel.write("3.nop;").await, Err(not_found()));
+    wait_for(
+        || guacd.process.logs().contains("connection closed"),
+        "the test guacd sees its connection closed",
+    )
+    .await;
 }

@@ -15,8 +15,19 @@ mod logs;
 mod websockify;
 mod ws_tunnel;
 
+use std::time::Duration;
+
 use deskbroker_tests::{Edge, TestGuacd};
 use tempfile::TempDir;
+
+/// The edge's deadline for a guacd that sends nothing (`GUACD_SILENCE_TIMEOUT`): guacd says `nop` after
+/// 5 s of quiet, so 15 s without a byte means it is gone.
+pub const GUACD_SILENCE: Duration = Duration::from_secs(15);
+
+/// How much sooner than [`GUACD_SILENCE`] after a test's last instruction to guacd a silent guacd's tunnel
+/// may end: the edge's clock starts at its last read from guacd, a moment before the test spoke, and a
+/// loaded machine stretches that moment.
+pub const SILENCE_MARGIN: Duration = Duration::from_secs(1);
 
 /// An edge serving sessions written to a file, kept alive as long as this value.
 pub struct Node {

@@ -1,14 +1,18 @@
 //! `/websocket-tunnel`: guacamole-common-js's WebSocketTunnel against the test guacd.
 
-use futures_util::SinkExt;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
 
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_tests::clients::{GuacWs, close_frame, connect_data, ws_connect};
 use deskbroker_tests::flood;
 
-use crate::guacd_node;
+use crate::websockify::wait_for;
+use crate::{GUACD_SILENCE, SILENCE_MARGIN, guacd_node};
 
 fn echo_of(instruction: &Instruction) -> Instruction {
     let mut args = vec![instruction.opcode.clone()];
@@ -308,4 +312,55 @@ async fn an_expired_token_is_refused_before_any_guacd_connection() {
         0,
         "guacd was never dialled"
     );
+}
+
+#[tokio::test]
+async fn a_guacd_that_goes_silent_after_its_handshake_is_closed_with_514() {
+    let (guacd, node) = guacd_node(&[], &[]).await;
+    let mut tunnel = GuacWs::connect(&node.ws(), &connect_data("g"))
+        .await
+        .unwrap();
+    handshake_seen(&mut tunnel).await;
+    tunnel.until("sync").await.unwrap(); // guacd's last word: the drawing is done
+    tunnel
+        .send(&Instruction::new("x-hang", Vec::<String>::new()))
+        .await
+        .unwrap();
+    let hung = Instant::now();
+
+    // The client pings every 500 ms as guacamole-common-js does. The edge answers each one itself, which
+    // interrupts its wait on guacd: the silence deadline must run on through every answer.
+    let ping = Instruction::new("", ["ping", "1700000000123"]);
+    let mut pings = tokio::time::interval(Duration::from_millis(500));
+    let closed = timeout(GUACD_SILENCE + Duration::from_secs(5), async {
+        loop {
+            tokio::select! {
+                message = tunnel.socket.next() => match message {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        return (u16::from(frame.code), frame.reason.to_string());
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        assert!(text.starts_with("0.,"), "guacd said nothing more: {text}");
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("the socket ended without a close frame: {other:?}"),
+                },
+                _ = pings.tick() => tunnel.send(&ping).await.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("closed soon after the silence deadline");
+    let after = hung.elapsed();
+    eprintln!("closed {after:?} after x-hang");
+    assert_eq!(closed, (1011, "514".into()), "UPSTREAM_TIMEOUT");
+    assert!(
+        after >= GUACD_SILENCE - SILENCE_MARGIN,
+        "closed after {after:?}, before guacd's silence deadline"
+    );
+    wait_for(
+        || guacd.process.logs().contains("connection closed"),
+        "the test guacd sees its connection closed",
+    )
+    .await;
 }

@@ -9,6 +9,9 @@
 //! - What users send comes back as `echo,<opcode>,<args…>`, with `∅` for an empty element.
 //! - `x-disconnect`: `disconnect`, then close. `x-eof`: close at once. `x-error,<code>,<message>`: an
 //!   `error` instruction, then close.
+//! - `x-hang`: says nothing more, not even `nop`, and never aborts, as guacd 1.6 has been seen going silent
+//!   after its handshake; keeps the socket open, reading and dropping what it is sent, until the client
+//!   closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -246,6 +249,7 @@ async fn session(
                 return Ok(());
             }
             "x-eof" => return Ok(()),
+            "x-hang" => return hang(reader).await,
             "x-error" => {
                 let (code, message) = (arg(args, 0), arg(args, 1));
                 writer
@@ -294,6 +298,14 @@ async fn session(
             _ => writer.send(&echo(&instruction)).await?,
         }
     }
+}
+
+/// Reads and drops until the client closes: the socket stays open and drained, so only the client's own
+/// deadline can end the connection, never a full buffer or a reset.
+async fn hang(reader: &mut Reader) -> anyhow::Result<()> {
+    let mut sink = vec![0; 8192];
+    while reader.stream.read(&mut sink).await? != 0 {}
+    Ok(())
 }
 
 fn arg(args: &[String], n: usize) -> String {
