@@ -9,8 +9,9 @@ not take, a path under /api/v1 that names nothing), which no operation documents
 A session is created only for a target the tenant's policy allows and a lifetime that reads as one, which
 requests generated from the schema alone almost never are: every session answer (201, the 200 of GET, the
 shares) would go unchecked. So half of the bodies generated for POST /api/v1/sessions are made into one the
-tenant acme of scripts/api-check may have (its target, its name, a lifetime or none), keeping the rest of
-what was generated; and half of those for a share get a lifetime that is one, or none. Only bodies the
+tenant acme of scripts/api-check may have (its target, its name, a lifetime or none, an idle timeout or
+none), keeping the rest of what was generated; and half of those for a share get a lifetime and an idle
+timeout that are ones, or none. Only bodies the
 schema allows are changed: a body made to break it (schemathesis' negative cases) stays broken, so the
 server still has to refuse it. The other half are sent as generated.
 """
@@ -33,22 +34,25 @@ ALLOWED_TARGETS = [
     },
 ]
 LIFETIMES = [None, "1s", "30m", "1h 30m", "100y"]
+IDLE_TIMEOUTS = [None, "10s", "15m", "100y"]
 
 
-def allowed_session(body, target, lifetime):
-    body = dict(body, target=target, tenant="acme")
+def with_durations(body, lifetime, idle_timeout):
     body.pop("lifetime", None)
+    body.pop("idle_timeout", None)
     if lifetime is not None:
         body["lifetime"] = lifetime
+    if idle_timeout is not None:
+        body["idle_timeout"] = idle_timeout
     return body
 
 
-def allowed_share(body, lifetime):
-    body = dict(body)
-    body.pop("lifetime", None)
-    if lifetime is not None:
-        body["lifetime"] = lifetime
-    return body
+def allowed_session(body, target, lifetime, idle_timeout):
+    return with_durations(dict(body, target=target, tenant="acme"), lifetime, idle_timeout)
+
+
+def allowed_share(body, lifetime, idle_timeout):
+    return with_durations(dict(body), lifetime, idle_timeout)
 
 
 VALIDATORS = {}
@@ -70,11 +74,12 @@ def flatmap_body(ctx, body):
     if operation is None or operation.method.upper() != "POST" or not isinstance(body, dict):
         return st.just(body)
     lifetimes = st.sampled_from(LIFETIMES)
+    idle_timeouts = st.sampled_from(IDLE_TIMEOUTS)
     if operation.path == "/api/v1/sessions":
         targets = st.sampled_from(ALLOWED_TARGETS)
-        allowed = st.builds(allowed_session, st.just(body), targets, lifetimes)
+        allowed = st.builds(allowed_session, st.just(body), targets, lifetimes, idle_timeouts)
     elif operation.path == "/api/v1/sessions/{id}/shares":
-        allowed = st.builds(allowed_share, st.just(body), lifetimes)
+        allowed = st.builds(allowed_share, st.just(body), lifetimes, idle_timeouts)
     else:
         return st.just(body)
     if not body_validator(operation).is_valid(body):

@@ -74,6 +74,14 @@ pub const LONGEST_LIFETIME: Duration = Duration::from_secs(31_557_600);
 /// dead before a browser can connect with it, and expiry is shown to the second.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
 
+/// The shortest idle timeout a tenant may be given or a session may ask for: a tunnel must live long
+/// enough for a browser to connect and a person to start using it, not die at birth.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest idle timeout a tenant may be given, and what a longer ask is cut to: the longest a session
+/// lives, since its tunnels end with it anyway. It keeps the records' milliseconds far from overflowing.
+pub const LONGEST_IDLE_TIMEOUT: Duration = LONGEST_LIFETIME;
+
 /// How long a stopping broker waits for API requests in progress before it exits anyway: every request is a
 /// few registry commands, each with its own deadline.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(5);

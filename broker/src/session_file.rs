@@ -2,19 +2,22 @@
 //!
 //! ```text
 //! # comments and blank lines are ignored
-//! <token>: <target> [tenant=<id>] [expires=<RFC 3339 time>]
+//! <token>: <target> [tenant=<id>] [expires=<RFC 3339 time>] [idle_timeout=<duration>]
 //! desk1: 10.0.0.5:5901
-//! desk2: vnc://desk-2.desktops.svc:5900 tenant=acme
+//! desk2: vnc://desk-2.desktops.svc:5900 tenant=acme idle_timeout=15m
 //! win1: guacd://127.0.0.1:4822/rdp?hostname=10.0.0.9&username=bob&password=s%3Dcret expires=2027-01-01T00:00:00Z
 //! ```
 //!
-//! Targets are written as [`Target::parse`] reads them. A websockify token file (`token: host:port`) is a
+//! Targets are written as [`Target::parse`] reads them. An idle timeout (`15m`, `1h`) is between 10s and
+//! a year, and is the session's own: a tenant's limits do not apply to the operator's sessions. A websockify token file (`token: host:port`) is a
 //! valid session file. Tokens are secrets: treat the file like a password file.
 
 use std::time::SystemTime;
 
 use deskbroker_shared::ids::{SessionId, SessionToken, TenantId};
 use deskbroker_shared::session::{BadTarget, Session, Target};
+
+use crate::tenants::idle_timeout::{self, BadIdleTimeout};
 
 /// Tenant of sessions whose line names none.
 pub const DEFAULT_TENANT: &str = "default";
@@ -34,10 +37,12 @@ pub enum Problem {
     EmptyToken,
     #[error(transparent)]
     Target(#[from] BadTarget),
-    #[error("unknown option {0:?} (expected tenant= or expires=)")]
+    #[error("unknown option {0:?} (expected tenant=, expires= or idle_timeout=)")]
     UnknownOption(String),
     #[error("expires: {0}")]
     BadExpiry(String),
+    #[error(transparent)]
+    IdleTimeout(#[from] BadIdleTimeout),
 }
 
 /// Parses a whole session file.
@@ -76,6 +81,9 @@ fn parse_line(line: &str) -> Result<(SessionToken, Session), Problem> {
                 session.tenant = TenantId::new(tenant)
             }
             Some(("expires", when)) => session.expires = Some(expiry(when)?),
+            Some(("idle_timeout", idle)) => {
+                session.idle_timeout = Some(idle_timeout::parse_bounded(idle)?)
+            }
             _ => return Err(Problem::UnknownOption(option.to_owned())),
         }
     }
@@ -102,6 +110,27 @@ mod tests {
         assert_eq!(sessions[0].1.tenant.as_str(), DEFAULT_TENANT);
         assert_eq!(sessions[1].1.tenant.as_str(), "acme");
         assert!(sessions[1].1.expires.is_some());
+        assert_eq!(sessions[0].1.idle_timeout, None);
+    }
+
+    #[test]
+    fn reads_an_idle_timeout_within_bounds() {
+        let sessions = parse("t: h:1 idle_timeout=15m tenant=acme\n").unwrap();
+        assert_eq!(
+            sessions[0].1.idle_timeout,
+            Some(std::time::Duration::from_secs(900))
+        );
+        for refused in ["5s", "2y", "soon", ""] {
+            assert!(
+                matches!(
+                    parse(&format!("t: h:1 idle_timeout={refused}"))
+                        .unwrap_err()
+                        .problem,
+                    Problem::IdleTimeout(_)
+                ),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

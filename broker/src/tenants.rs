@@ -7,7 +7,9 @@
 //! request may set only the parameters `guacd_params` allows its protocol, and the guacd itself must be one
 //! the broker's configuration names. What only the operator may set (recording, drives, paths on guacd's
 //! file system) comes from the tenant's `guacd_params`, set by the operator. Limits cap concurrent tunnels
-//! and session lifetime.
+//! and session lifetime, and set the idle timeout of its sessions ([`idle_timeout`]).
+
+pub mod idle_timeout;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -61,6 +63,22 @@ pub struct Limits {
     /// Between [`defaults::MIN_LIFETIME`] and [`defaults::LONGEST_LIFETIME`] when read from JSON.
     #[serde(default = "default_max_lifetime", with = "max_lifetime")]
     pub max_lifetime: Duration,
+    /// The idle timeout of a session that asks for none; none: its tunnels are never closed for idling
+    /// (unless `max_idle_timeout` is set). Between [`defaults::MIN_IDLE_TIMEOUT`] and
+    /// [`defaults::LONGEST_IDLE_TIMEOUT`] when read from JSON, like `max_idle_timeout`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "idle_timeout::limit"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// The longest idle timeout a session may have: a longer ask, or none, gets this.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "idle_timeout::limit"
+    )]
+    pub max_idle_timeout: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -68,6 +86,8 @@ impl Default for Limits {
         Self {
             max_tunnels: defaults::MAX_TUNNELS,
             max_lifetime: defaults::MAX_LIFETIME,
+            idle_timeout: None,
+            max_idle_timeout: None,
         }
     }
 }
@@ -151,6 +171,26 @@ impl Limits {
         };
         // At most a year from now: this fails only on a clock set near the end of `SystemTime`.
         now.checked_add(lifetime).ok_or(BadLifetime::PastTheClock)
+    }
+
+    /// The idle timeout of a new session asking for `requested` (`15m`): that, else the tenant's
+    /// `idle_timeout`, cut to `max_idle_timeout` (the rule in [`idle_timeout`]).
+    pub fn session_idle_timeout(
+        &self,
+        requested: Option<&str>,
+    ) -> Result<idle_timeout::Granted, idle_timeout::BadIdleTimeout> {
+        idle_timeout::grant(requested, self.idle_timeout, self.max_idle_timeout)
+    }
+
+    /// The idle timeout of a share of a session whose own is `joined`: that one, or a shorter one it asks
+    /// for, never a longer one; and within the tenant's `max_idle_timeout`, as every session is.
+    pub fn share_idle_timeout(
+        &self,
+        requested: Option<&str>,
+        joined: Option<Duration>,
+    ) -> Result<idle_timeout::Granted, idle_timeout::BadIdleTimeout> {
+        let ceiling = [self.max_idle_timeout, joined].into_iter().flatten().min();
+        idle_timeout::grant(requested, joined, ceiling)
     }
 }
 
@@ -500,6 +540,11 @@ mod tests {
         .unwrap();
         assert_eq!(tenant.limits.max_lifetime, Duration::from_secs(1800));
         assert_eq!(tenant.limits.max_tunnels, defaults::MAX_TUNNELS);
+        assert_eq!(
+            (tenant.limits.idle_timeout, tenant.limits.max_idle_timeout),
+            (None, None),
+            "a record from before idle timeouts has none"
+        );
         assert!(
             serde_json::from_str::<Tenant>(r#"{"id":"x","key_sha256":"00","color":1}"#).is_err()
         );

@@ -46,6 +46,7 @@ async fn control_plane() -> (Router, Arc<MemoryRegistry>) {
         limits: Limits {
             max_tunnels: 5,
             max_lifetime: HOUR,
+            ..Limits::default()
         },
         guacd_params: Default::default(),
     };

@@ -168,6 +168,16 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_session_keeps_its_idle_timeout() {
+        let sealer = Sealer::new(&[key(1)]).unwrap();
+        let idle = Session {
+            idle_timeout: Some(std::time::Duration::from_secs(900)),
+            ..session()
+        };
+        assert_eq!(sealer.open(&sealer.seal(&idle)), Some(idle));
+    }
+
+    #[test]
     fn an_altered_or_foreign_token_opens_nothing() {
         let sealer = Sealer::new(&[key(1)]).unwrap();
         let token = sealer.seal(&session());

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,10 +33,19 @@ pub struct Session {
     /// operator's deny list when its tunnels connect.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trusted_target: bool,
+    /// How long a tunnel of the session may go without input from its browser before the edge closes
+    /// it; none (also for records and tokens written before this field) is never. Stored in whole
+    /// milliseconds.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::time::ms_option"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Session {
-    /// A session with the defaults: shared, with control, no expiry.
+    /// A session with the defaults: shared, with control, no expiry, no idle timeout.
     pub fn new(id: SessionId, tenant: TenantId, target: Target) -> Self {
         Self {
             id,
@@ -47,6 +56,7 @@ impl Session {
             read_only: false,
             join: None,
             trusted_target: false,
+            idle_timeout: None,
         }
     }
 }
@@ -271,6 +281,25 @@ mod tests {
         ] {
             assert_eq!(Target::parse(url).unwrap().to_url(), url);
         }
+    }
+
+    #[test]
+    fn an_idle_timeout_is_stored_in_milliseconds_and_only_when_there_is_one() {
+        let target = Target::parse("10.0.0.5:5901").unwrap();
+        let plain = Session::new(SessionId::new("s"), TenantId::new("t"), target);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("idle_timeout"), "{json}");
+        let idle = Session {
+            idle_timeout: Some(Duration::from_millis(90_500)),
+            ..plain.clone()
+        };
+        let json = serde_json::to_string(&idle).unwrap();
+        assert!(json.contains(r#""idle_timeout":90500"#), "{json}");
+        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), idle);
+
+        // A record written before the field: no idle timeout.
+        let old = r#"{"id":"s","tenant":"t","target":"vnc://10.0.0.5:5901","expires":null}"#;
+        assert_eq!(serde_json::from_str::<Session>(old).unwrap(), plain);
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub async fn put_tenant(
         guacd_params: spec.guacd_params,
     };
     api.registry().put_tenant(&tenant).await?;
+    tracing::info!(target: "audit", event = "tenant_changed", tenant = %tenant.id, by = "admin");
     Ok(Json(tenant.into()))
 }
 
@@ -93,9 +94,17 @@ pub async fn delete_tenant(
     // Every node closes the tenant's tunnels at once, whatever state its sessions are in.
     let event = ControlEvent::TenantClosed { tenant: id.clone() };
     api.registry().publish(&event).await?;
-    for session in api.registry().sessions_of(&id).await? {
+    let sessions = api.registry().sessions_of(&id).await?;
+    for session in &sessions {
         close(&api, &session.id).await?;
     }
+    tracing::info!(
+        target: "audit",
+        event = "tenant_deleted",
+        tenant = %id,
+        by = "admin",
+        sessions = sessions.len(),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

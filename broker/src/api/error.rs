@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::registry::RegistryError;
+use crate::tenants::idle_timeout::BadIdleTimeout;
 use crate::tenants::{BadLifetime, PolicyViolation};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("invalid request: {0}")]
     Lifetime(#[from] BadLifetime),
+    #[error("invalid request: {0}")]
+    IdleTimeout(#[from] BadIdleTimeout),
     /// A path of the API that does not take this method; the `Allow` header says which it takes.
     #[error("this path does not take {0}: the Allow header lists the methods it does")]
     MethodNotAllowed(Method),
@@ -59,7 +62,9 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BadRequest(_) | ApiError::Lifetime(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::Lifetime(_) | ApiError::IdleTimeout(_) => {
+                "bad_request"
+            }
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge | ApiError::SessionTooLarge { .. } => "payload_too_large",
@@ -73,7 +78,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::Policy(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BadRequest(_) | ApiError::Lifetime(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Lifetime(_) | ApiError::IdleTimeout(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge | ApiError::SessionTooLarge { .. } => {

@@ -100,6 +100,9 @@ mod tests {
             ApiError::BadRequest(String::new()),
             ApiError::MethodNotAllowed(axum::http::Method::TRACE),
             ApiError::Lifetime(crate::tenants::BadLifetime::PastTheClock),
+            ApiError::IdleTimeout(crate::tenants::idle_timeout::BadIdleTimeout::TooShort(
+                String::new(),
+            )),
             ApiError::UnsupportedMediaType,
             ApiError::PayloadTooLarge,
             ApiError::SessionTooLarge { size: 0 },
@@ -115,6 +118,7 @@ mod tests {
                 | ApiError::BadRequest(_)
                 | ApiError::MethodNotAllowed(_)
                 | ApiError::Lifetime(_)
+                | ApiError::IdleTimeout(_)
                 | ApiError::UnsupportedMediaType
                 | ApiError::PayloadTooLarge
                 | ApiError::SessionTooLarge { .. }

@@ -45,6 +45,9 @@ pub struct CreateSession {
     pub target: TargetSpec,
     /// `30m`, `8h`; at most the tenant's limit, which is also the default.
     pub lifetime: Option<String>,
+    /// `15m`, `1h`: how long its tunnels may go without input; at least 10s, at most the tenant's
+    /// `max_idle_timeout`, and the tenant's `idle_timeout` when not given (see `tenants::idle_timeout`).
+    pub idle_timeout: Option<String>,
     #[serde(default)]
     pub exclusive: bool,
     #[serde(default)]
@@ -60,6 +63,9 @@ pub struct SessionView {
     pub tenant: TenantId,
     pub target: TargetView,
     pub expires_at: Option<String>,
+    /// How long its tunnels may go without input (`15m`); absent when never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
     pub exclusive: bool,
     pub read_only: bool,
     /// For a share: the session it joins.
@@ -72,6 +78,10 @@ pub struct SessionView {
     /// `expires_at` (the tenant's `max_lifetime`, or the session a share joins).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub lifetime_capped: bool,
+    /// Only in the answer to its creation, and only when true: the idle timeout asked for was cut to
+    /// `idle_timeout` (the tenant's `max_idle_timeout`, or the session a share joins).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub idle_timeout_capped: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub urls: Option<Urls>,
     pub tunnels: Vec<TunnelView>,
@@ -175,11 +185,15 @@ impl SessionView {
             tenant: session.tenant.clone(),
             target,
             expires_at: session.expires.map(rfc3339),
+            idle_timeout: session
+                .idle_timeout
+                .map(|idle| humantime::format_duration(idle).to_string()),
             exclusive: session.exclusive,
             read_only: session.read_only,
             joins: session.join.clone(),
             token: None,
             lifetime_capped: false,
+            idle_timeout_capped: false,
             urls: None,
             tunnels,
         }
@@ -193,8 +207,8 @@ async fn acting_tenant(
     named: Option<TenantId>,
 ) -> Result<Tenant, ApiError> {
     match (caller, named) {
-        (Caller::Tenant(tenant), None) => Ok(tenant),
-        (Caller::Tenant(tenant), Some(named)) if named == tenant.id => Ok(tenant),
+        (Caller::Tenant(tenant), None) => Ok(*tenant),
+        (Caller::Tenant(tenant), Some(named)) if named == tenant.id => Ok(*tenant),
         (Caller::Tenant(_), Some(_)) => Err(ApiError::Forbidden),
         (Caller::Admin, Some(named)) => api
             .registry()
@@ -212,6 +226,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(request): ApiJson<CreateSession>,
 ) -> Result<Response, ApiError> {
+    let by = caller.name();
     let tenant = acting_tenant(&api, caller, request.tenant).await?;
     let target = match request.target {
         TargetSpec::Vnc { host, port } => Target::Vnc {
@@ -232,14 +247,28 @@ pub async fn create(
     let now = SystemTime::now();
     let asked = request.lifetime.as_deref();
     let expires = tenant.limits.expiry(now, asked)?;
-    let capped = capped(asked, now, expires);
+    let idle = tenant
+        .limits
+        .session_idle_timeout(request.idle_timeout.as_deref())?;
+    let capped = Capped {
+        lifetime: capped(asked, now, expires),
+        idle_timeout: idle.capped,
+    };
     let session = Session {
         expires: Some(expires),
         exclusive: request.exclusive,
         read_only: request.read_only,
+        idle_timeout: idle.idle_timeout,
         ..Session::new(SessionId::random(), tenant.id.clone(), target)
     };
-    created(&api, session, capped).await
+    created(&api, session, capped, &by).await
+}
+
+/// What the answer to a creation says was cut short of what was asked.
+#[derive(Debug, Clone, Copy)]
+struct Capped {
+    lifetime: bool,
+    idle_timeout: bool,
 }
 
 /// Whether a session got a shorter life than it asked for (the tenant's limit, or the session a share
@@ -276,6 +305,9 @@ pub struct CreateShare {
     /// At most what is left of the shared session's life and the tenant's `max_lifetime`; the shorter of
     /// the two is the default.
     pub lifetime: Option<String>,
+    /// At most the shared session's idle timeout, which is the default (and the tenant's
+    /// `max_idle_timeout`).
+    pub idle_timeout: Option<String>,
 }
 
 /// `POST /api/v1/sessions/{id}/shares`: a second token that joins the running session, for guacd through
@@ -287,6 +319,7 @@ pub async fn share(
     ApiJson(request): ApiJson<CreateShare>,
 ) -> Result<Response, ApiError> {
     let parent = visible(&api, &caller, &SessionId::new(id)).await?;
+    let by = caller.name();
     let limits = match caller {
         Caller::Tenant(tenant) => tenant.limits,
         // The admin shares under the session's tenant's limits; a session file's tenant may have none.
@@ -302,30 +335,55 @@ pub async fn share(
     let asked = request.lifetime.as_deref();
     let own = limits.expiry(now, asked)?;
     let expires = parent.expires.map_or(own, |parent| parent.min(own));
-    let capped = capped(asked, now, expires);
+    let idle = limits.share_idle_timeout(request.idle_timeout.as_deref(), parent.idle_timeout)?;
+    let capped = Capped {
+        lifetime: capped(asked, now, expires),
+        idle_timeout: idle.capped,
+    };
     let session = Session {
         expires: Some(expires),
         read_only: request.read_only.unwrap_or(true),
         join: Some(parent.id.clone()),
+        idle_timeout: idle.idle_timeout,
         ..Session::new(
             SessionId::random(),
             parent.tenant.clone(),
             parent.target.clone(),
         )
     };
-    created(&api, session, capped).await
+    created(&api, session, capped, &by).await
 }
 
 /// Stores a new session under a fresh token and answers with the token and the URLs to use it; a session
 /// whose record would be over [`MAX_SESSION_RECORD`] is refused, and nothing is stored.
-async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, ApiError> {
+async fn created(
+    api: &Api,
+    session: Session,
+    capped: Capped,
+    by: &str,
+) -> Result<Response, ApiError> {
     let size = session_record_len(&session);
     if size > MAX_SESSION_RECORD {
         return Err(ApiError::SessionTooLarge { size });
     }
     let token = api.token_for(&session);
     api.registry().put_session(&token, &session).await?;
-    tracing::info!(session = %session.id, tenant = %session.tenant, kind = session.target.kind(), "session created");
+    tracing::info!(
+        target: "audit",
+        event = match session.join {
+            Some(_) => "session_shared",
+            None => "session_created",
+        },
+        session = %session.id,
+        tenant = %session.tenant,
+        by,
+        kind = session.target.kind(),
+        joins = session.join.as_ref().map(tracing::field::display),
+        read_only = session.read_only,
+        exclusive = session.exclusive,
+        expires_at = session.expires.map(|at| tracing::field::display(rfc3339(at))),
+        idle_timeout_s = session.idle_timeout.map(|idle| idle.as_secs()),
+    );
     let mut view = SessionView::of(&session, &[], &HashMap::new());
     let encoded = form_urlencoded::byte_serialize(token.expose().as_bytes()).collect::<String>();
     view.urls = Some(Urls {
@@ -334,7 +392,8 @@ async fn created(api: &Api, session: Session, capped: bool) -> Result<Response, 
         http_tunnel: "/tunnel".into(),
     });
     view.token = Some(token.expose().to_owned());
-    view.lifetime_capped = capped;
+    view.lifetime_capped = capped.lifetime;
+    view.idle_timeout_capped = capped.idle_timeout;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -434,6 +493,13 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let session = visible(&api, &caller, &SessionId::new(id)).await?;
     close(&api, &session.id).await?;
+    tracing::info!(
+        target: "audit",
+        event = "session_deleted",
+        session = %session.id,
+        tenant = %session.tenant,
+        by = caller.name(),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -43,10 +43,20 @@ struct Inner {
     next_guacd: AtomicUsize,
 }
 
-/// Who is calling.
+/// Who is calling. The tenant is boxed: its record is some hundreds of bytes, the admin none.
 pub enum Caller {
     Admin,
-    Tenant(Tenant),
+    Tenant(Box<Tenant>),
+}
+
+impl Caller {
+    /// Who the key belongs to, for the audit log: `admin`, or the tenant's id (never the key).
+    pub fn name(&self) -> String {
+        match self {
+            Caller::Admin => "admin".into(),
+            Caller::Tenant(tenant) => tenant.id.to_string(),
+        }
+    }
 }
 
 impl Api {
@@ -88,7 +98,7 @@ impl Api {
             }
         }
         match self.registry().tenant_by_key(&digest).await? {
-            Some(tenant) => Ok(Caller::Tenant(tenant)),
+            Some(tenant) => Ok(Caller::Tenant(Box::new(tenant))),
             None => Err(ApiError::Unauthorized),
         }
     }

@@ -9,6 +9,7 @@
 
 mod access;
 mod hostile;
+mod idle_timeouts;
 mod lifecycle;
 mod limits;
 mod live_view;
