@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod lease;
 pub mod membership;
 pub mod memory;
+pub mod metrics;
 pub mod probes;
 pub mod process;
 pub mod redis;

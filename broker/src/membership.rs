@@ -28,6 +28,7 @@ use deskbroker_shared::time::unix_ms;
 
 use crate::defaults::{RENEWAL_RETRY, RENEWALS_PER_LEASE};
 use crate::lease::{Lease, Reads};
+use crate::metrics::metrics;
 use crate::registry::{Registry, Renewal, Result};
 
 #[derive(Clone)]
@@ -202,7 +203,12 @@ impl Membership {
         let record = self.inner.me.renewed(SystemTime::now(), self.inner.lease);
         let registry = &self.inner.registry;
         let (renewal, runs) = tokio::join!(registry.renew(&record), registry.server_runs());
-        let renewal = renewal?;
+        let renewal = renewal.inspect_err(|_| metrics().lease_renewal("failed"))?;
+        metrics().lease_renewal(match renewal {
+            Renewal::Renewed => "renewed",
+            Renewal::Fresh => "fresh",
+            Renewal::Fenced => "fenced",
+        });
         if renewal == Renewal::Fenced {
             info!("another node is removing this node's records after its lease lapsed; waiting");
             return Ok(());
@@ -277,6 +283,9 @@ impl Membership {
     pub async fn refresh(&self) -> Result<()> {
         let sent_ms = unix_ms(SystemTime::now());
         let nodes = self.inner.registry.nodes().await?;
+        let now = SystemTime::now();
+        let alive = nodes.iter().filter(|node| node.is_alive(now)).count();
+        metrics().nodes_alive.set(alive as i64);
         {
             let mut state = self.lock();
             state.view = nodes

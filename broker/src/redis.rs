@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -28,6 +28,7 @@ use crate::defaults::{
     LAPSED_CLEANUP_TIMEOUT, REDIS_CONNECT_TIMEOUT, REDIS_MAX_RECONNECT_DELAY,
     REDIS_RESPONSE_TIMEOUT, REVOCATION_MEMORY,
 };
+use crate::metrics::metrics;
 use crate::registry::{
     BoxFuture, EventStream, Registry, RegistryError, Renewal, Result, session_ttl,
 };
@@ -148,13 +149,48 @@ fn lost_connection(error: &RedisError) -> bool {
             || error.code() == Some("READONLY"))
 }
 
+/// The commands deskbroker sends, as metric labels: a fixed set, so that no label is made from data.
+const COMMANDS: &[&str] = &[
+    "DEL", "EVAL", "EVALSHA", "EXISTS", "GET", "HDEL", "HGET", "HGETALL", "HSET", "INFO", "MGET",
+    "PEXPIRE", "PSETEX", "PUBLISH", "SADD", "SCAN", "SCRIPT", "SET", "SMEMBERS", "SREM", "UNLINK",
+];
+
+fn command_name(cmd: &Cmd) -> &'static str {
+    let Some(redis::Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "other";
+    };
+    COMMANDS
+        .iter()
+        .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Counts a command's answer: `ok`, `error` (Redis answered with an error) or `unavailable` (no answer
+/// in time, or no connection).
+fn count<T>(command: &'static str, answer: &redis::RedisResult<T>, sent: Instant) {
+    let result = match answer {
+        Ok(_) => "ok",
+        Err(error)
+            if error.is_timeout() || error.is_io_error() || error.is_connection_dropped() =>
+        {
+            "unavailable"
+        }
+        Err(_) => "error",
+    };
+    metrics().registry_command(command, result, sent.elapsed());
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            match self.send(cmd).await {
+            let sent = Instant::now();
+            let answer = match self.send(cmd).await {
                 Err(error) if lost_connection(&error) => self.send(cmd).await,
                 answer => answer,
-            }
+            };
+            count(command_name(cmd), &answer, sent);
+            answer
         })
     }
 
@@ -165,12 +201,15 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            match self.send_all(pipeline, offset, count).await {
+            let sent = Instant::now();
+            let answer = match self.send_all(pipeline, offset, count).await {
                 Err(error) if lost_connection(&error) => {
                     self.send_all(pipeline, offset, count).await
                 }
                 answer => answer,
-            }
+            };
+            self::count("pipeline", &answer, sent);
+            answer
         })
     }
 

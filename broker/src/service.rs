@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -19,7 +20,7 @@ use crate::config::{BrokerConfig, ConfigError};
 use crate::defaults::STOP_TIMEOUT;
 use crate::process::{StopError, Tasks};
 use crate::registry::{Registry, RegistryError};
-use crate::{probes, restore};
+use crate::{metrics, probes, restore};
 
 /// What a broker needs besides its registry.
 #[derive(Debug)]
@@ -114,7 +115,11 @@ pub async fn start(
     let stopped = CancellationToken::new();
     if let Some(ops_addr) = settings.ops_listen {
         let ops = bind(ops_addr).await?;
-        let probes = probes::router(registry.clone(), stop.clone());
+        if let Ok(bound) = ops.local_addr() {
+            info!(addr = %bound, "ops listening");
+        }
+        let metrics = || async { metrics::answer(metrics::scrape(|_| {})) };
+        let probes = probes::router(registry.clone(), stop.clone()).route("/metrics", get(metrics));
         let server =
             axum::serve(ops, probes).with_graceful_shutdown(stopped.clone().cancelled_owned());
         tasks.spawn("the ops listener", server.into_future());

@@ -45,6 +45,9 @@ pub struct Config {
     pub connections: Connections,
     /// Where tenants' sessions may not lead, whatever their policies allow.
     pub upstream_deny: DenyList,
+    /// Tenants given a series of their own in `deskbroker_tenant_tunnels_open` (the most loaded first;
+    /// the rest are summed as `other`): bounds the metric's cardinality. 0: no per-tenant series.
+    pub metrics_tenants: usize,
 }
 
 /// What a listener lets in (`listener.rs`).
@@ -92,6 +95,9 @@ pub struct Timeouts {
     pub drain: Duration,
     /// How long a VNC server may take, once connected, to send its greeting.
     pub vnc_greeting: Duration,
+    /// How long a browser's WebSocket may go without a frame (it is pinged meanwhile) before it is
+    /// taken for gone.
+    pub browser_liveness: Duration,
 }
 
 impl Default for Timeouts {
@@ -100,6 +106,7 @@ impl Default for Timeouts {
             http_tunnel: defaults::HTTP_TUNNEL_TIMEOUT,
             drain: defaults::DRAIN_TIMEOUT,
             vnc_greeting: defaults::VNC_GREETING_TIMEOUT,
+            browser_liveness: defaults::BROWSER_LIVENESS_TIMEOUT,
         }
     }
 }
@@ -124,6 +131,7 @@ impl Config {
             timeouts: Timeouts::default(),
             connections: Connections::for_descriptors(1024),
             upstream_deny: DenyList::default(),
+            metrics_tenants: 0,
         }
     }
 }

@@ -15,13 +15,18 @@ use deskbroker_shared::ids::SessionId;
 use deskbroker_shared::time::from_unix_ms;
 
 use crate::defaults::CONTROL_RETRY;
+use crate::metrics::metrics;
 use crate::node::Node;
 
 /// Acts on control events until the node closes its tunnels; subscribes again whenever the subscription
 /// breaks (Redis away), then closes what was revoked meanwhile.
 pub async fn follow(node: Node) -> io::Result<()> {
     let registry = node.membership().registry().clone();
+    let mut first = true;
     while !node.closing().is_cancelled() {
+        if !std::mem::take(&mut first) {
+            metrics().control_reconnected();
+        }
         let subscribed = match registry.subscribe().await {
             Ok(events) => close_revoked(&node).await.map(|()| events),
             Err(error) => Err(error),
@@ -41,6 +46,9 @@ pub async fn follow(node: Node) -> io::Result<()> {
                 event = events.next() => event,
                 () = node.closing().cancelled() => return Ok(()),
             };
+            if let Some(event) = &event {
+                metrics().control_event(event.name());
+            }
             match event {
                 Some(ControlEvent::SessionClosed { session, until_ms }) => {
                     let until = until_ms.map(from_unix_ms);
@@ -63,11 +71,13 @@ async fn close_revoked(node: &Node) -> deskbroker_broker::Result<()> {
     let registry = node.membership().registry();
     let sessions = node.local().sessions();
     for session in registry.revoked(&sessions).await? {
+        metrics().control_event("session-closed");
         remember(node, &session, None);
         node.local().close_session(&session);
     }
     let tenants = node.local().tenants();
     for tenant in registry.removed_tenants(&tenants).await? {
+        metrics().control_event("tenant-closed");
         node.local().close_tenant(&tenant);
     }
     Ok(())

@@ -140,6 +140,17 @@ pub const CONTROL_FRAME_REFILL: Duration = Duration::from_secs(1);
 /// once, and guacamole-common-js pings every 500 ms, so a socket silent this long is held by nobody.
 pub const WS_FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a browser's WebSocket may send nothing, pings answered included, before it is taken for gone
+/// (a laptop suspended, a network cut without a FIN): its upstream socket and its tenant's slot are
+/// freed then, not hours later when TCP gives up. The edge pings a socket that has been quiet for
+/// [`BROWSER_PING_AFTER`], so a browser that is there always has something to answer; a third of the
+/// timeout leaves two more pings' room for a slow link. Also `--browser-liveness-timeout`.
+pub const BROWSER_LIVENESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// After how long without a frame from the browser the edge pings it: guacamole-common-js pings every
+/// 500 ms, so only noVNC on a still screen (which asks for nothing) and vanished browsers are pinged.
+pub const BROWSER_PING_AFTER: Duration = Duration::from_secs(10);
+
 /// How long a closing frame may take to reach the browser: one that does not take it within this is not
 /// reading, and the socket is dropped instead.
 pub const WS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

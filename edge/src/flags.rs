@@ -102,6 +102,17 @@ pub struct Args {
           default_value_t = defaults::VNC_GREETING_TIMEOUT.into())]
     pub vnc_greeting_timeout: humantime::Duration,
 
+    /// Close a browser's WebSocket after this long without a frame from it; it is pinged meanwhile, and
+    /// a browser that is there answers (e.g. `30s`).
+    #[arg(long, env = "DESKBROKER_BROWSER_LIVENESS_TIMEOUT",
+          default_value_t = defaults::BROWSER_LIVENESS_TIMEOUT.into())]
+    pub browser_liveness_timeout: humantime::Duration,
+
+    /// Tenants given a series of their own in the per-tenant tunnel gauge, the most loaded first (the
+    /// rest summed as "other"); 0 (the default) for none.
+    #[arg(long, env = "DESKBROKER_METRICS_TENANTS", default_value_t = 0)]
+    pub metrics_tenants: usize,
+
     /// How long a client may take to send a request's headers, the first request's included.
     #[arg(long, env = "DESKBROKER_HEADER_TIMEOUT", default_value_t = defaults::HEADER_TIMEOUT.into())]
     pub header_timeout: humantime::Duration,
@@ -252,9 +263,11 @@ impl Args {
                 http_tunnel: self.http_tunnel_timeout.into(),
                 drain: self.drain_timeout.into(),
                 vnc_greeting: self.vnc_greeting_timeout.into(),
+                browser_liveness: self.browser_liveness_timeout.into(),
             },
             connections,
             upstream_deny: DenyList::new(upstream_deny),
+            metrics_tenants: self.metrics_tenants,
         }
     }
 }

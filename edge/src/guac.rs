@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use tracing::info;
-
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::guacd_params;
@@ -52,6 +50,7 @@ pub async fn open(
         id,
         kind,
         http_token,
+        client: request.client_addr,
     };
     let mut registration = node.register(tunnel, &session).await?;
     let params = checked_params(node, &session, params).await?;
@@ -63,9 +62,8 @@ pub async fn open(
     })
     .await?;
     registration
-        .connected(Some(guacd.connection_id.clone()))
+        .connected(addr, Some(guacd.connection_id.clone()))
         .await?;
-    info!(tunnel = %id, tenant = %session.tenant, guacd = %addr, connection = %guacd.connection_id, "tunnel open");
     Ok(Opened {
         guacd,
         session,

@@ -7,6 +7,7 @@
 //! top, then the routers, the handlers, the node's shared state, and below it the tunnel's registration,
 //! the upstream sockets, errors and defaults. This root only declares and re-exports.
 
+mod client;
 pub mod config;
 pub mod control;
 pub mod defaults;
@@ -19,6 +20,7 @@ pub mod http_tunnel;
 pub mod lifecycle;
 mod listener;
 pub mod local;
+mod metrics;
 pub mod node;
 mod ops;
 mod page;

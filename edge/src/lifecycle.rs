@@ -182,7 +182,7 @@ pub async fn start(registry: Arc<dyn Registry>, config: Config) -> Result<NodeHa
         let limits = listener::for_peers(header_timeout);
         let ops = listener::serve(
             ops_listener,
-            server::ops(state.clone()),
+            server::ops(state.clone(), config.metrics_tenants),
             limits,
             leave.clone(),
         );

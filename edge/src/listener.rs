@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::Request;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -25,10 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::MapRequest;
 use tracing::{debug, trace, warn};
 
 use deskbroker_shared::cidr::Cidr;
 
+use crate::client::Peer;
 use crate::config::Connections;
 use crate::defaults::{ACCEPT_BACKOFF, ACCEPT_ERROR_LOG_EVERY, REFUSAL_LINGER, REFUSALS_ANSWERED};
 
@@ -51,6 +54,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let caps = Caps::new(&limits);
+    let trusted: Arc<[Cidr]> = limits.trusted_proxies.clone().into();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -89,7 +93,13 @@ pub async fn serve(
             stream,
             _slot: slot,
         });
-        let service = TowerToHyperService::new(router.clone());
+        // Each request learns its connection's peer, for the logs (`client.rs`).
+        let client = Peer::new(peer.ip(), trusted.clone());
+        let with_peer = MapRequest::new(router.clone(), move |mut request: Request<_>| {
+            request.extensions_mut().insert(client.clone());
+            request
+        });
+        let service = TowerToHyperService::new(with_peer);
         let connection = http.serve_connection(io, service).with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {

@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use deskbroker_shared::cluster::TunnelRecord;
+use deskbroker_shared::cluster::{TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{SessionId, TenantId, TunnelId};
 
 use crate::error::TunnelError;
@@ -40,16 +40,42 @@ impl Stopper {
     }
 }
 
-/// Bytes a tunnel has moved: one relaxed atomic add per read or write, on the owner only.
-#[derive(Debug, Default)]
+/// Bytes a tunnel has moved, one relaxed atomic add per read or write, on the owner only; and when a
+/// person last gave input, one relaxed store per input event.
+#[derive(Debug)]
 pub struct Traffic {
     /// From the browser to the VNC server or guacd.
     to_upstream: AtomicU64,
     /// From the VNC server or guacd to the browser.
     from_upstream: AtomicU64,
+    since: Instant,
+    /// Last input, in ms after `since`.
+    input_ms: AtomicU64,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            to_upstream: AtomicU64::new(0),
+            from_upstream: AtomicU64::new(0),
+            since: Instant::now(),
+            input_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Traffic {
+    /// A person typed, clicked, moved the pointer, pasted or sent a file (see the idle timeout).
+    pub fn user_input(&self) {
+        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.input_ms.store(at, Ordering::Relaxed);
+    }
+
+    /// When the idle timeout `idle` runs out, counted from the last input (or the tunnel's start).
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        self.since + Duration::from_millis(self.input_ms.load(Ordering::Relaxed)) + idle
+    }
+
     pub fn sent_upstream(&self, bytes: usize) {
         self.to_upstream.fetch_add(bytes as u64, Ordering::Relaxed);
     }
@@ -76,10 +102,13 @@ pub struct LocalTunnel {
     stopper: Arc<Stopper>,
     /// When its session expires.
     expires: Option<Instant>,
+    /// Its session's idle timeout.
+    idle: Option<Duration>,
 }
 
 impl LocalTunnel {
-    /// Waits until the tunnel is stopped from outside or its session expires, and says why.
+    /// Waits until the tunnel is stopped from outside, its session expires, or nobody gave input for
+    /// the session's idle timeout, and says why.
     pub async fn stopped(&self) -> TunnelError {
         let expiry = async {
             match self.expires {
@@ -87,9 +116,23 @@ impl LocalTunnel {
                 None => std::future::pending().await,
             }
         };
+        let idle = async {
+            let Some(idle) = self.idle else {
+                return std::future::pending().await;
+            };
+            // A timer per idle period, not per input: input only moves the deadline the timer checks.
+            loop {
+                let deadline = self.traffic.idle_deadline(idle);
+                if deadline <= Instant::now() {
+                    return;
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
         tokio::select! {
             () = self.stopper.token.cancelled() => {}
             () = expiry => return TunnelError::SessionExpired,
+            () = idle => return TunnelError::IdleTimeout,
         }
         match self.stopper.reason.get() {
             Some(Reason::SessionClosed) => TunnelError::SessionClosed,
@@ -104,29 +147,48 @@ impl LocalTunnel {
 /// The node's map of its tunnels: a cheap `Clone` handle.
 #[derive(Debug, Clone, Default)]
 pub struct LocalTunnels {
-    sessions: Arc<Mutex<HashMap<SessionId, HashMap<TunnelId, Entry>>>>,
+    map: Arc<Mutex<Map>>,
+}
+
+#[derive(Debug, Default)]
+struct Map {
+    sessions: HashMap<SessionId, HashMap<TunnelId, Entry>>,
+    /// What the tunnels that ended moved, by kind: with the open tunnels' own counts, the node's total,
+    /// which only grows (a tunnel's counts move here under the same lock that removes it).
+    ended: HashMap<TunnelKind, (u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
     tenant: TenantId,
+    kind: TunnelKind,
     stopper: Arc<Stopper>,
     traffic: Arc<Traffic>,
 }
 
+/// What the node's tunnels amount to now, by kind: how many are open, and the bytes all of them moved
+/// since the node started (from the browser, to the browser); and how many each tenant has open.
+#[derive(Debug, Default)]
+pub struct Census {
+    pub open: HashMap<TunnelKind, u64>,
+    pub bytes: HashMap<TunnelKind, (u64, u64)>,
+    pub by_tenant: HashMap<TenantId, u64>,
+}
+
 impl LocalTunnels {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<TunnelId, Entry>>> {
+    fn lock(&self) -> MutexGuard<'_, Map> {
         // Single map operations only: the index cannot be left half-updated.
-        self.sessions
+        self.map
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a tunnel, stopped with `parent` (the node's stop), on its own, or when its session `expires`.
+    /// Adds a tunnel, stopped with `parent` (the node's stop), on its own, when its session `expires`, or
+    /// after `idle` without input.
     pub fn insert(
         &self,
         record: TunnelRecord,
-        expires: Option<SystemTime>,
+        (expires, idle): (Option<SystemTime>, Option<Duration>),
         parent: &CancellationToken,
     ) -> LocalTunnel {
         let stopper = Arc::new(Stopper {
@@ -136,11 +198,12 @@ impl LocalTunnels {
         let traffic = Arc::new(Traffic::default());
         let entry = Entry {
             tenant: record.tenant.clone(),
+            kind: record.kind,
             stopper: stopper.clone(),
             traffic: traffic.clone(),
         };
-        let mut sessions = self.lock();
-        sessions
+        let mut map = self.lock();
+        map.sessions
             .entry(record.session.clone())
             .or_default()
             .insert(record.id, entry);
@@ -151,27 +214,59 @@ impl LocalTunnels {
             traffic,
             stopper,
             expires,
+            idle,
         }
     }
 
     pub fn remove(&self, record: &TunnelRecord) {
-        let mut sessions = self.lock();
-        if let Some(tunnels) = sessions.get_mut(&record.session) {
-            tunnels.remove(&record.id);
-            if tunnels.is_empty() {
-                sessions.remove(&record.session);
-            }
+        let mut map = self.lock();
+        let Map { sessions, ended } = &mut *map;
+        let Some(tunnels) = sessions.get_mut(&record.session) else {
+            return;
+        };
+        if let Some(entry) = tunnels.remove(&record.id) {
+            let (from_browser, to_browser) = entry.traffic.totals();
+            let total = ended.entry(entry.kind).or_default();
+            total.0 += from_browser;
+            total.1 += to_browser;
+        }
+        if tunnels.is_empty() {
+            sessions.remove(&record.session);
         }
     }
 
     /// The sessions this node has tunnels of.
     pub fn sessions(&self) -> Vec<SessionId> {
-        self.lock().keys().cloned().collect()
+        self.lock().sessions.keys().cloned().collect()
+    }
+
+    /// What the node's tunnels amount to now.
+    pub fn census(&self) -> Census {
+        let map = self.lock();
+        let mut census = Census {
+            bytes: map.ended.clone(),
+            ..Census::default()
+        };
+        for entry in map.sessions.values().flat_map(HashMap::values) {
+            *census.open.entry(entry.kind).or_default() += 1;
+            *census.by_tenant.entry(entry.tenant.clone()).or_default() += 1;
+            let (from_browser, to_browser) = entry.traffic.totals();
+            let total = census.bytes.entry(entry.kind).or_default();
+            total.0 += from_browser;
+            total.1 += to_browser;
+        }
+        census
     }
 
     /// Stops every tunnel of a revoked session.
     pub fn close_session(&self, session: &SessionId) {
-        let tunnels = self.lock().remove(session).unwrap_or_default();
+        // Left in the map: each tunnel's registration removes its entry, with its byte counts, as it ends.
+        let tunnels = self
+            .lock()
+            .sessions
+            .get(session)
+            .cloned()
+            .unwrap_or_default();
         if !tunnels.is_empty() {
             info!(%session, tunnels = tunnels.len(), "closing the tunnels of a closed session");
         }
@@ -184,6 +279,7 @@ impl LocalTunnels {
     pub fn close_tenant(&self, tenant: &TenantId) {
         let stoppers: Vec<Arc<Stopper>> = self
             .lock()
+            .sessions
             .values()
             .flat_map(|tunnels| tunnels.values())
             .filter(|entry| &entry.tenant == tenant)
@@ -201,6 +297,7 @@ impl LocalTunnels {
     pub fn tenants(&self) -> Vec<TenantId> {
         let mut tenants: Vec<TenantId> = self
             .lock()
+            .sessions
             .values()
             .flat_map(|tunnels| tunnels.values())
             .map(|entry| entry.tenant.clone())
@@ -215,6 +312,7 @@ impl LocalTunnels {
     pub fn evict(&self, record: &TunnelRecord) {
         let entry = self
             .lock()
+            .sessions
             .get(&record.session)
             .and_then(|tunnels| tunnels.get(&record.id).cloned());
         if let Some(entry) = entry {
@@ -226,6 +324,7 @@ impl LocalTunnels {
     pub fn take_over(&self, session: &SessionId, tunnel: &TunnelId) {
         let entry = self
             .lock()
+            .sessions
             .get(session)
             .and_then(|tunnels| tunnels.get(tunnel).cloned());
         if let Some(entry) = entry {
@@ -239,7 +338,7 @@ impl LocalTunnels {
         let map = self.lock();
         sessions
             .iter()
-            .filter_map(|session| map.get(session))
+            .filter_map(|session| map.sessions.get(session))
             .flatten()
             .map(|(id, entry)| (*id, entry.traffic.totals()))
             .collect()

@@ -106,6 +106,12 @@ pub struct SessionKind {
     /// `vnc` (open with noVNC on `/websockify`) or `guacd` (guacamole-common-js on the Guacamole tunnels).
     kind: &'static str,
     read_only: bool,
+    /// The session's idle timeout and expiry (Unix ms), so that the page can say which ended it (both
+    /// end Guacamole tunnels with 522).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_ms: Option<u64>,
 }
 
 /// `GET /client/session?token=T`: the kind of session a token grants, and nothing else about it.
@@ -120,6 +126,8 @@ pub async fn session(State(node): State<Node>, Query(query): Query<TokenQuery>) 
             Json(SessionKind {
                 kind,
                 read_only: session.read_only,
+                idle_timeout_s: session.idle_timeout.map(|idle| idle.as_secs()),
+                expires_ms: session.expires.map(deskbroker_shared::time::unix_ms),
             })
             .into_response()
         }

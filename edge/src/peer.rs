@@ -18,6 +18,7 @@ use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TrafficQuery};
 use crate::defaults::TRAFFIC_QUERY_LIMIT;
 use crate::error::error_response;
 use crate::http_tunnel::{self, HttpTunnels};
+use crate::metrics::metrics;
 use crate::node::Node;
 
 /// True when the request carries this node's cluster secret.
@@ -43,9 +44,17 @@ pub async fn tunnel(
     request: Request<Body>,
 ) -> Response {
     if !authenticated(&node, request.headers()) {
+        metrics().served_for_peer("unauthenticated");
         return error_response(GuacStatus::ClientUnauthorized, "Peer request refused.");
     }
-    http_tunnel::serve(&node, &tunnels, request, http_tunnel::Scope::LocalOnly).await
+    let response =
+        http_tunnel::serve(&node, &tunnels, request, http_tunnel::Scope::LocalOnly).await;
+    metrics().served_for_peer(match response.status() {
+        status if status.is_success() => "answered",
+        StatusCode::NOT_FOUND => "no_such_tunnel",
+        _ => "refused",
+    });
+    response
 }
 
 /// What this node's tunnels of the sessions asked for have moved, for the control plane's live view: one

@@ -9,18 +9,24 @@
 //! releases the same things, its registry records at the next lease renewal. Either way each is released
 //! exactly once, and the membership orders every registry write about the tunnel (see `Membership`).
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use deskbroker_broker::{Membership, Recorded, RegistryError, restore};
 use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{TokenDigest, TunnelId};
-use deskbroker_shared::session::Session;
+use deskbroker_shared::session::{HostPort, Session};
 use deskbroker_shared::time::unix_ms;
+use deskbroker_shared::{GuacStatus, RelayClose};
 
 use crate::error::TunnelError;
 use crate::local::{LocalTunnel, LocalTunnels, Traffic};
+use crate::metrics::{end_reason, metrics};
 
 /// What is being registered, besides the session it belongs to.
 pub struct Tunnel {
@@ -28,6 +34,8 @@ pub struct Tunnel {
     pub kind: TunnelKind,
     /// Digest of an HTTP tunnel's `Guacamole-Tunnel-Token`, by which any node finds it.
     pub http_token: Option<TokenDigest>,
+    /// The browser's address, for the logs.
+    pub client: Option<IpAddr>,
 }
 
 /// A tunnel this node owns, with all that the node recorded about it.
@@ -36,6 +44,10 @@ pub struct Registration {
     local: LocalTunnels,
     membership: Membership,
     exclusive: bool,
+    client: Option<IpAddr>,
+    /// Since when the tunnel is open (connected upstream): only an open tunnel is logged and counted as
+    /// closed.
+    opened: Option<Instant>,
     released: bool,
 }
 
@@ -77,10 +89,16 @@ impl Registration {
             connection: None,
         };
         let registration = Self {
-            tunnel: local.insert(record.clone(), session.expires, parent),
+            tunnel: local.insert(
+                record.clone(),
+                (session.expires, session.idle_timeout),
+                parent,
+            ),
             local: local.clone(),
             membership: membership.clone(),
             exclusive: session.exclusive,
+            client: tunnel.client,
+            opened: None,
             released: false,
         };
         match membership.add_tunnel(record, limit).await {
@@ -96,9 +114,14 @@ impl Registration {
         }
     }
 
-    /// The upstream is connected: records guacd's connection id (which shares join), and takes over an
-    /// exclusive session, closing its older tunnels wherever they are.
-    pub async fn connected(&mut self, connection: Option<String>) -> Result<(), TunnelError> {
+    /// The upstream at `upstream` is connected: records guacd's connection id (which shares join), and
+    /// takes over an exclusive session, closing its older tunnels wherever they are. From here on the
+    /// tunnel is open: logged as opened, and as closed by [`Registration::close`].
+    pub async fn connected(
+        &mut self,
+        upstream: &HostPort,
+        connection: Option<String>,
+    ) -> Result<(), TunnelError> {
         if connection.is_some() {
             self.tunnel.record.connection = connection;
             let record = self.tunnel.record.clone();
@@ -107,6 +130,21 @@ impl Registration {
         if self.exclusive {
             take_over(&self.membership, &self.tunnel.record).await?;
         }
+        self.opened = Some(Instant::now());
+        let record = &self.tunnel.record;
+        metrics().tunnel_opened(record.kind);
+        info!(
+            target: "audit",
+            event = "tunnel_opened",
+            node = %record.owner,
+            tenant = %record.tenant,
+            session = %record.session,
+            tunnel = %record.id,
+            kind = record.kind.name(),
+            client = self.client.map(tracing::field::display),
+            upstream = %upstream,
+            connection = record.connection.as_deref(),
+        );
         Ok(())
     }
 
@@ -114,7 +152,7 @@ impl Registration {
         &self.tunnel.record
     }
 
-    pub fn traffic(&self) -> &Traffic {
+    pub fn traffic(&self) -> &Arc<Traffic> {
         &self.tunnel.traffic
     }
 
@@ -124,9 +162,43 @@ impl Registration {
         self.tunnel.stopped().await
     }
 
+    /// The tunnel has ended, as `end` says (`Ok` when either side closed it): logs and counts its end,
+    /// then releases it.
+    pub async fn close(self, end: &Result<(), TunnelError>) {
+        if let Some(opened) = self.opened {
+            let record = &self.tunnel.record;
+            let lived = opened.elapsed();
+            let reason = end_reason(end);
+            metrics().tunnel_closed(record.kind, reason, lived);
+            let (from_browser, to_browser) = self.tunnel.traffic.totals();
+            let status = match (record.kind, end) {
+                (TunnelKind::Websockify, Ok(())) => RelayClose::Normal.code(),
+                (TunnelKind::Websockify, Err(error)) => error.relay_close().code(),
+                (_, Ok(())) => GuacStatus::Success.code(),
+                (_, Err(error)) => error.status().code(),
+            };
+            info!(
+                target: "audit",
+                event = "tunnel_closed",
+                node = %record.owner,
+                tenant = %record.tenant,
+                session = %record.session,
+                tunnel = %record.id,
+                kind = record.kind.name(),
+                client = self.client.map(tracing::field::display),
+                from_browser_bytes = from_browser,
+                to_browser_bytes = to_browser,
+                duration_ms = lived.as_millis() as u64,
+                reason,
+                status,
+            );
+        }
+        self.release().await;
+    }
+
     /// Releases the tunnel's entry, records and slot now, waiting for the registry (a failed removal is
     /// retried at the next renewals).
-    pub async fn release(mut self) {
+    async fn release(mut self) {
         self.released = true;
         self.local.remove(&self.tunnel.record);
         self.membership.remove_tunnel(&self.tunnel.record).await;
@@ -201,6 +273,7 @@ mod tests {
             id: TunnelId::random(),
             kind: TunnelKind::Websockify,
             http_token: None,
+            client: None,
         };
         let parent = CancellationToken::new();
         Registration::open(membership, local, &parent, tunnel, session).await

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use axum::Router;
-use axum::extract::FromRef;
+use axum::extract::{FromRef, State};
 use axum::routing::{any, get, post};
 
 use deskbroker_shared::peer::{TRAFFIC_PATH, TUNNEL_PATH};
@@ -42,10 +42,13 @@ pub fn peers(routes: Routes) -> Router {
         .with_state(routes)
 }
 
-/// The ops listener (`--ops-listen`): the probes, on an address of their own, never the public one.
-pub fn ops(routes: Routes) -> Router {
+/// The ops listener (`--ops-listen`): the probes and the metrics, on an address of their own, never the
+/// public one. `metrics_tenants` bounds the per-tenant series.
+pub fn ops(routes: Routes, metrics_tenants: usize) -> Router {
+    let metrics = move |State(node): State<Node>| ops::metrics_text(node, metrics_tenants);
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(metrics))
         .with_state(routes)
 }

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -18,19 +19,21 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::timeout;
-use tracing::{debug, info, info_span, warn};
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, info_span, warn};
 
 use deskbroker_shared::RelayClose;
 use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelId;
-use deskbroker_shared::rfb::ReadOnlyFilter;
+use deskbroker_shared::rfb::{InputWatch, ReadOnlyFilter};
 use deskbroker_shared::session::{HostPort, Target};
 
+use crate::client::Peer;
 use crate::defaults::{FLUSH_AFTER, RELAY_MAX_MESSAGE};
 use crate::error::TunnelError;
 use crate::local::Traffic;
+use crate::metrics::metrics;
 use crate::node::Node;
 use crate::registration::{Registration, Tunnel};
 use crate::upstream;
@@ -39,6 +42,7 @@ use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protoc
 pub async fn handle(
     State(node): State<Node>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -55,7 +59,8 @@ pub async fn handle(
         max_message: RELAY_MAX_MESSAGE,
     };
     let span = info_span!("websockify", tunnel = tracing::field::Empty);
-    ws::accept(node, upgrade, query, endpoint, span, run)
+    let client = ws::client_addr(peer, &headers);
+    ws::accept(node, upgrade, query, client, endpoint, span, run)
 }
 
 async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
@@ -63,20 +68,28 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
         Ok(vnc) => vnc,
         Err(error) => {
             warn!(side = %error.side(), %error, "relay refused");
+            metrics().tunnel_refused(TunnelKind::Websockify, &error);
             close(&mut socket, error.relay_close()).await;
             return;
         }
     };
-    let (tunnel, vnc, filter, addr) = vnc;
+    let Opened {
+        tunnel,
+        vnc,
+        filter,
+        addr,
+        idle,
+    } = vnc;
     let greeting = Greeting {
         from: addr,
-        within: node.timeouts().vnc_greeting,
+        by: Instant::now() + node.timeouts().vnc_greeting,
     };
+    let watch = (node.timeouts().browser_liveness, idle);
     let end = tokio::select! {
-        end = relay(&mut socket, vnc, filter, greeting, tunnel.traffic()) => end,
+        end = relay(&mut socket, vnc, filter, greeting, watch, tunnel.traffic()) => end,
         stop = tunnel.stopped() => Err(stop),
     };
-    tunnel.release().await;
+    tunnel.close(&end).await;
     match end {
         Ok(()) => debug!("relay ended"),
         Err(ref error) => debug!(side = %error.side(), %error, "relay ended"),
@@ -88,9 +101,17 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
     .await;
 }
 
-/// What [`open`] returns: the tunnel's registration, the VNC socket, the filter the browser's bytes must
-/// pass (if the session is read-only or joins another), and the VNC server's address.
-type Opened = (Registration, TcpStream, Option<ReadOnlyFilter>, HostPort);
+/// What [`open`] returns.
+struct Opened {
+    tunnel: Registration,
+    vnc: TcpStream,
+    /// What the browser's bytes must pass, if the session is read-only or joins another.
+    filter: Option<ReadOnlyFilter>,
+    /// The VNC server's address.
+    addr: HostPort,
+    /// The session has an idle timeout.
+    idle: bool,
+}
 
 /// Checks the token, connects to the session's VNC server and registers the tunnel.
 async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelError> {
@@ -104,48 +125,72 @@ async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelErr
         id,
         kind: TunnelKind::Websockify,
         http_token: None,
+        client: request.client_addr,
     };
     // The slot is taken before the VNC server is dialled: a refused tunnel costs it nothing.
     let mut tunnel = node.register(tunnel, &session).await?;
     let vnc = upstream::connect(addr, node.deny_for(&session)).await?;
-    tunnel.connected(None).await?;
-    info!(tunnel = %id, tenant = %session.tenant, vnc = %addr, "relay open");
+    tunnel.connected(addr, None).await?;
     let filter = (session.read_only || session.join.is_some())
         .then(|| ReadOnlyFilter::new(session.read_only, session.join.is_some()));
-    Ok((tunnel, vnc, filter, addr.clone()))
+    Ok(Opened {
+        tunnel,
+        vnc,
+        filter,
+        addr: addr.clone(),
+        idle: session.idle_timeout.is_some(),
+    })
 }
 
 /// The deadline of the VNC server's first bytes: RFB servers speak first (`RFB 003.008\n`) and at once.
 struct Greeting {
     from: HostPort,
-    within: Duration,
+    by: Instant,
 }
 
 /// Pumps both directions until either side ends. `Ok` is a normal end by either side. With a filter, the
 /// browser's bytes pass through it (read-only viewing, shared joining). The VNC server's first read must
-/// come within the greeting's deadline; later ones may take as long as they like.
+/// come within the greeting's deadline; later ones may take as long as they like. A browser that sends
+/// nothing, answers to pings included, for `liveness` is gone.
 async fn relay(
     socket: &mut WebSocket,
     vnc: TcpStream,
     mut filter: Option<ReadOnlyFilter>,
     greeting: Greeting,
+    (liveness, idle): (Duration, bool),
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (from_vnc, mut to_vnc) = vnc.into_split();
     let (mut to_browser, from_browser) = socket.split();
+    let from_browser = Incoming::new(from_browser);
+    let heard = from_browser.heard();
+    let (ping, mut pings) = ws::pings();
+    // Without a filter, the browser's bytes are framed only to see a person's input, for the idle timeout.
+    let mut watch = idle.then(InputWatch::default);
 
     let downstream = async {
         let mut buffer = BytesMut::new();
         let mut greeting = Some(greeting);
         loop {
-            let reading = upstream::read_some(&from_vnc, &mut buffer);
-            let read = match greeting.take() {
-                Some(Greeting { from, within }) => timeout(within, reading)
-                    .await
-                    .map_err(|_| TunnelError::NoGreeting(from))?,
-                None => reading.await,
-            }
-            .map_err(TunnelError::UpstreamIo)?;
+            let reading = async {
+                let reading = upstream::read_some(&from_vnc, &mut buffer);
+                match &greeting {
+                    Some(Greeting { from, by }) => timeout_at(*by, reading)
+                        .await
+                        .map_err(|_| TunnelError::NoGreeting(from.clone()))?,
+                    None => reading.await,
+                }
+                .map_err(TunnelError::UpstreamIo)
+            };
+            let read = tokio::select! {
+                biased;
+                Some(ping) = pings.recv() => {
+                    to_browser.send(ping).await.map_err(downstream_error)?;
+                    continue;
+                }
+                read = reading => read?,
+            };
+            greeting = None;
             if read == 0 {
                 return Ok(());
             }
@@ -175,18 +220,26 @@ async fn relay(
         }
     };
     let to_upstream = async {
-        let mut from_browser = Incoming::new(from_browser);
+        let mut from_browser = from_browser;
         let mut filtered = Vec::new();
         while let Some(message) = from_browser.next().await? {
             match message {
                 Data::Binary(bytes) => {
                     let bytes = match filter.as_mut() {
-                        None => bytes,
+                        None => {
+                            if watch.as_mut().is_some_and(|watch| watch.saw_input(&bytes)) {
+                                traffic.user_input();
+                            }
+                            bytes
+                        }
                         Some(filter) => {
                             filtered.clear();
                             filter
                                 .filter(&bytes, &mut filtered)
                                 .map_err(TunnelError::ReadOnly)?;
+                            if filter.take_input() {
+                                traffic.user_input();
+                            }
                             bytes::Bytes::copy_from_slice(&filtered)
                         }
                     };
@@ -204,6 +257,7 @@ async fn relay(
     tokio::select! {
         end = downstream => end,
         end = to_upstream => end,
+        gone = ws::liveness(&heard, liveness, &ping) => Err(gone),
     }
 }
 

@@ -2,22 +2,29 @@
 //! subprotocols, telling a failure from a browser that sent too much, and the closing frame.
 
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
 
 use deskbroker_shared::connect::ConnectRequest;
 
+use crate::client::Peer;
 use crate::defaults::{
-    CONTROL_FRAME_BURST, CONTROL_FRAME_REFILL, WS_CLOSE_TIMEOUT, WS_FIRST_MESSAGE_TIMEOUT,
-    WS_MAX_WRITE_BUFFER, WS_READ_BUFFER,
+    BROWSER_PING_AFTER, CONTROL_FRAME_BURST, CONTROL_FRAME_REFILL, WS_CLOSE_TIMEOUT,
+    WS_FIRST_MESSAGE_TIMEOUT, WS_MAX_WRITE_BUFFER, WS_READ_BUFFER,
 };
 use crate::error::TunnelError;
 use crate::node::Node;
@@ -37,6 +44,7 @@ pub fn accept<F, Fut>(
     node: Node,
     upgrade: WebSocketUpgrade,
     query: Option<String>,
+    client: Option<IpAddr>,
     endpoint: Endpoint,
     span: Span,
     tunnel: F,
@@ -45,7 +53,8 @@ where
     F: FnOnce(Node, WebSocket, ConnectRequest) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    let mut request = ConnectRequest::parse(query.unwrap_or_default().as_bytes());
+    request.client_addr = client;
     upgrade
         .protocols([endpoint.protocol])
         .max_message_size(endpoint.max_message)
@@ -56,6 +65,11 @@ where
             let tracked = node.clone();
             tracked.track_tunnel(tunnel(node, socket, request).instrument(span))
         })
+}
+
+/// The browser's address, as its connection's peer says (see `client.rs`).
+pub fn client_addr(peer: Option<Extension<Peer>>, headers: &HeaderMap) -> Option<IpAddr> {
+    peer.map(|Extension(peer)| peer.client(headers))
 }
 
 /// The subprotocols a WebSocket client offered, in its order.
@@ -114,11 +128,13 @@ pub enum Data {
 
 /// What the browser sends, as a tunnel reads it: data messages only. Control frames are answered by the
 /// WebSocket layer and counted against a [`ControlBudget`]; a close, or the end of the stream, is `None`.
-/// The first message must come within [`WS_FIRST_MESSAGE_TIMEOUT`] of the tunnel opening.
+/// The first message must come within [`WS_FIRST_MESSAGE_TIMEOUT`] of the tunnel opening. Every frame,
+/// pongs included, is [`Heard`].
 pub struct Incoming<S> {
     messages: S,
     control: ControlBudget,
     first_by: Option<Instant>,
+    heard: Arc<Heard>,
 }
 
 impl<S> Incoming<S>
@@ -130,7 +146,13 @@ where
             messages,
             control: ControlBudget::default(),
             first_by: Some(Instant::now() + WS_FIRST_MESSAGE_TIMEOUT),
+            heard: Arc::new(Heard::default()),
         }
+    }
+
+    /// When the browser last sent a frame, for [`liveness`].
+    pub fn heard(&self) -> Arc<Heard> {
+        self.heard.clone()
     }
 
     pub async fn next(&mut self) -> Result<Option<Data>, TunnelError> {
@@ -142,6 +164,7 @@ where
                     .map_err(|_| TunnelError::Silent)?,
                 None => self.messages.next().await,
             };
+            self.heard.now();
             let data = match message.transpose().map_err(downstream_error)? {
                 None | Some(Message::Close(_)) => return Ok(None),
                 Some(Message::Ping(_) | Message::Pong(_)) => {
@@ -154,6 +177,69 @@ where
             self.first_by = None;
             return Ok(Some(data));
         }
+    }
+}
+
+/// When the browser last sent a frame, any frame: a relaxed atomic store per frame.
+pub struct Heard {
+    since: Instant,
+    at_ms: AtomicU64,
+}
+
+impl Default for Heard {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heard {
+    fn now(&self) {
+        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(at, Ordering::Relaxed);
+    }
+
+    fn quiet(&self) -> Duration {
+        let at = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
+        self.since.elapsed().saturating_sub(at)
+    }
+}
+
+/// What a tunnel's writer sends the browser when its liveness asks: a ping.
+pub type Pings = mpsc::Receiver<Message>;
+
+/// A queue of one ping for the tunnel's writer, and its receiving end.
+pub fn pings() -> (mpsc::Sender<Message>, Pings) {
+    mpsc::channel(1)
+}
+
+/// Pings the browser (through `pings`, which the tunnel's writer sends) whenever it has been quiet for
+/// [`BROWSER_PING_AFTER`] (a third of `timeout` if that is less), and returns once it has sent nothing
+/// for `timeout`: a browser that is there answers a ping at once, so one that does not is gone (a laptop
+/// suspended, a network cut without a FIN). A writer stuck behind a browser that does not read sends no
+/// ping either: that browser is gone too. Costs a timer per ping period, nothing per frame.
+pub async fn liveness(
+    heard: &Heard,
+    timeout: Duration,
+    pings: &mpsc::Sender<Message>,
+) -> TunnelError {
+    let ping_after = BROWSER_PING_AFTER.min(timeout / 3);
+    loop {
+        let quiet = heard.quiet();
+        if quiet >= timeout {
+            return TunnelError::Unresponsive;
+        }
+        let wait = match quiet.checked_sub(ping_after) {
+            Some(_) => {
+                // A ping already queued is as good as this one.
+                let _ = pings.try_send(Message::Ping(Bytes::from_static(b"deskbroker")));
+                ping_after.min(timeout - quiet)
+            }
+            None => ping_after - quiet,
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -9,6 +9,9 @@
 //! instructions go to guacd, except the tunnel-internal ones: pings are answered here, ahead of guacd's
 //! output, and the rest are dropped.
 
+use std::time::Duration;
+
+use axum::Extension;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
@@ -24,10 +27,12 @@ use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::instruction::{self, FromBrowser, Instruction};
 use deskbroker_shared::{GuacStatus, InstructionBuffer};
 
+use crate::client::Peer;
 use crate::defaults::{GUAC_MAX_MESSAGE, PING_QUEUE};
 use crate::error::{TunnelError, error_response};
 use crate::guac;
 use crate::local::Traffic;
+use crate::metrics::metrics;
 use crate::node::Node;
 use crate::upstream::Guacd;
 use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
@@ -35,6 +40,7 @@ use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protoc
 pub async fn handle(
     State(node): State<Node>,
     RawQuery(query): RawQuery,
+    peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -49,7 +55,8 @@ pub async fn handle(
         max_message: GUAC_MAX_MESSAGE,
     };
     let span = info_span!("websocket_tunnel", tunnel = tracing::field::Empty);
-    ws::accept(node, upgrade, query, endpoint, span, run)
+    let client = ws::client_addr(peer, &headers);
+    ws::accept(node, upgrade, query, client, endpoint, span, run)
 }
 
 async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
@@ -58,6 +65,7 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
         Ok(opened) => (opened.registration, opened.guacd, opened.session.read_only),
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
+            metrics().tunnel_refused(TunnelKind::WebsocketTunnel, &error);
             close(&mut socket, error.status()).await;
             return;
         }
@@ -66,12 +74,12 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
     let hello = Instruction::new(instruction::INTERNAL_OPCODE, [id.to_string()]).encode();
     let end = match socket.send(Message::Text(hello.into())).await {
         Ok(()) => tokio::select! {
-            end = relay(&mut socket, guacd, read_only, tunnel.traffic()) => end,
+            end = relay(&mut socket, guacd, read_only, node.timeouts().browser_liveness, tunnel.traffic()) => end,
             stop = tunnel.stopped() => Err(stop),
         },
         Err(error) => Err(downstream_error(error)),
     };
-    tunnel.release().await;
+    tunnel.close(&end).await;
     let status = match end {
         Ok(()) => GuacStatus::Success,
         Err(error) => {
@@ -83,37 +91,39 @@ async fn run(node: Node, mut socket: WebSocket, request: ConnectRequest) {
     close(&mut socket, status).await;
 }
 
-/// Pumps both directions until either side ends; `Ok` is a normal end by either side.
+/// Pumps both directions until either side ends; `Ok` is a normal end by either side. A browser that
+/// sends nothing, answers to pings included, for `liveness` is gone.
 async fn relay(
     socket: &mut WebSocket,
     guacd: Guacd,
     read_only: bool,
+    liveness: Duration,
     traffic: &Traffic,
 ) -> Result<(), TunnelError> {
     let (mut output, mut to_guacd) = guacd.split();
     let (mut to_browser, from_browser) = socket.split();
     let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
+    let mut from_browser = Incoming::new(from_browser);
+    let heard = from_browser.heard();
+    let (keepalive, mut keepalives) = ws::pings();
 
     let downstream = async {
         loop {
             // Pings are answered ahead of guacd's output, so the client measures the tunnel, not guacd.
             let frame = tokio::select! {
                 biased;
-                Some(reply) = ping_replies.recv() => reply,
+                Some(reply) = ping_replies.recv() => text(reply)?,
+                Some(ping) = keepalives.recv() => ping,
                 batch = output.next(traffic) => match batch? {
-                    Some(batch) => batch,
+                    Some(batch) => text(batch)?,
                     None => return Ok(()),
                 },
             };
-            to_browser
-                .send(text(frame)?)
-                .await
-                .map_err(downstream_error)?;
+            to_browser.send(frame).await.map_err(downstream_error)?;
         }
     };
     let upstream = async {
         let mut input = InstructionBuffer::default();
-        let mut from_browser = Incoming::new(from_browser);
         while let Some(message) = from_browser.next().await? {
             match message {
                 Data::Text(text) => input.extend_from_slice(text.as_bytes()),
@@ -123,6 +133,9 @@ async fn relay(
                 .next_instruction()
                 .map_err(TunnelError::BadInstruction)?
             {
+                if instruction::is_user_input(instruction::opcode(&bytes)) {
+                    traffic.user_input();
+                }
                 match instruction::from_browser(&bytes, read_only) {
                     FromBrowser::Relay => {
                         to_guacd
@@ -142,6 +155,7 @@ async fn relay(
     tokio::select! {
         end = downstream => end,
         end = upstream => end,
+        gone = ws::liveness(&heard, liveness, &keepalive) => Err(gone),
     }
 }
 

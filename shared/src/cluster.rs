@@ -51,12 +51,25 @@ impl NodeRecord {
 }
 
 /// Which endpoint a tunnel came in through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TunnelKind {
     Websockify,
     WebsocketTunnel,
     HttpTunnel,
+}
+
+impl TunnelKind {
+    pub const ALL: [TunnelKind; 3] = [Self::Websockify, Self::WebsocketTunnel, Self::HttpTunnel];
+
+    /// Its name in records, logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Websockify => "websockify",
+            Self::WebsocketTunnel => "websocket-tunnel",
+            Self::HttpTunnel => "http-tunnel",
+        }
+    }
 }
 
 /// A tunnel as the registry knows it.
@@ -104,6 +117,17 @@ pub enum ControlEvent {
     },
 }
 
+impl ControlEvent {
+    /// Its `event` tag, as it goes on the channel.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::SessionClosed { .. } => "session-closed",
+            Self::TenantClosed { .. } => "tenant-closed",
+            Self::TakenOver { .. } => "taken-over",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +168,23 @@ mod tests {
         assert!(!tunnel(1).is_alive(None, now), "the owner is unknown");
         let renewed = node(0).renewed(now, Duration::from_secs(5));
         assert_eq!(renewed.expires_ms, unix_ms(now) + 5000);
+    }
+
+    #[test]
+    fn an_event_is_named_by_its_tag() {
+        let event = ControlEvent::TenantClosed {
+            tenant: TenantId::new("t"),
+        };
+        let json: serde_json::Value = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["event"], event.name());
+    }
+
+    #[test]
+    fn a_kind_has_one_name_in_records_logs_and_metrics() {
+        for kind in TunnelKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+        }
     }
 
     #[test]

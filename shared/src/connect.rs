@@ -46,6 +46,8 @@ impl Default for ClientInfo {
 pub struct ConnectRequest {
     pub token: Option<SessionToken>,
     pub client: ClientInfo,
+    /// The browser's address, as the server tells it (never from the form): for the logs.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 impl ConnectRequest {

@@ -92,6 +92,16 @@ pub fn viewer_may_send(opcode: &[u8]) -> bool {
     matches!(opcode, b"nop" | b"sync" | b"ack" | b"disconnect")
 }
 
+/// What a person does, for an idle timeout: keys, the mouse, touches, the clipboard, and the streams a
+/// user sends (file uploads, pipes, objects, and any stream's data). Never what the client sends by
+/// itself: `sync` (frame acknowledgements), `nop`, `ack`, `size` (a resized window), the tunnel's pings.
+pub fn is_user_input(opcode: &[u8]) -> bool {
+    matches!(
+        opcode,
+        b"key" | b"mouse" | b"touch" | b"clipboard" | b"file" | b"pipe" | b"put" | b"blob" | b"end"
+    )
+}
+
 /// What a tunnel does with one whole instruction from the browser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FromBrowser {

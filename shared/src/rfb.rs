@@ -41,6 +41,10 @@ pub struct ReadOnlyFilter {
     header: Vec<u8>,
     read_only: bool,
     force_shared: bool,
+    /// A person's input came by since [`ReadOnlyFilter::take_input`] last asked (dropped or not).
+    input: bool,
+    /// The last PointerEvent's buttons and position: one that repeats them is no input.
+    pointer: Option<[u8; 5]>,
 }
 
 /// Longest header the filter holds: SetDesktopSize's fixed part.
@@ -54,7 +58,16 @@ impl ReadOnlyFilter {
             header: Vec::with_capacity(MAX_HEADER),
             read_only,
             force_shared,
+            input: false,
+            pointer: None,
         }
+    }
+
+    /// Whether a person's input came by since the last call: a KeyEvent (or QEMU's), ClientCutText, or a
+    /// PointerEvent that moved the pointer or changed its buttons. Update requests, encodings, pixel
+    /// formats and fences are the client's own business.
+    pub fn take_input(&mut self) -> bool {
+        std::mem::take(&mut self.input)
     }
 
     /// Filters the next bytes from the viewer, appending what may reach the server to `out`.
@@ -140,6 +153,14 @@ impl ReadOnlyFilter {
                         as usize
                 };
                 match header[0] {
+                    4 | 6 | 255 => self.input = true,
+                    5 => {
+                        let pointer = [header[1], header[2], header[3], header[4], header[5]];
+                        self.input |= self.pointer.replace(pointer) != Some(pointer);
+                    }
+                    _ => {}
+                }
+                match header[0] {
                     2 => (State::Header, true, 4 * be16(2)),
                     6 => (State::Header, pass(self, true), be32(4)),
                     248 => (State::Header, true, usize::from(header[8])),
@@ -161,6 +182,42 @@ impl ReadOnlyFilter {
             },
         };
         Ok(())
+    }
+}
+
+/// Watches a viewer's bytes for a person's input without changing them, for the idle timeout of a session
+/// that needs no filter. A stream it cannot frame (RFB 3.3, a security type that encrypts, a message it
+/// does not know) is not refused: from then on every byte counts as input, so that an idle timeout never
+/// ends a session whose input it cannot see.
+#[derive(Debug, Clone)]
+pub struct InputWatch {
+    framer: ReadOnlyFilter,
+    scratch: Vec<u8>,
+    blind: bool,
+}
+
+impl Default for InputWatch {
+    fn default() -> Self {
+        Self {
+            framer: ReadOnlyFilter::new(false, false),
+            scratch: Vec::new(),
+            blind: false,
+        }
+    }
+}
+
+impl InputWatch {
+    /// Whether `bytes`, the viewer's next, carry a person's input.
+    pub fn saw_input(&mut self, bytes: &[u8]) -> bool {
+        if self.blind {
+            return !bytes.is_empty();
+        }
+        self.scratch.clear();
+        if self.framer.filter(bytes, &mut self.scratch).is_err() {
+            self.blind = true;
+            return true;
+        }
+        self.framer.take_input()
     }
 }
 
@@ -230,6 +287,33 @@ mod tests {
         input.extend(viewing());
         let mut filter = ReadOnlyFilter::new(false, false);
         assert_eq!(run(&mut filter, &input, 5), Ok(input));
+    }
+
+    #[test]
+    fn sees_a_persons_input_and_not_the_clients_own_messages() {
+        let mut watch = InputWatch::default();
+        assert!(!watch.saw_input(&handshake()));
+        assert!(!watch.saw_input(&viewing()), "update requests are no input");
+        let key = [4, 1, 0, 0, 0, 0, 0, 0x61];
+        for chunk in key.chunks(3) {
+            let _ = watch.saw_input(chunk);
+        }
+        assert!(!watch.saw_input(&viewing()), "taken once");
+        let pointer = [5, 0, 0, 10, 0, 20];
+        assert!(watch.saw_input(&pointer), "the pointer moved");
+        assert!(
+            !watch.saw_input(&pointer),
+            "the same position and buttons again"
+        );
+        assert!(watch.saw_input(&[5, 1, 0, 10, 0, 20]), "a button went down");
+        assert!(watch.saw_input(&[6, 0, 0, 0, 0, 0, 0, 1, b'x']), "a paste");
+
+        let mut blind = InputWatch::default();
+        assert!(
+            blind.saw_input(b"RFB 003.003\n"),
+            "unframable: everything counts"
+        );
+        assert!(blind.saw_input(&viewing()));
     }
 
     #[test]

@@ -154,8 +154,10 @@ pub enum RelayClose {
     NoGreeting,
     /// 1008: the client sent WebSocket control frames (pings) faster than allowed.
     ControlFlood,
-    /// 4408: the client sent nothing in time after the upgrade.
+    /// 4408: the client sent nothing in time after the upgrade, or answered no ping in time.
     ClientTimeout,
+    /// 4408: nobody typed, clicked or moved the pointer within the session's idle timeout.
+    IdleTimeout,
     /// 4403: the session's target resolves only to addresses the operator denies.
     TargetDenied,
 }
@@ -176,7 +178,7 @@ impl RelayClose {
             Self::Unavailable => 4503,
             Self::UpstreamTimeout | Self::NoGreeting => 4504,
             Self::ControlFlood => 1008,
-            Self::ClientTimeout => 4408,
+            Self::ClientTimeout | Self::IdleTimeout => 4408,
             Self::TargetDenied => 4403,
         }
     }
@@ -201,6 +203,7 @@ impl RelayClose {
             Self::NoGreeting => "VNC server sent no greeting in time",
             Self::ControlFlood => "too many control frames",
             Self::ClientTimeout => "no message from the client in time",
+            Self::IdleTimeout => "closed after a period without input",
             Self::TargetDenied => "target not allowed",
         }
     }

@@ -13,6 +13,7 @@ let current = null;
 const MEANINGS = {
   4400: 'This client or session cannot be used here.',
   4403: 'Unknown or expired session token.',
+  4408: 'The connection timed out.',
   4409: 'Another connection took over this session.',
   4410: 'The session was closed.',
   4429: 'Too many connections for this account.',
@@ -27,6 +28,7 @@ const MEANINGS = {
   519: 'The remote desktop server is unreachable.',
   520: 'The service is unavailable; try again.',
   521: 'Another connection took over this session.',
+  522: 'The session expired.',
   523: 'The session was closed.',
   768: 'The server refused a malformed request.',
   769: 'Unknown or expired session token.',
@@ -41,7 +43,21 @@ function show(text, state = 'info') {
   $('status').dataset.state = state;
 }
 
+/** The session being shown, as `client/session` described it. */
+let session = null;
+
+function idleText() {
+  const seconds = session.idle_timeout_s;
+  const span = seconds % 60 === 0 ? `${seconds / 60} minute${seconds === 60 ? '' : 's'}` : `${seconds} seconds`;
+  return `Closed after ${span} without input.`;
+}
+
 function meaning(code, fallback) {
+  // An idle timeout and the session's expiry both end a Guacamole tunnel with 522; the relay says which.
+  const idle = session?.idle_timeout_s && (code === 522
+    ? !(session.expires_ms && Date.now() >= session.expires_ms)
+    : code === 4408 && fallback === 'closed after a period without input');
+  if (idle) return idleText();
   return MEANINGS[code] ?? fallback ?? `Error ${code}.`;
 }
 
@@ -138,7 +154,7 @@ async function connect() {
   $('reconnect').hidden = true;
   screen.replaceChildren();
   show('Looking up the session…');
-  let session;
+  session = null;
   try {
     session = await lookUp(token);
   } catch (error) {

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -39,6 +40,7 @@ use crate::defaults::{
     OWNER_CACHE_ENTRIES, PEER_BODY_STALL_TIMEOUT, PEER_CONNECT_TIMEOUT, PEER_HEAD_TIMEOUT,
 };
 use crate::error::{TunnelError, error_response};
+use crate::metrics::metrics;
 
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
@@ -141,6 +143,11 @@ impl Forwarder {
             parts.headers.insert(CLUSTER_SECRET_HEADER, value);
         }
         debug!(peer = %owner.id, "forwarding to the owner");
+        let op = match query.starts_with("?read:") {
+            true => "read",
+            false => "write",
+        };
+        let forwarded = Instant::now();
         let sent = CancellationToken::new();
         let request = Request::from_parts(parts, Body::new(Sending::new(body, sent.clone())));
         let mut lapsed: Lapse = Box::pin(membership.lapsed(owner.clone()));
@@ -154,6 +161,14 @@ impl Forwarder {
             }
             () = &mut lapsed => Err(ForwardError::Lapsed { peer: peer() }),
         };
+        let result = match &answer {
+            Ok(response) if response.status().is_success() => "answered",
+            Ok(_) => "refused",
+            Err(ForwardError::Request { .. }) => "unreachable",
+            Err(ForwardError::NoHead { .. }) => "no_head",
+            Err(_) => "owner_lapsed",
+        };
+        metrics().forwarded(op, result, forwarded.elapsed());
         match answer {
             Ok(response) => {
                 if response.status() == axum::http::StatusCode::NOT_FOUND {

@@ -10,6 +10,7 @@
 
 mod tunnel;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -30,10 +31,12 @@ use deskbroker_shared::{GuacStatus, InstructionBuffer, ParseError};
 
 pub use tunnel::{HttpTunnel, HttpTunnels};
 
+use crate::client::Peer;
 use crate::defaults::CONNECT_BODY_LIMIT;
 use crate::error::{TunnelError, error_response};
 use crate::forward::Owner;
 use crate::guac;
+use crate::metrics::metrics;
 use crate::node::Node;
 
 /// The header that identifies an HTTP tunnel after `connect`: the only thing a request is found by.
@@ -70,7 +73,11 @@ pub async fn serve(
         parsed => parsed,
     };
     let read = match operation {
-        Ok(Operation::Connect) => return connect(node, tunnels, request.into_body()).await,
+        Ok(Operation::Connect) => {
+            let peer = request.extensions().get::<Peer>();
+            let client = peer.map(|peer| peer.client(request.headers()));
+            return connect(node, tunnels, request.into_body(), client).await;
+        }
         Ok(Operation::Read) => true,
         Ok(Operation::Write) => false,
         Err(error) => return error_response(GuacStatus::ClientBadRequest, &error.to_string()),
@@ -122,11 +129,17 @@ async fn forward(node: &Node, token: &TunnelToken, request: Request<Body>) -> Re
     }
 }
 
-async fn connect(node: &Node, tunnels: &HttpTunnels, body: Body) -> Response {
+async fn connect(
+    node: &Node,
+    tunnels: &HttpTunnels,
+    body: Body,
+    client: Option<IpAddr>,
+) -> Response {
     let Ok(form) = axum::body::to_bytes(body, CONNECT_BODY_LIMIT).await else {
         return error_response(GuacStatus::ClientOverrun, "Connect data too large.");
     };
-    let request = ConnectRequest::parse(&form);
+    let mut request = ConnectRequest::parse(&form);
+    request.client_addr = client;
     let token = TunnelToken::random();
     let kind = TunnelKind::HttpTunnel;
     let opened = guac::open(node, &request, kind, Some(token.digest())).await;
@@ -143,6 +156,7 @@ async fn connect(node: &Node, tunnels: &HttpTunnels, body: Body) -> Response {
         }
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel refused");
+            metrics().tunnel_refused(kind, &error);
             error.response()
         }
     }
@@ -223,7 +237,12 @@ async fn write(tunnel: Arc<HttpTunnel>, body: Body) -> Response {
         };
         input.extend_from_slice(&chunk);
         let batch = match whole_instructions(&mut input, tunnel.read_only) {
-            Ok(batch) => batch,
+            Ok((batch, by_user)) => {
+                if by_user {
+                    tunnel.traffic.user_input();
+                }
+                batch
+            }
             Err(error) => {
                 let error = TunnelError::BadInstruction(error);
                 debug!(tunnel = %tunnel.id, %error, "closing tunnel");
@@ -256,13 +275,19 @@ fn octet_stream(body: Body) -> Response {
 }
 
 /// The whole instructions in `input` that go to guacd: tunnel-internal ones are dropped, pings included
-/// (only the WebSocket tunnel answers them), and so is a read-only viewer's input.
-fn whole_instructions(input: &mut InstructionBuffer, read_only: bool) -> Result<Bytes, ParseError> {
+/// (only the WebSocket tunnel answers them), and so is a read-only viewer's input. Also whether a
+/// person's input was among them (a viewer's too: a person is there).
+fn whole_instructions(
+    input: &mut InstructionBuffer,
+    read_only: bool,
+) -> Result<(Bytes, bool), ParseError> {
     let mut batch = BytesMut::new();
+    let mut by_user = false;
     while let Some(bytes) = input.next_instruction()? {
+        by_user |= instruction::is_user_input(instruction::opcode(&bytes));
         if instruction::from_browser(&bytes, read_only) == FromBrowser::Relay {
             batch.extend_from_slice(&bytes);
         }
     }
-    Ok(batch.freeze())
+    Ok((batch.freeze(), by_user))
 }

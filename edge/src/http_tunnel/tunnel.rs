@@ -63,6 +63,8 @@ pub struct HttpTunnel {
     pub id: TunnelId,
     /// Input that would control the desktop is dropped.
     pub read_only: bool,
+    /// What the tunnel moved, and when a person last gave input.
+    pub traffic: Arc<Traffic>,
     /// guacd's output; holding this lock is holding the tunnel's one active read.
     output: Arc<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
     /// Read requests waiting for the lock: the active read gives way once it has sent something.
@@ -111,6 +113,7 @@ impl HttpTunnel {
         let tunnel = Arc::new(HttpTunnel {
             id,
             read_only: session.read_only,
+            traffic: registration.traffic().clone(),
             output: Arc::new(tokio::sync::Mutex::new(output_rx)),
             readers_waiting: AtomicUsize::new(0),
             reader_arrived: Notify::new(),
@@ -238,7 +241,7 @@ impl Owner {
             ..
         } = self;
         drop(entry);
-        registration.release().await;
+        registration.close(&end).await;
         debug!(tunnel = %tunnel.id, "tunnel deregistered");
     }
 

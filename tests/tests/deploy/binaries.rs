@@ -26,9 +26,10 @@ use crate::{KUSTOMIZATIONS, OVERLAY, Rendered, id, render};
 const IMAGE_PATHS: [&str; 1] = ["/usr/share/deskbroker/web"];
 
 /// The variables that are listen addresses, and the message each binary logs with the address bound.
-const LISTENERS: [(&str, &str); 3] = [
+const LISTENERS: [(&str, &str); 4] = [
     ("DESKBROKER_LISTEN", "listening"),
     ("DESKBROKER_PEER_LISTEN", "peer listening"),
+    ("DESKBROKER_OPS_LISTEN", "ops listening"),
     ("DESKBROKER_BROKER_LISTEN", "listening"),
 ];
 

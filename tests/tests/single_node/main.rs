@@ -12,6 +12,7 @@ mod control_plane;
 mod http_tunnel;
 mod lifecycle;
 mod logs;
+mod operations;
 mod websockify;
 mod ws_tunnel;
 
