@@ -11,6 +11,7 @@ mod control_channel;
 mod failures;
 mod forwarding;
 mod logs;
+mod metrics;
 mod peer_port;
 mod probes;
 

@@ -380,6 +380,8 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
         path.to_str().unwrap(),
         "--ops-listen",
         &ops,
+        "--metrics-tenants",
+        "1",
     ];
     let liveness = Duration::from_secs(3);
     let env = [("DESKBROKER_BROWSER_LIVENESS_TIMEOUT", "3s")];
@@ -450,5 +452,7 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
     };
     assert_eq!(unresponsive("websockify"), Some(1.0), "{text}");
     assert_eq!(unresponsive("websocket-tunnel"), Some(1.0));
+    let by_tenant = r#"deskbroker_tenant_tunnels_open{tenant="acme"}"#;
+    assert_eq!(sample(&text, by_tenant), Some(2.0), "the tenant's series, behind the flag");
     drop((gone, g_gone));
 }
