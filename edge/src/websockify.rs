@@ -37,7 +37,7 @@ use crate::metrics::metrics;
 use crate::node::Node;
 use crate::registration::{Registration, Tunnel};
 use crate::upstream;
-use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
+use crate::ws::{self, Data, Endpoint, Incoming, PingDue, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -164,7 +164,7 @@ async fn relay(
     let (mut to_browser, from_browser) = socket.split();
     let from_browser = Incoming::new(from_browser);
     let heard = from_browser.heard();
-    let (ping, mut pings) = ws::pings();
+    let ping = PingDue::default();
     // Without a filter, the browser's bytes are framed only to see a person's input, for the idle timeout.
     let mut watch = idle.then(InputWatch::default);
 
@@ -184,8 +184,8 @@ async fn relay(
             };
             let read = tokio::select! {
                 biased;
-                Some(ping) = pings.recv() => {
-                    to_browser.send(ping).await.map_err(downstream_error)?;
+                frame = ping.due() => {
+                    to_browser.send(frame).await.map_err(downstream_error)?;
                     continue;
                 }
                 read = reading => read?,

@@ -14,7 +14,7 @@ use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::{Instrument, Span};
@@ -207,24 +207,29 @@ impl Heard {
     }
 }
 
-/// What a tunnel's writer sends the browser when its liveness asks: a ping.
-pub type Pings = mpsc::Receiver<Message>;
+/// A ping the liveness check asks the tunnel's writer to send: at most one waits, and it takes no
+/// allocation of its own.
+#[derive(Default)]
+pub struct PingDue(Notify);
 
-/// A queue of one ping for the tunnel's writer, and its receiving end.
-pub fn pings() -> (mpsc::Sender<Message>, Pings) {
-    mpsc::channel(1)
+impl PingDue {
+    fn ask(&self) {
+        self.0.notify_one();
+    }
+
+    /// Waits until a ping is due, and gives the frame to send.
+    pub async fn due(&self) -> Message {
+        self.0.notified().await;
+        Message::Ping(Bytes::from_static(b"deskbroker"))
+    }
 }
 
-/// Pings the browser (through `pings`, which the tunnel's writer sends) whenever it has been quiet for
+/// Pings the browser (through `ping`, which the tunnel's writer sends) whenever it has been quiet for
 /// [`BROWSER_PING_AFTER`] (a third of `timeout` if that is less), and returns once it has sent nothing
 /// for `timeout`: a browser that is there answers a ping at once, so one that does not is gone (a laptop
 /// suspended, a network cut without a FIN). A writer stuck behind a browser that does not read sends no
 /// ping either: that browser is gone too. Costs a timer per ping period, nothing per frame.
-pub async fn liveness(
-    heard: &Heard,
-    timeout: Duration,
-    pings: &mpsc::Sender<Message>,
-) -> TunnelError {
+pub async fn liveness(heard: &Heard, timeout: Duration, ping: &PingDue) -> TunnelError {
     let ping_after = BROWSER_PING_AFTER.min(timeout / 3);
     loop {
         let quiet = heard.quiet();
@@ -233,8 +238,8 @@ pub async fn liveness(
         }
         let wait = match quiet.checked_sub(ping_after) {
             Some(_) => {
-                // A ping already queued is as good as this one.
-                let _ = pings.try_send(Message::Ping(Bytes::from_static(b"deskbroker")));
+                // A ping still due is as good as this one.
+                ping.ask();
                 ping_after.min(timeout - quiet)
             }
             None => ping_after - quiet,

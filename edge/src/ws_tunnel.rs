@@ -35,7 +35,7 @@ use crate::local::Traffic;
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::upstream::Guacd;
-use crate::ws::{self, Data, Endpoint, Incoming, downstream_error, offered_protocols};
+use crate::ws::{self, Data, Endpoint, Incoming, PingDue, downstream_error, offered_protocols};
 
 pub async fn handle(
     State(node): State<Node>,
@@ -105,7 +105,7 @@ async fn relay(
     let (pings, mut ping_replies) = mpsc::channel::<Bytes>(PING_QUEUE);
     let mut from_browser = Incoming::new(from_browser);
     let heard = from_browser.heard();
-    let (keepalive, mut keepalives) = ws::pings();
+    let keepalive = PingDue::default();
 
     let downstream = async {
         loop {
@@ -113,7 +113,7 @@ async fn relay(
             let frame = tokio::select! {
                 biased;
                 Some(reply) = ping_replies.recv() => text(reply)?,
-                Some(ping) = keepalives.recv() => ping,
+                ping = keepalive.due() => ping,
                 batch = output.next(traffic) => match batch? {
                     Some(batch) => text(batch)?,
                     None => return Ok(()),

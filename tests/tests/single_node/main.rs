@@ -54,6 +54,19 @@ impl Node {
     }
 }
 
+/// A configuration file (`--config`) with the tenant `acme`, allowed `max_tunnels` at a time.
+pub fn acme_config(max_tunnels: u32) -> (TempDir, std::path::PathBuf) {
+    let config = serde_json::json!({"tenants": [{
+        "id": "acme",
+        "key_sha256": deskbroker_shared::ids::TokenDigest::of("acme-key-0123456789").to_hex(),
+        "limits": {"max_tunnels": max_tunnels},
+    }]});
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).expect("config written");
+    (dir, path)
+}
+
 /// A test guacd and an edge with the session `g` (VNC through guacd) pointing at it.
 pub async fn guacd_node(guacd_args: &[&str], edge_args: &[&str]) -> (TestGuacd, Node) {
     let guacd = TestGuacd::start(guacd_args)

@@ -359,14 +359,7 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
     // A tenant allowed two tunnels at a time, a relay and a Guacamole tunnel.
     let echo = Echo::start().await.unwrap();
     let guacd = TestGuacd::start(&[]).await.unwrap();
-    let config = serde_json::json!({"tenants": [{
-        "id": "acme",
-        "key_sha256": deskbroker_shared::ids::TokenDigest::of("acme-key-0123456789").to_hex(),
-        "limits": {"max_tunnels": 2},
-    }]});
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
+    let (dir, path) = crate::acme_config(2);
     let sessions = format!(
         "relay: {} tenant=acme\ng: guacd://{}/vnc?hostname=desk-1 tenant=acme\n",
         echo.addr, guacd.addr
@@ -453,6 +446,10 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
     assert_eq!(unresponsive("websockify"), Some(1.0), "{text}");
     assert_eq!(unresponsive("websocket-tunnel"), Some(1.0));
     let by_tenant = r#"deskbroker_tenant_tunnels_open{tenant="acme"}"#;
-    assert_eq!(sample(&text, by_tenant), Some(2.0), "the tenant's series, behind the flag");
+    assert_eq!(
+        sample(&text, by_tenant),
+        Some(2.0),
+        "the tenant's series, behind the flag"
+    );
     drop((gone, g_gone));
 }

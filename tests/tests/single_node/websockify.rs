@@ -361,14 +361,7 @@ async fn a_vnc_server_that_never_greets_closes_its_tunnel_in_time_and_frees_its_
     // A tenant allowed one tunnel at a time, with a session on a VNC server that accepts the connection
     // and never sends its greeting, and one on an echo server.
     let (silent, echo) = (Silent::start().await.unwrap(), Echo::start().await.unwrap());
-    let config = serde_json::json!({"tenants": [{
-        "id": "acme",
-        "key_sha256": deskbroker_shared::ids::TokenDigest::of("acme-key-0123456789").to_hex(),
-        "limits": {"max_tunnels": 1},
-    }]});
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
+    let (dir, path) = crate::acme_config(1);
     let sessions = format!(
         "hung: {} tenant=acme
 echo: {} tenant=acme
