@@ -91,6 +91,8 @@ pub struct ControlPlane {
 pub struct Timeouts {
     /// HTTP tunnels without a request for this long are closed.
     pub http_tunnel: Duration,
+    /// How long a stop goes on serving, not ready, before it refuses new tunnels.
+    pub drain_grace: Duration,
     /// How long a stop waits for tunnels to end by themselves.
     pub drain: Duration,
     /// How long a VNC server may take, once connected, to send its greeting.
@@ -104,6 +106,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             http_tunnel: defaults::HTTP_TUNNEL_TIMEOUT,
+            drain_grace: defaults::DRAIN_GRACE,
             drain: defaults::DRAIN_TIMEOUT,
             vnc_greeting: defaults::VNC_GREETING_TIMEOUT,
             browser_liveness: defaults::BROWSER_LIVENESS_TIMEOUT,

@@ -112,6 +112,17 @@ pub const PEER_HEAD_TIMEOUT: Duration =
 pub const PEER_BODY_STALL_TIMEOUT: Duration =
     GUACD_SILENCE_TIMEOUT.saturating_add(Duration::from_secs(5));
 
+/// How long a stopping node waits for the owners of the reads it forwards to say they will end them: one
+/// round trip each on the cluster's network, all at once.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// On a stop, how long a node goes on serving, not ready (`/readyz` and its browser listener's
+/// `/healthz` answer 503), before it refuses new tunnels and stops accepting: what a load balancer or
+/// Kubernetes takes to notice and send new connections elsewhere (HAProxy probing every 500 ms with
+/// `fall 2` takes one second; an endpoint's removal reaches kube-proxy in about as much). Also
+/// `--drain-grace`.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Largest body of the live view's question to a node's peer listener: the ids of the sessions listed that
 /// have tunnels on the node, 39 bytes each in JSON. Only a caller with the cluster secret gets it read, so
 /// this bounds a mistake rather than an attack: some 200,000 sessions, more than a node holds tunnels.

@@ -93,6 +93,10 @@ pub struct Args {
           default_value_t = defaults::HTTP_TUNNEL_TIMEOUT.into())]
     pub http_tunnel_timeout: humantime::Duration,
 
+    /// On stop, how long to go on serving, not ready, while load balancers take the node out (e.g. `2s`).
+    #[arg(long, env = "DESKBROKER_DRAIN_GRACE", default_value_t = defaults::DRAIN_GRACE.into())]
+    pub drain_grace: humantime::Duration,
+
     /// On stop, how long to wait for tunnels to end before closing them (e.g. `10s`).
     #[arg(long, env = "DESKBROKER_DRAIN_TIMEOUT", default_value_t = defaults::DRAIN_TIMEOUT.into())]
     pub drain_timeout: humantime::Duration,
@@ -261,6 +265,7 @@ impl Args {
             web_dir: self.web_dir,
             timeouts: Timeouts {
                 http_tunnel: self.http_tunnel_timeout.into(),
+                drain_grace: self.drain_grace.into(),
                 drain: self.drain_timeout.into(),
                 vnc_greeting: self.vnc_greeting_timeout.into(),
                 browser_liveness: self.browser_liveness_timeout.into(),

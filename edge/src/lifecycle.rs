@@ -234,15 +234,22 @@ impl NodeHandle {
         &self.node
     }
 
-    /// Stops the node: no new connections; tunnels get the drain timeout to end by themselves, then the
-    /// rest are closed with a status; the peer listener and the control channel stop with them; the node
-    /// leaves the cluster; the demo desktop stops. An error says what did not stop in time (it was cut
-    /// short) or failed.
+    /// Stops the node: not ready at once, while it goes on serving for the drain grace; then new tunnels
+    /// are refused (try again elsewhere), no new connections are accepted, and the owners of the reads it
+    /// forwards are asked to end them; its own tunnels get the drain timeout to end by themselves, then
+    /// the rest are closed with a status that says to try again; the peer listener and the control
+    /// channel stop with them; the node leaves the cluster; the demo desktop stops. An error says what
+    /// did not stop in time (it was cut short) or failed.
     pub async fn stop(self) -> Result<(), StopError> {
-        // Not ready first (`/readyz` answers 503 from here on), then no new connections.
+        // Not ready first (`/readyz`, and `/healthz` on the browser listener, answer 503 from here on),
+        // while load balancers take the node out of rotation.
         let tunnels = self.node.tunnels();
         tunnels.close();
+        info!(grace = ?self.node.timeouts().drain_grace, "not ready; serving on while load balancers notice");
+        tokio::time::sleep(self.node.timeouts().drain_grace).await;
+        self.node.refuse_new_tunnels();
         self.stop_accepting.cancel();
+        self.node.forwarder().release_reads().await;
         info!(open = tunnels.len(), "draining tunnels");
         let mut left = None;
         if timeout(self.node.timeouts().drain, tunnels.wait())

@@ -56,6 +56,8 @@ struct Inner {
     sealer: Option<Sealer>,
     revocations: Revocations,
     tunnels: TaskTracker,
+    /// Cancelled when the node refuses new tunnels (a stop, past its grace).
+    refusing: CancellationToken,
     close_tunnels: CancellationToken,
 }
 
@@ -78,6 +80,7 @@ impl Node {
                 sealer,
                 revocations: Revocations::default(),
                 tunnels: TaskTracker::new(),
+                refusing: CancellationToken::new(),
                 close_tunnels: CancellationToken::new(),
             }),
         }
@@ -114,6 +117,16 @@ impl Node {
         &self.inner.local
     }
 
+    /// From now on, new tunnels are refused, with a status that says to try again (elsewhere).
+    pub fn refuse_new_tunnels(&self) {
+        self.inner.refusing.cancel();
+    }
+
+    /// Whether the node has been told to stop (it is not ready from then on).
+    pub fn draining(&self) -> bool {
+        self.inner.tunnels.is_closed()
+    }
+
     /// Cancelled when the node closes its remaining tunnels.
     pub fn closing(&self) -> &CancellationToken {
         &self.inner.close_tunnels
@@ -122,7 +135,7 @@ impl Node {
     /// Whether this node can take new tunnels now: it is not stopping, its lease runs, and the registry
     /// answers within its deadline (every server of a Cluster); otherwise why not.
     pub async fn ready(&self) -> Result<(), NotReady> {
-        if self.inner.tunnels.is_closed() {
+        if self.draining() {
             return Err(NotReady::Draining);
         }
         if !self.inner.membership.lease_held() {
@@ -192,7 +205,7 @@ impl Node {
 
     /// The live session a connect request's token grants.
     pub async fn session(&self, token: Option<&SessionToken>) -> Result<Session, TunnelError> {
-        if self.inner.close_tunnels.is_cancelled() {
+        if self.inner.refusing.is_cancelled() || self.inner.close_tunnels.is_cancelled() {
             return Err(TunnelError::ShuttingDown);
         }
         let token = token.ok_or(TunnelError::MissingToken)?;

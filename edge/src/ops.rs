@@ -21,6 +21,15 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// `/healthz` on the browser listener, which load balancers probe for rotation: 503 `draining` from the
+/// moment the node is told to stop (as when it is full: the listener answers 503 past its cap).
+pub async fn public_healthz(State(node): State<Node>) -> (StatusCode, &'static str) {
+    match node.draining() {
+        true => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        false => (StatusCode::OK, "ok"),
+    }
+}
+
 pub async fn readyz(State(node): State<Node>) -> (StatusCode, String) {
     match node.ready().await {
         Ok(()) => (StatusCode::OK, "ready".into()),
@@ -89,7 +98,7 @@ impl Collector for Tunnels {
         }
 
         let draining = [([("node", self.node.membership().me().id.as_str())], {
-            u64::from(self.node.tunnels().is_closed())
+            u64::from(self.node.draining())
         })];
         let help = "1 from the moment the node was told to stop.";
         encode_each(&mut encoder, ("draining", help), false, draining)

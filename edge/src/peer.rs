@@ -10,10 +10,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use deskbroker_shared::GuacStatus;
+use deskbroker_shared::ids::TunnelToken;
 use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TrafficQuery};
+use deskbroker_shared::tunnel_op::TUNNEL_TOKEN_HEADER;
 
 use crate::defaults::TRAFFIC_QUERY_LIMIT;
 use crate::error::error_response;
@@ -55,6 +57,31 @@ pub async fn tunnel(
         _ => "refused",
     });
     response
+}
+
+/// A stopping node asks this owner to end the read it forwards of the tunnel named by the request's
+/// `Guacamole-Tunnel-Token`: the read ends at its next instruction boundary, and the client's next read
+/// goes to a node that stays. 204 when the tunnel is here, 404 otherwise.
+pub async fn release_read(
+    State(node): State<Node>,
+    State(tunnels): State<HttpTunnels>,
+    headers: HeaderMap,
+) -> StatusCode {
+    if !authenticated(&node, &headers) {
+        return StatusCode::FORBIDDEN;
+    }
+    let token = headers
+        .get(TUNNEL_TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(TunnelToken::new);
+    match token.and_then(|token| tunnels.get(&token)) {
+        Some(tunnel) => {
+            debug!(tunnel = %tunnel.id, "the node forwarding its read is stopping; ending the read");
+            tunnel.release_read();
+            StatusCode::NO_CONTENT
+        }
+        None => StatusCode::NOT_FOUND,
+    }
 }
 
 /// What this node's tunnels of the sessions asked for have moved, for the control plane's live view: one

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::{FromRef, State};
 use axum::routing::{any, get, post};
 
-use deskbroker_shared::peer::{TRAFFIC_PATH, TUNNEL_PATH};
+use deskbroker_shared::peer::{RELEASE_READ_PATH, TRAFFIC_PATH, TUNNEL_PATH};
 
 use crate::http_tunnel::{self, HttpTunnels};
 use crate::node::Node;
@@ -27,7 +27,7 @@ pub fn public(routes: Routes, web_dir: Option<&Path>) -> Router {
         .route("/websockify", any(websockify::handle))
         .route("/websocket-tunnel", any(ws_tunnel::handle))
         .route("/tunnel", any(http_tunnel::handle))
-        .route("/healthz", get(ops::healthz))
+        .route("/healthz", get(ops::public_healthz))
         .route("/readyz", get(ops::readyz))
         .route("/client/session", get(page::session));
     page::with_files(router, web_dir).with_state(routes)
@@ -38,6 +38,7 @@ pub fn peers(routes: Routes) -> Router {
     Router::new()
         .route(TUNNEL_PATH, any(peer::tunnel))
         .route(TRAFFIC_PATH, post(peer::traffic))
+        .route(RELEASE_READ_PATH, post(peer::release_read))
         .route("/healthz", get(ops::healthz))
         .with_state(routes)
 }

@@ -13,6 +13,11 @@ pub const CLUSTER_SECRET_HEADER: &str = "deskbroker-cluster-secret";
 /// Where forwarded HTTP tunnel requests go, with the browser's query string unchanged.
 pub const TUNNEL_PATH: &str = "/tunnel";
 
+/// Where a node that is stopping asks a tunnel's owner to end the read it forwards (`POST`, with the
+/// tunnel's `Guacamole-Tunnel-Token`): the owner ends it at its next instruction boundary, as a read ends
+/// when a newer one arrives, and the client's next read goes to a node that stays.
+pub const RELEASE_READ_PATH: &str = "/release-read";
+
 /// Where the live view asks a node, in one `POST` of a [`TrafficQuery`], what its tunnels have moved.
 pub const TRAFFIC_PATH: &str = "/traffic";
 

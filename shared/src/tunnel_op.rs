@@ -5,6 +5,10 @@
 //! header alone) and `<n>` only defeats caches, so neither is parsed. The error text is the Java servlet's,
 //! which the stock client shows; what it quotes of the query is bounded, since the query is the browser's.
 
+/// The header that names an HTTP tunnel after `connect` (its value is the tunnel's secret token): the
+/// only thing a read or a write is found by.
+pub const TUNNEL_TOKEN_HEADER: &str = "guacamole-tunnel-token";
+
 /// Most characters of a rejected query quoted back in the error.
 pub const MAX_SHOWN: usize = 64;
 

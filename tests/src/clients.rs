@@ -237,13 +237,19 @@ impl HttpTunnel {
     /// Starts the read loop as the JS does, against `bases` in turn (one base per read request, round robin),
     /// and returns the instructions it delivers, in order.
     pub fn read(&self, bases: Vec<String>) -> Reader {
+        self.read_routed(move |n| bases[n % bases.len()].clone())
+    }
+
+    /// The same read loop, sending read request `n` to the base `route(n)` names at the moment it is sent:
+    /// as a load balancer routes, which a test can change while the loop runs.
+    pub fn read_routed(&self, route: impl Fn(usize) -> String + Send + Sync + 'static) -> Reader {
         let (events, receiver) = mpsc::channel(64);
         let http = self.http.clone();
         let (uuid, token) = (self.uuid.clone(), self.token.clone());
         let responses = self.responses.clone();
         tokio::spawn(async move {
             let request = |n: usize| {
-                let url = format!("{}/tunnel?read:{uuid}:{n}", bases[n % bases.len()]);
+                let url = format!("{}/tunnel?read:{uuid}:{n}", route(n));
                 http.get(url)
                     .header("guacamole-tunnel-token", token.clone())
                     .send()

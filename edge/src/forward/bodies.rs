@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use deskbroker_shared::ids::NodeId;
 
+use super::Listed;
 use super::error::ForwardError;
 
 /// A request body that cancels `sent` once it has ended, or has been dropped (hyper drops a body it has
@@ -79,6 +80,8 @@ pub struct Watched<B> {
     /// Waiting for the owner since the last frame, and the timer is set for this wait.
     waiting: bool,
     done: bool,
+    /// A read's place in the list of reads this node forwards, given up with the body.
+    _listed: Option<Listed>,
 }
 
 impl<B> Watched<B> {
@@ -91,7 +94,14 @@ impl<B> Watched<B> {
             stalled: Box::pin(sleep(stall_deadline)),
             waiting: false,
             done: false,
+            _listed: None,
         }
+    }
+
+    /// Keeps `listed` for as long as the body lives.
+    pub fn listed(mut self, listed: Option<Listed>) -> Self {
+        self._listed = listed;
+        self
     }
 
     fn cut<T>(&mut self, error: ForwardError) -> Poll<Option<Result<T, ForwardError>>> {

@@ -15,7 +15,7 @@ mod bodies;
 mod error;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Uri};
@@ -25,19 +25,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use deskbroker_broker::Membership;
 use deskbroker_broker::lease::Lease;
 use deskbroker_shared::GuacStatus;
 use deskbroker_shared::cluster::NodeRecord;
 use deskbroker_shared::ids::{ClusterSecret, TokenDigest};
-use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, TUNNEL_PATH};
+use deskbroker_shared::peer::{CLUSTER_SECRET_HEADER, RELEASE_READ_PATH, TUNNEL_PATH};
+use deskbroker_shared::tunnel_op::TUNNEL_TOKEN_HEADER;
 
 use self::bodies::{Lapse, Sending, Watched};
 use self::error::ForwardError;
 use crate::defaults::{
     OWNER_CACHE_ENTRIES, PEER_BODY_STALL_TIMEOUT, PEER_CONNECT_TIMEOUT, PEER_HEAD_TIMEOUT,
+    RELEASE_TIMEOUT,
 };
 use crate::error::{TunnelError, error_response};
 use crate::metrics::metrics;
@@ -46,6 +48,36 @@ pub struct Forwarder {
     client: Client<HttpConnector, Body>,
     secret: Option<ClusterSecret>,
     owners: Mutex<HashMap<TokenDigest, NodeRecord>>,
+    reads: Reads,
+}
+
+/// The reads this node forwards while their responses stream: each one's owner, and the tunnel token to
+/// name it by, so that a stopping node can ask the owners to end them.
+type Reads = Arc<Mutex<ReadList>>;
+
+#[derive(Default)]
+struct ReadList {
+    next: u64,
+    reads: HashMap<u64, (NodeRecord, HeaderValue)>,
+}
+
+/// A forwarded read's place in the list, given up when its response body is dropped.
+pub struct Listed {
+    reads: Reads,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        lock(&self.reads).reads.remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Single map operations only: nothing can be left half-updated.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a lookup for a token that is not local found.
@@ -66,14 +98,65 @@ impl Forwarder {
             client,
             secret,
             owners: Mutex::default(),
+            reads: Reads::default(),
         }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<TokenDigest, NodeRecord>> {
-        // Single map operations only: the cache cannot be left half-updated.
-        self.owners
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.owners)
+    }
+
+    /// Lists a read being forwarded to `owner`, for as long as the returned value lives.
+    fn list(&self, owner: &NodeRecord, token: HeaderValue) -> Listed {
+        let mut list = lock(&self.reads);
+        list.next += 1;
+        let id = list.next;
+        list.reads.insert(id, (owner.clone(), token));
+        Listed {
+            reads: self.reads.clone(),
+            id,
+        }
+    }
+
+    /// Asks the owner of every read this node forwards to end it now, at an instruction boundary, so that
+    /// the clients' next reads go to nodes that stay (this one is stopping). Waits for their answers, at
+    /// most [`RELEASE_TIMEOUT`]; a read whose owner does not answer is cut when this node exits.
+    pub async fn release_reads(&self) {
+        let Some(secret) = &self.secret else {
+            return;
+        };
+        let reads: Vec<(NodeRecord, HeaderValue)> =
+            lock(&self.reads).reads.values().cloned().collect();
+        if reads.is_empty() {
+            return;
+        }
+        let asks = reads.iter().map(|(owner, token)| {
+            let url = format!(
+                "{}{RELEASE_READ_PATH}",
+                owner.peer_url.trim_end_matches('/')
+            );
+            let mut request = Request::post(url).body(Body::empty());
+            if let Ok(request) = &mut request {
+                let headers = request.headers_mut();
+                headers.insert(TUNNEL_TOKEN_HEADER, token.clone());
+                if let Ok(value) = HeaderValue::from_str(secret.expose()) {
+                    headers.insert(CLUSTER_SECRET_HEADER, value);
+                }
+            }
+            async move {
+                match request {
+                    Ok(request) => self.client.request(request).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        });
+        let answered =
+            tokio::time::timeout(RELEASE_TIMEOUT, futures_util::future::join_all(asks)).await;
+        let released = answered.map_or(0, |answers| answers.into_iter().filter(|ok| *ok).count());
+        info!(
+            reads = reads.len(),
+            released, "asked the owners to end the reads forwarded through this node"
+        );
     }
 
     /// Finds the live owner of the tunnel with this token, from the cache (if the view says its lease still
@@ -148,6 +231,14 @@ impl Forwarder {
             false => "write",
         };
         let forwarded = Instant::now();
+        // A read is listed while it streams, so that this node can have it ended if it stops.
+        let listed = match op {
+            "read" => parts
+                .headers
+                .get(TUNNEL_TOKEN_HEADER)
+                .map(|token| self.list(owner, token.clone())),
+            _ => None,
+        };
         let sent = CancellationToken::new();
         let request = Request::from_parts(parts, Body::new(Sending::new(body, sent.clone())));
         let mut lapsed: Lapse = Box::pin(membership.lapsed(owner.clone()));
@@ -176,7 +267,8 @@ impl Forwarder {
                 }
                 response
                     .map(|body| {
-                        Body::new(Watched::new(body, peer(), lapsed, PEER_BODY_STALL_TIMEOUT))
+                        let watched = Watched::new(body, peer(), lapsed, PEER_BODY_STALL_TIMEOUT);
+                        Body::new(watched.listed(listed))
                     })
                     .into_response()
             }

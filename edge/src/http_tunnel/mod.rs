@@ -26,7 +26,7 @@ use deskbroker_shared::cluster::TunnelKind;
 use deskbroker_shared::connect::ConnectRequest;
 use deskbroker_shared::ids::TunnelToken;
 use deskbroker_shared::instruction::{self, END_OF_RESPONSE, FromBrowser};
-use deskbroker_shared::tunnel_op::{InvalidOperation, Operation};
+use deskbroker_shared::tunnel_op::{self, InvalidOperation, Operation};
 use deskbroker_shared::{GuacStatus, InstructionBuffer, ParseError};
 
 pub use tunnel::{HttpTunnel, HttpTunnels};
@@ -40,7 +40,7 @@ use crate::metrics::metrics;
 use crate::node::Node;
 
 /// The header that identifies an HTTP tunnel after `connect`: the only thing a request is found by.
-pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static("guacamole-tunnel-token");
+pub const TUNNEL_TOKEN: HeaderName = HeaderName::from_static(tunnel_op::TUNNEL_TOKEN_HEADER);
 
 /// Where a request may be served: any tunnel in the cluster (browser requests), or only this node's own
 /// (requests a peer forwarded, which are never forwarded again).
@@ -199,7 +199,8 @@ impl Read {
             return None;
         }
         loop {
-            if self.sent && self.tunnel.readers_waiting() {
+            // A release is for the active read, whatever it has sent: its node is going away.
+            if self.tunnel.take_release() || (self.sent && self.tunnel.readers_waiting()) {
                 return self.end();
             }
             tokio::select! {
@@ -214,7 +215,8 @@ impl Read {
                         return self.end();
                     }
                 },
-                () = self.tunnel.reader_arrived(), if self.sent => {}
+                // A newer reader, or a release: the loop's first check decides.
+                () = self.tunnel.reader_arrived() => {}
             }
         }
     }

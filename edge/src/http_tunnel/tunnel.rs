@@ -8,7 +8,7 @@
 //! the client's normal end of stream) or until the idle timeout.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,6 +70,9 @@ pub struct HttpTunnel {
     /// Read requests waiting for the lock: the active read gives way once it has sent something.
     readers_waiting: AtomicUsize,
     reader_arrived: Notify,
+    /// The node that forwarded the active read is going away: end that read at once, at an instruction
+    /// boundary, so that the client's next read goes to a node that stays.
+    release: AtomicBool,
     input: mpsc::Sender<Bytes>,
     /// Write requests take turns, so their instructions reach guacd in request order.
     writer: tokio::sync::Mutex<()>,
@@ -117,6 +120,7 @@ impl HttpTunnel {
             output: Arc::new(tokio::sync::Mutex::new(output_rx)),
             readers_waiting: AtomicUsize::new(0),
             reader_arrived: Notify::new(),
+            release: AtomicBool::new(false),
             input: input_tx,
             writer: tokio::sync::Mutex::new(()),
             last_access: Mutex::new(Instant::now()),
@@ -175,6 +179,18 @@ impl HttpTunnel {
 
     pub async fn reader_arrived(&self) {
         self.reader_arrived.notified().await;
+    }
+
+    /// Ends the active read at its next instruction boundary (or the next read at once, when none is
+    /// active): the node it came through is stopping.
+    pub fn release_read(&self) {
+        self.release.store(true, Ordering::SeqCst);
+        self.reader_arrived.notify_one();
+    }
+
+    /// Whether a release was asked for since the last call.
+    pub fn take_release(&self) -> bool {
+        self.release.swap(false, Ordering::SeqCst)
     }
 
     /// The read has seen the end of guacd's output: deregister.

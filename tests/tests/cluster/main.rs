@@ -8,6 +8,7 @@
 )]
 
 mod control_channel;
+mod draining;
 mod failures;
 mod forwarding;
 mod logs;

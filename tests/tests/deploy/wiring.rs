@@ -7,12 +7,13 @@ use crate::manifests::{
 use crate::{KUSTOMIZATIONS, OVERLAY, Rendered, id, render};
 
 /// What a stopping edge takes after its drain timeout at most: 2 s to close what is left, 5 s for the
-/// listeners and the lease (docs/lifecycle.md).
-const EDGE_STOP_AFTER_DRAIN: u64 = 7;
+/// listeners and the lease, and 1 s to have forwarded reads released (docs/lifecycle.md).
+const EDGE_STOP_AFTER_DRAIN: u64 = 8;
 /// What the broker gives requests in progress when it stops (docs/lifecycle.md).
 const BROKER_STOP: u64 = 5;
-/// The edge's drain timeout when the manifests do not set one (README's flags table).
+/// The edge's drain timeout and grace when the manifests do not set them (docs/operations.md's flags).
 const DEFAULT_DRAIN: &str = "10s";
+const DEFAULT_DRAIN_GRACE: &str = "2s";
 /// The UID the image runs as.
 const UID: u64 = 65532;
 
@@ -79,10 +80,13 @@ fn the_grace_period_covers_the_pre_stop_sleep_and_the_drain() {
                 .unwrap_or_else(|| panic!("{}: no preStop sleep", id(workload)));
             let stop = match binary {
                 "deskbroker-edge" => {
-                    let drain = env(container, "DESKBROKER_DRAIN_TIMEOUT")
-                        .and_then(|entry| entry["value"].as_str())
-                        .unwrap_or(DEFAULT_DRAIN);
-                    seconds(drain) + EDGE_STOP_AFTER_DRAIN
+                    let set = |name, default| {
+                        let value = env(container, name).and_then(|entry| entry["value"].as_str());
+                        seconds(value.unwrap_or(default))
+                    };
+                    set("DESKBROKER_DRAIN_GRACE", DEFAULT_DRAIN_GRACE)
+                        + set("DESKBROKER_DRAIN_TIMEOUT", DEFAULT_DRAIN)
+                        + EDGE_STOP_AFTER_DRAIN
                 }
                 _ => BROKER_STOP,
             };
