@@ -18,8 +18,8 @@ use tracing::{debug, warn};
 
 use deskbroker_shared::ids::NodeId;
 
-use super::Listed;
 use super::error::ForwardError;
+use super::reads::Listed;
 
 /// A request body that cancels `sent` once it has ended, or has been dropped (hyper drops a body it has
 /// written, and an empty one without polling it).

@@ -13,9 +13,10 @@
 
 mod bodies;
 mod error;
+mod reads;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Uri};
@@ -37,6 +38,7 @@ use deskbroker_shared::tunnel_op::TUNNEL_TOKEN_HEADER;
 
 use self::bodies::{Lapse, Sending, Watched};
 use self::error::ForwardError;
+use self::reads::Reads;
 use crate::defaults::{
     OWNER_CACHE_ENTRIES, PEER_BODY_STALL_TIMEOUT, PEER_CONNECT_TIMEOUT, PEER_HEAD_TIMEOUT,
     RELEASE_TIMEOUT,
@@ -49,35 +51,6 @@ pub struct Forwarder {
     secret: Option<ClusterSecret>,
     owners: Mutex<HashMap<TokenDigest, NodeRecord>>,
     reads: Reads,
-}
-
-/// The reads this node forwards while their responses stream: each one's owner, and the tunnel token to
-/// name it by, so that a stopping node can ask the owners to end them.
-type Reads = Arc<Mutex<ReadList>>;
-
-#[derive(Default)]
-struct ReadList {
-    next: u64,
-    reads: HashMap<u64, (NodeRecord, HeaderValue)>,
-}
-
-/// A forwarded read's place in the list, given up when its response body is dropped.
-pub struct Listed {
-    reads: Reads,
-    id: u64,
-}
-
-impl Drop for Listed {
-    fn drop(&mut self) {
-        lock(&self.reads).reads.remove(&self.id);
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Single map operations only: nothing can be left half-updated.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a lookup for a token that is not local found.
@@ -103,19 +76,10 @@ impl Forwarder {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<TokenDigest, NodeRecord>> {
-        lock(&self.owners)
-    }
-
-    /// Lists a read being forwarded to `owner`, for as long as the returned value lives.
-    fn list(&self, owner: &NodeRecord, token: HeaderValue) -> Listed {
-        let mut list = lock(&self.reads);
-        list.next += 1;
-        let id = list.next;
-        list.reads.insert(id, (owner.clone(), token));
-        Listed {
-            reads: self.reads.clone(),
-            id,
-        }
+        // Single map operations only: the cache cannot be left half-updated.
+        self.owners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Asks the owner of every read this node forwards to end it now, at an instruction boundary, so that
@@ -125,8 +89,7 @@ impl Forwarder {
         let Some(secret) = &self.secret else {
             return;
         };
-        let reads: Vec<(NodeRecord, HeaderValue)> =
-            lock(&self.reads).reads.values().cloned().collect();
+        let reads = self.reads.listed();
         if reads.is_empty() {
             return;
         }
@@ -236,7 +199,7 @@ impl Forwarder {
             "read" => parts
                 .headers
                 .get(TUNNEL_TOKEN_HEADER)
-                .map(|token| self.list(owner, token.clone())),
+                .map(|token| self.reads.list(owner, token.clone())),
             _ => None,
         };
         let sent = CancellationToken::new();
