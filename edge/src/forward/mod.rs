@@ -4,12 +4,13 @@
 //! The owner is found from the registry by the digest of the `Guacamole-Tunnel-Token` (one round trip on a
 //! miss), then cached per token, and checked against its lease in the node's view at every use; a failed
 //! forward drops the cache entry. An owner whose lease lapsed, or that cannot be reached, means the tunnel is
-//! gone: the client gets 404 with Guacamole status 516 at once.
+//! lost with its node: the client gets 502 with Guacamole status 520 at once, which says to open it again
+//! (a tunnel that simply ended is 404/516, the client's normal end of stream).
 //!
 //! A forward has deadlines of its own (`bodies.rs` carries them), so that an owner that is frozen or stuck
 //! holds no request: the connection ([`PEER_CONNECT_TIMEOUT`]), the response head once the request body is
 //! sent ([`PEER_HEAD_TIMEOUT`]), a response body that stalls ([`PEER_BODY_STALL_TIMEOUT`]), and, all along,
-//! the owner's lease. Before the head, a failure is answered 404/516; after it, the response is cut.
+//! the owner's lease. Before the head, a failure is answered 502/520; after it, the response is cut.
 
 mod bodies;
 mod error;
@@ -46,6 +47,10 @@ use crate::defaults::{
 use crate::error::{TunnelError, error_response};
 use crate::metrics::metrics;
 
+/// What a client is told when the node that holds its tunnel is gone or cannot be reached: 520
+/// UPSTREAM_UNAVAILABLE, one of the statuses that say to open the tunnel again (docs/errors.md).
+pub const OWNER_LOST: &str = "The tunnel's node is gone; reconnect.";
+
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
     secret: Option<ClusterSecret>,
@@ -57,7 +62,10 @@ pub struct Forwarder {
 pub enum Owner {
     /// Another node, alive, holds it.
     Peer(NodeRecord),
-    /// No live node holds it.
+    /// The node that held it is gone (its lease lapsed): the tunnel died with it, and the client should
+    /// open a new one.
+    Lost,
+    /// No node holds it: it ended, or never was.
     Gone,
 }
 
@@ -136,7 +144,7 @@ impl Forwarder {
                 Lease::Lapsed => {
                     debug!(peer = %cached.id, "the cached owner's lease lapsed");
                     self.cache().remove(token);
-                    Owner::Gone
+                    Owner::Lost
                 }
             });
         }
@@ -148,7 +156,7 @@ impl Forwarder {
             return Ok(Owner::Gone);
         }
         let Some(owner) = membership.live_owner(&record).await? else {
-            return Ok(Owner::Gone);
+            return Ok(Owner::Lost);
         };
         let mut cache = self.cache();
         if cache.len() >= OWNER_CACHE_ENTRIES {
@@ -241,7 +249,7 @@ impl Forwarder {
                     false => debug!(side = "peer", %error, "forward failed; the owner is gone"),
                 }
                 self.cache().remove(token);
-                error_response(GuacStatus::ResourceNotFound, "No such tunnel.")
+                error_response(GuacStatus::UpstreamUnavailable, OWNER_LOST)
             }
         }
     }

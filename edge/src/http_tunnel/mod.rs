@@ -34,7 +34,7 @@ pub use tunnel::{HttpTunnel, HttpTunnels};
 use crate::client::Peer;
 use crate::defaults::CONNECT_BODY_LIMIT;
 use crate::error::{TunnelError, error_response};
-use crate::forward::Owner;
+use crate::forward::{OWNER_LOST, Owner};
 use crate::guac;
 use crate::metrics::metrics;
 use crate::node::Node;
@@ -121,6 +121,7 @@ async fn forward(node: &Node, token: &TunnelToken, request: Request<Body>) -> Re
                 .forward(node.membership(), &owner, &digest, request)
                 .await
         }
+        Ok(Owner::Lost) => error_response(GuacStatus::UpstreamUnavailable, OWNER_LOST),
         Ok(Owner::Gone) => error_response(GuacStatus::ResourceNotFound, "No such tunnel."),
         Err(error) => {
             warn!(side = %error.side(), %error, "tunnel lookup failed");

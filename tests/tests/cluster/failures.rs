@@ -8,8 +8,10 @@ use deskbroker_tests::redis::Redis;
 
 use crate::Cluster;
 
-fn missing() -> Option<(u16, Option<u16>)> {
-    Some((404, Some(516)))
+/// What a client is told of a tunnel whose node is gone: 502 with 520 UPSTREAM_UNAVAILABLE, which says to
+/// open it again (a tunnel that ended is 404/516).
+fn lost() -> Option<(u16, Option<u16>)> {
+    Some((502, Some(520)))
 }
 
 /// Polls `probe` until it returns true, for at most `limit`.
@@ -68,12 +70,12 @@ async fn killing_an_owner_ends_its_tunnels_only() {
             .await
             .err()
             .map(|e| (e.http, e.guac))
-            == missing()
+            == lost()
     })
     .await;
     assert!(
         gone,
-        "the dead owner's tunnel reads as missing (404/516) within a lease"
+        "the dead owner's tunnel reads as lost (502/520) within a lease"
     );
     let (_, ending) = doomed_reads.end().await;
     assert!(!matches!(
@@ -105,7 +107,7 @@ async fn killing_an_owner_ends_its_tunnels_only() {
 }
 
 #[tokio::test]
-async fn a_frozen_owners_tunnel_reads_as_missing_once_its_lease_lapses() {
+async fn a_frozen_owners_tunnel_reads_as_lost_once_its_lease_lapses() {
     let redis = Redis::start().await.unwrap();
     let cluster = Cluster::start(&redis.url(), 3).await;
     let tunnel = HttpTunnel::connect(&cluster.http(0), &connect_data("g"))
@@ -145,8 +147,8 @@ async fn a_frozen_owners_tunnel_reads_as_missing_once_its_lease_lapses() {
         "answered within {answered_in:?}: a write through the node that cached the owner, a read through \
          one that looks it up, the read that was in flight"
     );
-    assert_eq!(write.unwrap().err().map(|e| (e.http, e.guac)), missing());
-    assert_eq!(read.map(Some).unwrap(), missing());
+    assert_eq!(write.unwrap().err().map(|e| (e.http, e.guac)), lost());
+    assert_eq!(read.map(Some).unwrap(), lost());
     let (_, ending) = ending.unwrap();
     assert!(
         !matches!(ending, deskbroker_tests::clients::ReadEvent::Instruction(_)),

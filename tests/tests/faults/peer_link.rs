@@ -1,6 +1,6 @@
 //! The peer link between two nodes broken while both still see Redis: node A's peer listener sits behind a
 //! link the test cuts (or stalls), and A advertises the link's end as its peer URL. An HTTP tunnel owned
-//! by A and used through node B gets the documented status (404, Guacamole 516: the tunnel is gone for B);
+//! by A and used through node B gets the documented status (502, Guacamole 520: the tunnel is lost for B, reconnect);
 //! A's own clients, and its lease, are untouched.
 
 use std::time::Duration;
@@ -99,13 +99,17 @@ async fn a_cut_peer_link_fails_forwarded_requests_at_once_and_spares_the_owners_
     let (_, forwarded, report) = ended(forwarded, HANG).await;
     let noticed = report.ended_at - cut;
     assert!(
-        matches!(report.end, End::Closed(516, _) | End::Failed(_)),
+        matches!(report.end, End::Closed(520, _) | End::Failed(_)),
         "the client through B is told: {report:?}"
     );
     let started = Instant::now();
     let status = write_status(&forwarded.tunnel, &b_url).await;
     let answered = started.elapsed();
-    assert_eq!(status, (404, Some(516)), "the tunnel is gone, for B");
+    assert_eq!(
+        status,
+        (502, Some(520)),
+        "the tunnel is lost, for B: reconnect"
+    );
 
     // A still sees Redis: its lease runs past a whole lease, and its own clients do not notice.
     tokio::time::sleep(LEASE).await;
@@ -119,7 +123,7 @@ async fn a_cut_peer_link_fails_forwarded_requests_at_once_and_spares_the_owners_
     assert!(own_report.lossless(), "A's own HTTP tunnel: {own_report:?}");
     eprintln!(
         "measured: peer link cut: the client through B told in {noticed:?}, a request through B \
-         answered 404/516 in {answered:?}; through A, a relay ({} round trips) and an HTTP tunnel \
+         answered 502/520 in {answered:?}; through A, a relay ({} round trips) and an HTTP tunnel \
          ({} round trips) ran on, none lost",
         relay_report.round_trips, own_report.round_trips
     );
@@ -169,6 +173,10 @@ async fn a_stalled_peer_link_answers_forwarded_requests_in_time() {
         "measured: peer link stalled: a request through B answered {status:?} in {:?}",
         started.elapsed()
     );
-    assert_eq!(status, (404, Some(516)), "the owner cannot be reached");
+    assert_eq!(
+        status,
+        (502, Some(520)),
+        "the owner cannot be reached: reconnect"
+    );
     link.resume();
 }
