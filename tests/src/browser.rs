@@ -75,6 +75,75 @@ pub async fn open_page(job: Value) -> anyhow::Result<Value> {
     }
 }
 
+/// Pages of the web client kept open in one headless Chromium (`web/e2e/sessions.mjs`) while a test does
+/// what it will to the nodes under them, and asked now and then how they are.
+pub struct Sessions {
+    child: Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Sessions {
+    /// Opens `pages` (`[{name, url}]`) and waits until each says it is connected, or 30 s; returns the
+    /// driver and its first report.
+    pub async fn open(pages: Value) -> anyhow::Result<(Self, Value)> {
+        use tokio::io::AsyncBufReadExt;
+        let job = serde_json::json!({ "pages": pages });
+        let mut child = Command::new("node")
+            .arg("e2e/sessions.mjs")
+            .arg(job.to_string())
+            .current_dir(web_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the browser")?;
+        let stdin = child.stdin.take().context("the browser's stdin")?;
+        let stdout = child.stdout.take().context("the browser's stdout")?;
+        let mut sessions = Self {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        let ready = sessions.answer().await?;
+        Ok((sessions, ready))
+    }
+
+    async fn answer(&mut self) -> anyhow::Result<Value> {
+        let line = tokio::time::timeout(Duration::from_secs(90), self.lines.next_line())
+            .await
+            .context("the browser did not answer in time")??
+            .context("the browser exited")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    async fn command(&mut self, command: Value) -> anyhow::Result<Value> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        self.answer().await
+    }
+
+    /// Every page's state, status, pauses and reconnects.
+    pub async fn report(&mut self) -> anyhow::Result<Vec<Value>> {
+        let report = self.command(serde_json::json!({ "cmd": "report" })).await?;
+        Ok(report["pages"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Types `text` into the desktop of page `name`.
+    pub async fn type_into(&mut self, name: &str, text: &str) -> anyhow::Result<()> {
+        let command = serde_json::json!({ "cmd": "type", "name": name, "text": text });
+        self.command(command).await.map(drop)
+    }
+
+    pub async fn quit(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stdin.write_all(b"{\"cmd\":\"quit\"}\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
 /// HAProxy in HTTP mode, round robin per request, no stickiness: the product's configuration
 /// (`deploy/haproxy.cfg`, which docker-compose.yml runs), with this test's address and backends.
 pub struct Balancer {

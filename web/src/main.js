@@ -38,9 +38,20 @@ const MEANINGS = {
   797: 'Too many connections for this account.',
 };
 
+/** Guacamole statuses that say to try again: the node is stopping or lost, or full (docs/errors.md). */
+const TRY_AGAIN_GUACAMOLE = new Set([520, 513]);
+/** Raw relay closes that say to try again: 4503, and a connection that ended without a close frame. */
+const TRY_AGAIN_VNC = new Set([4503, 1006]);
+/** How many times in a row the page tries to reconnect before it gives up and says why. */
+const RECONNECT_TRIES = 8;
+
+/** What the page has been through, for people and for the end-to-end tests: each reconnect's pause, in ms. */
+window.deskbroker = { pauses: [], reconnects: 0 };
+
 function show(text, state = 'info') {
   $('status').textContent = text;
   $('status').dataset.state = state;
+  $('overlay').hidden = state !== 'reconnecting';
 }
 
 /** The session being shown, as `client/session` described it. */
@@ -66,6 +77,19 @@ function ended(text, state) {
   $('reconnect').hidden = false;
 }
 
+/**
+ * Whether a Guacamole status says to try again. A connection that ended without a status reaches
+ * guacamole-common-js as 519 without a message (a server that sent 519 says so in words), and its own receive
+ * timeout as 514 "Server timeout." (the tunnel stalled, as through a frozen node). During a reconnect, the
+ * tenant's limit may still count the tunnel that died, until its node's lease lapses.
+ */
+function guacamoleRetries(status, reconnecting) {
+  return TRY_AGAIN_GUACAMOLE.has(status.code)
+    || (status.code === 519 && !status.message)
+    || (status.code === 514 && status.message === 'Server timeout.')
+    || (reconnecting && status.code === 797);
+}
+
 function wsUrl(path) {
   const url = new URL(path, location.href);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -79,25 +103,40 @@ async function lookUp(token) {
   return response.json();
 }
 
-function connectVnc(token, readOnly) {
+/**
+ * Opens a raw VNC session with noVNC and reports through `events`: `open(text)`, `end(text, state)` (final) or
+ * `retry(why)` (try again).
+ */
+function connectVnc(token, readOnly, events, reconnecting) {
   // Our own socket, so the close code and reason can be told to the person (noVNC only says "unclean").
   const socket = new WebSocket(wsUrl(`websockify?token=${encodeURIComponent(token)}`), ['binary']);
   let closed = null;
+  let leaving = false;
   socket.addEventListener('close', (event) => { closed = event; });
+  screen.replaceChildren();
   const rfb = new RFB(screen, socket, { shared: true });
   rfb.scaleViewport = true;
   rfb.viewOnly = readOnly;
-  rfb.addEventListener('connect', () => show(readOnly ? 'Connected (VNC, view only).' : 'Connected (VNC).', 'open'));
-  rfb.addEventListener('securityfailure', (event) => ended(`Security failure: ${event.detail.reason}`, 'error'));
+  rfb.addEventListener('connect', () => events.open(readOnly ? 'Connected (VNC, view only).' : 'Connected (VNC).'));
+  rfb.addEventListener('securityfailure', (event) => events.end(`Security failure: ${event.detail.reason}`, 'error'));
   rfb.addEventListener('disconnect', () => {
-    if (closed && closed.code !== 1000) ended(meaning(closed.code, closed.reason || 'Connection lost.'), 'error');
-    else ended('Disconnected.', 'info');
+    if (leaving) return;
+    const code = closed?.code ?? 1006;
+    console.info(`deskbroker: relay closed ${code} ${closed?.reason ?? ''}`);
+    if (code === 1000) events.end('Disconnected.', 'info');
+    else if (TRY_AGAIN_VNC.has(code) || (reconnecting && code === 4429)) events.retry(meaning(code, 'Connection lost.'));
+    else events.end(meaning(code, closed?.reason || 'Connection lost.'), 'error');
   });
-  show('Connecting to the desktop…');
-  return { disconnect: () => rfb.disconnect() };
+  show(reconnecting ? 'Reconnecting…' : 'Connecting to the desktop…', reconnecting ? 'reconnecting' : 'info');
+  return { disconnect: () => { leaving = true; rfb.disconnect(); } };
 }
 
-function connectGuacamole(token, transport, readOnly) {
+/**
+ * Opens a guacd session with guacamole-common-js and reports as `connectVnc` does. The client only hears its
+ * tunnel's instructions, not how the tunnel closed: an HTTP tunnel whose read was cut closes without an error
+ * while the client still says it is connected. So the page watches the tunnel too.
+ */
+function connectGuacamole(token, transport, readOnly, events, reconnecting) {
   const websocket = () => new Guacamole.WebSocketTunnel('websocket-tunnel');
   const http = () => new Guacamole.HTTPTunnel('tunnel');
   const tunnel = transport === 'websocket' ? websocket()
@@ -116,16 +155,32 @@ function connectGuacamole(token, transport, readOnly) {
   });
   for (const type of ['image/png', 'image/jpeg', 'image/webp']) data.append('GUAC_IMAGE', type);
 
-  let failed = false;
+  let clientState = 0;
+  let clientError = null;
+  let tunnelError = null;
+  let leaving = false;
   const states = ['Idle.', 'Connecting…', 'Waiting for the desktop…', 'Connected.', 'Disconnecting…', 'Disconnected.'];
   client.onstatechange = (state) => {
-    if (state === 3) show(`Connected (Guacamole, ${transport}${readOnly ? ', view only' : ''}).`, 'open');
-    else if (state === 5) { if (!failed) ended('Disconnected.', 'info'); }
-    else show(states[state] ?? `State ${state}.`);
+    clientState = state;
+    if (state === 3) events.open(`Connected (Guacamole, ${transport}${readOnly ? ', view only' : ''}).`);
+    else if (state < 3 && !reconnecting) show(states[state] ?? `State ${state}.`);
   };
-  client.onerror = (status) => {
-    failed = true;
-    ended(meaning(status.code, status.message), 'error');
+  client.onerror = (status) => { clientError = status; };
+  tunnel.onerror = (status) => { tunnelError = status; };
+  tunnel.onstatechange = (state) => {
+    if (state !== Guacamole.Tunnel.State.CLOSED || leaving) return;
+    leaving = true;
+    // Whether the client was ending (guacd said `disconnect`, or sent an error) before the tunnel closed.
+    const clientEnding = clientState >= 4;
+    stopInput();
+    client.disconnect();
+    const status = clientError ?? tunnelError;
+    console.info(`deskbroker: tunnel closed: ${status ? `${status.code} ${status.message}` : 'no status'}`);
+    if (status && guacamoleRetries(status, reconnecting)) events.retry(meaning(status.code, status.message));
+    else if (status) events.end(meaning(status.code, status.message), 'error');
+    else if (clientEnding) events.end('Disconnected.', 'info');
+    // The tunnel closed by itself, without a word (a read cut mid-response): try again.
+    else events.retry('Connection lost.');
   };
 
   const mouse = new Guacamole.Mouse(display);
@@ -135,22 +190,72 @@ function connectGuacamole(token, transport, readOnly) {
   const keyboard = new Guacamole.Keyboard(screen);
   keyboard.onkeydown = (keysym) => { client.sendKeyEvent(1, keysym); return false; };
   keyboard.onkeyup = (keysym) => client.sendKeyEvent(0, keysym);
+  const stopInput = () => { keyboard.onkeydown = keyboard.onkeyup = null; };
   screen.focus();
 
+  if (reconnecting) show('Reconnecting…', 'reconnecting');
   client.connect(data.toString());
   return {
     disconnect: () => {
-      keyboard.onkeydown = keyboard.onkeyup = null;
+      leaving = true;
+      stopInput();
       client.disconnect();
     },
   };
 }
 
+/** Jittered backoff: the first try at once, then doubling from 250 ms up to 3 s, each a random half to whole. */
+function backoff(tries) {
+  if (tries === 0) return 0;
+  const ceiling = Math.min(3000, 250 * 2 ** (tries - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
+let tries = 0;
+let lostAt = null;
+let retryTimer = null;
+
+/** Opens the looked-up session; on a loss that says to try again, again, with the same token. */
+function open(token) {
+  const reconnecting = lostAt !== null;
+  const events = {
+    open(text) {
+      if (lostAt !== null) window.deskbroker.pauses.push(Math.round(performance.now() - lostAt));
+      lostAt = null;
+      tries = 0;
+      show(text, 'open');
+    },
+    end(text, state) {
+      current = null;
+      lostAt = null;
+      ended(text, state);
+    },
+    retry(why) {
+      current = null;
+      lostAt ??= performance.now();
+      if (tries >= RECONNECT_TRIES) {
+        lostAt = null;
+        ended(`${why} Reconnecting failed ${tries} times.`, 'error');
+        return;
+      }
+      window.deskbroker.reconnects += 1;
+      show('Reconnecting…', 'reconnecting');
+      retryTimer = setTimeout(() => open(token), backoff(tries++));
+    },
+  };
+  current = session.kind === 'vnc'
+    ? connectVnc(token, session.read_only, events, reconnecting)
+    : connectGuacamole(token, $('transport').value, session.read_only, events, reconnecting);
+}
+
 async function connect() {
   const token = $('token').value.trim();
   if (!token) return;
+  clearTimeout(retryTimer);
   current?.disconnect();
   current = null;
+  tries = 0;
+  lostAt = null;
   $('reconnect').hidden = true;
   screen.replaceChildren();
   show('Looking up the session…');
@@ -161,9 +266,7 @@ async function connect() {
     ended(error.message, 'error');
     return;
   }
-  current = session.kind === 'vnc'
-    ? connectVnc(token, session.read_only)
-    : connectGuacamole(token, $('transport').value, session.read_only);
+  open(token);
 }
 
 $('connect').addEventListener('submit', (event) => { event.preventDefault(); connect(); });

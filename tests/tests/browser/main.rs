@@ -8,6 +8,8 @@
     reason = "a test: a failed expectation is a failed test"
 )]
 
+mod reconnect;
+
 use std::time::Duration;
 
 use serde_json::{Value, json};

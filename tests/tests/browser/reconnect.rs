@@ -1,0 +1,213 @@
+//! Planned restarts and a lost node cost a user a pause, not a click: sessions of the web page in headless
+//! Chromium (noVNC on a real Xvnc running an xterm, and guacamole-common-js over the WebSocket, HTTP and
+//! chained tunnels to the test guacd) through HAProxy round robin in front of three edges on Redis, while
+//! every edge in turn is stopped with SIGTERM and started again, as a rolling update does, and then one is
+//! killed with SIGKILL. Every session comes back by itself, and what was typed into the xterm before is
+//! still there after: the line it reads ends up holding text typed before and after.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use deskbroker_tests::browser::{self, Balancer, Sessions};
+use deskbroker_tests::process::free_port;
+use deskbroker_tests::redis::Redis;
+use deskbroker_tests::{Edge, TestGuacd, Xvnc};
+
+/// The edges' node ids and the arguments each starts with, so that one can be started again as itself.
+struct Edges {
+    args: Vec<Vec<String>>,
+    running: Vec<Option<Edge>>,
+    redis_url: String,
+}
+
+impl Edges {
+    async fn start(&mut self, i: usize) {
+        let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
+        let id = format!("edge-{}", i + 1);
+        let edge = Edge::start_node(&id, &self.redis_url, "s3cret", &args, &[]).await;
+        self.running[i] = Some(edge.unwrap());
+    }
+}
+
+/// Asks the pages until every one says it is connected, for at most `limit`; returns the last report.
+async fn all_open(sessions: &mut Sessions, limit: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let pages = sessions.report().await.unwrap();
+        if pages.iter().all(|page| page["state"] == "open") || Instant::now() > deadline {
+            return pages;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_all_open(pages: &[Value], after: &str) {
+    for page in pages {
+        assert_eq!(
+            page["state"], "open",
+            "{} after {after}: the page says {:?}; console: {}",
+            page["name"], page["status"], page["console"]
+        );
+    }
+}
+
+/// The median and the largest of `pauses`, in ms.
+fn p50_and_max(mut pauses: Vec<u64>) -> (u64, u64) {
+    pauses.sort_unstable();
+    let max = pauses.last().copied().unwrap_or(0);
+    (pauses.get(pauses.len() / 2).copied().unwrap_or(0), max)
+}
+
+fn pauses(pages: &[Value]) -> Vec<u64> {
+    pages
+        .iter()
+        .flat_map(|page| page["pauses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|pause| pause.as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill() {
+    if !browser::available().unwrap() {
+        return;
+    }
+    let Some(xvnc) = Xvnc::start().await.unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let typed = dir.path().join("typed");
+    let _xterm = xvnc.xterm(&typed).unwrap();
+    let record = dir.path().join("guacd-input");
+    let guacd = TestGuacd::start(&["--record", record.to_str().unwrap()])
+        .await
+        .unwrap();
+    let redis = Redis::start().await.unwrap();
+    let sessions_file = dir.path().join("sessions");
+    let sessions = format!(
+        "x: {}\ng: guacd://{}/vnc?hostname=desk-1\n",
+        xvnc.addr, guacd.addr
+    );
+    std::fs::write(&sessions_file, sessions).unwrap();
+    let web = browser::web_dir().join("dist");
+    let listen: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port().unwrap()))
+        .collect();
+    let mut edges = Edges {
+        args: listen
+            .iter()
+            .map(|addr| {
+                [
+                    "--listen",
+                    addr,
+                    "--web-dir",
+                    web.to_str().unwrap(),
+                    "--sessions",
+                    sessions_file.to_str().unwrap(),
+                    // What a stopping node still holds after its grace is closed soon, with the status that
+                    // says to try again.
+                    "--drain-timeout",
+                    "1s",
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            })
+            .collect(),
+        running: (0..3).map(|_| None).collect(),
+        redis_url: redis.url(),
+    };
+    for i in 0..3 {
+        edges.start(i).await;
+    }
+    let addrs: Vec<_> = listen.iter().map(|addr| addr.parse().unwrap()).collect();
+    let balancer = Balancer::start(&addrs).await.unwrap();
+    let page = |name: &str, token: &str, transport: &str| {
+        let url = balancer.url(&format!("/?token={token}&transport={transport}"));
+        json!({ "name": name, "url": url })
+    };
+    // Twelve sessions: three of each kind.
+    let kinds = [
+        ("novnc", "x", "chained"),
+        ("ws", "g", "websocket"),
+        ("http", "g", "http"),
+        ("chained", "g", "chained"),
+    ];
+    let pages: Vec<Value> = kinds
+        .iter()
+        .flat_map(|(kind, token, transport)| {
+            (1..=3).map(move |n| page(&format!("{kind}-{n}"), token, transport))
+        })
+        .collect();
+    let pages = Value::Array(pages);
+    let (mut sessions, ready) = Sessions::open(pages).await.unwrap();
+    assert_all_open(ready["pages"].as_array().unwrap(), "opening");
+    sessions.type_into("novnc-1", "before").await.unwrap();
+    sessions.type_into("ws-1", "b").await.unwrap();
+
+    // A rolling update: each edge in turn told to stop, and started again once it has.
+    for i in 0..3 {
+        let mut edge = edges.running[i].take().unwrap();
+        let stopped = edge.process.stop().await.unwrap();
+        assert!(stopped.success(), "edge {i} stopped cleanly: {stopped:?}");
+        edges.start(i).await;
+        let pages = all_open(&mut sessions, Duration::from_secs(30)).await;
+        assert_all_open(&pages, &format!("edge {i}'s restart"));
+    }
+    let rolled = sessions.report().await.unwrap();
+    let (p50, max) = p50_and_max(pauses(&rolled));
+    eprintln!(
+        "measured: rolling restart of 3 edges under {} sessions: {} reconnects, pause p50 {p50} ms, max {max} ms",
+        rolled.len(),
+        pauses(&rolled).len()
+    );
+
+    // A node lost outright.
+    edges.running[1].take().unwrap().process.kill().await;
+    edges.start(1).await;
+    let killed = all_open(&mut sessions, Duration::from_secs(30)).await;
+    assert_all_open(&killed, "edge 2's kill");
+    // Each page's pauses since the rolling restart's.
+    let after_kill: Vec<u64> = killed
+        .iter()
+        .zip(&rolled)
+        .flat_map(|(now, then)| {
+            let seen = then["pauses"].as_array().map_or(0, Vec::len);
+            let all = now["pauses"].as_array().cloned().unwrap_or_default();
+            all.into_iter()
+                .skip(seen)
+                .filter_map(|pause| pause.as_u64())
+        })
+        .collect();
+    let (p50, max) = p50_and_max(after_kill.clone());
+    eprintln!(
+        "measured: an edge killed under {} sessions: {} reconnects, pause p50 {p50} ms, max {max} ms",
+        killed.len(),
+        after_kill.len()
+    );
+
+    // The desktops kept their state: the xterm's line holds what was typed before and after.
+    sessions.type_into("novnc-2", " after\n").await.unwrap();
+    sessions.type_into("ws-2", "a").await.unwrap();
+    let mut line = String::new();
+    for _ in 0..50 {
+        line = std::fs::read_to_string(&typed).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        line, "before after",
+        "the xterm kept what was typed before the restarts"
+    );
+    let keys = std::fs::read_to_string(&record).unwrap_or_default();
+    let pressed =
+        |keysym: u32| keys.contains(&format!("3.key,{}.{keysym},1.1;", keysym.to_string().len()));
+    assert!(
+        pressed(u32::from(b'b')) && pressed(u32::from(b'a')),
+        "guacd heard keys before and after"
+    );
+    sessions.quit().await;
+    drop(balancer);
+}
