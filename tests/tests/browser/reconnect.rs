@@ -3,13 +3,17 @@
 //! chained tunnels to the test guacd) through HAProxy round robin in front of three edges on Redis, while
 //! every edge in turn is stopped with SIGTERM and started again, as a rolling update does, and then one is
 //! killed with SIGKILL. Every session comes back by itself, and what was typed into the xterm before is
-//! still there after: the line it reads ends up holding text typed before and after.
+//! still there after: the line it reads ends up holding text typed before and after. A revoked session and
+//! an idle one do not come back, and the page says why.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use deskbroker_broker::{RedisRegistry, Registry};
+use deskbroker_shared::cluster::ControlEvent;
+use deskbroker_shared::ids::{SessionId, SessionToken};
 use deskbroker_tests::browser::{self, Balancer, Sessions};
 use deskbroker_tests::process::free_port;
 use deskbroker_tests::redis::Redis;
@@ -68,64 +72,101 @@ fn pauses(pages: &[Value]) -> Vec<u64> {
         .collect()
 }
 
+/// Three edges on Redis behind HAProxy, serving `sessions` (a session file's text, in which `{vnc}` and
+/// `{guacd}` stand for the Xvnc's and the test guacd's addresses), with an xterm on the Xvnc that writes
+/// the first line typed into it to `typed`, and the test guacd recording what it is sent.
+struct Stack {
+    edges: Edges,
+    balancer: Balancer,
+    typed: std::path::PathBuf,
+    record: std::path::PathBuf,
+    redis: Redis,
+    _guacd: TestGuacd,
+    _xterm: tokio::process::Child,
+    _xvnc: Xvnc,
+    _dir: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start(sessions: &str) -> Option<Stack> {
+        if !browser::available().unwrap() {
+            return None;
+        }
+        let xvnc = Xvnc::start().await.unwrap()?;
+        let dir = tempfile::tempdir().unwrap();
+        let typed = dir.path().join("typed");
+        let xterm = xvnc.xterm(&typed).unwrap();
+        let record = dir.path().join("guacd-input");
+        let guacd = TestGuacd::start(&["--record", record.to_str().unwrap()])
+            .await
+            .unwrap();
+        let redis = Redis::start().await.unwrap();
+        let sessions_file = dir.path().join("sessions");
+        let sessions = sessions
+            .replace("{vnc}", &xvnc.addr.to_string())
+            .replace("{guacd}", &guacd.addr.to_string());
+        std::fs::write(&sessions_file, sessions).unwrap();
+        let web = browser::web_dir().join("dist");
+        let listen: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port().unwrap()))
+            .collect();
+        let mut edges = Edges {
+            args: listen
+                .iter()
+                .map(|addr| {
+                    [
+                        "--listen",
+                        addr,
+                        "--web-dir",
+                        web.to_str().unwrap(),
+                        "--sessions",
+                        sessions_file.to_str().unwrap(),
+                        // What a stopping node still holds after its grace is closed soon, with the
+                        // status that says to try again.
+                        "--drain-timeout",
+                        "1s",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec()
+                })
+                .collect(),
+            running: (0..3).map(|_| None).collect(),
+            redis_url: redis.url(),
+        };
+        for i in 0..3 {
+            edges.start(i).await;
+        }
+        let addrs: Vec<_> = listen.iter().map(|addr| addr.parse().unwrap()).collect();
+        let balancer = Balancer::start(&addrs).await.unwrap();
+        Some(Stack {
+            edges,
+            balancer,
+            typed,
+            record,
+            redis,
+            _guacd: guacd,
+            _xterm: xterm,
+            _xvnc: xvnc,
+            _dir: dir,
+        })
+    }
+
+    fn page(&self, name: &str, token: &str, transport: &str) -> Value {
+        let url = self
+            .balancer
+            .url(&format!("/?token={token}&transport={transport}"));
+        json!({ "name": name, "url": url })
+    }
+}
+
 #[tokio::test]
 async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill() {
-    if !browser::available().unwrap() {
-        return;
-    }
-    let Some(xvnc) = Xvnc::start().await.unwrap() else {
+    let sessions = "x: {vnc}\ng: guacd://{guacd}/vnc?hostname=desk-1\n";
+    let Some(mut stack) = Stack::start(sessions).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let typed = dir.path().join("typed");
-    let _xterm = xvnc.xterm(&typed).unwrap();
-    let record = dir.path().join("guacd-input");
-    let guacd = TestGuacd::start(&["--record", record.to_str().unwrap()])
-        .await
-        .unwrap();
-    let redis = Redis::start().await.unwrap();
-    let sessions_file = dir.path().join("sessions");
-    let sessions = format!(
-        "x: {}\ng: guacd://{}/vnc?hostname=desk-1\n",
-        xvnc.addr, guacd.addr
-    );
-    std::fs::write(&sessions_file, sessions).unwrap();
-    let web = browser::web_dir().join("dist");
-    let listen: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port().unwrap()))
-        .collect();
-    let mut edges = Edges {
-        args: listen
-            .iter()
-            .map(|addr| {
-                [
-                    "--listen",
-                    addr,
-                    "--web-dir",
-                    web.to_str().unwrap(),
-                    "--sessions",
-                    sessions_file.to_str().unwrap(),
-                    // What a stopping node still holds after its grace is closed soon, with the status that
-                    // says to try again.
-                    "--drain-timeout",
-                    "1s",
-                ]
-                .map(str::to_owned)
-                .to_vec()
-            })
-            .collect(),
-        running: (0..3).map(|_| None).collect(),
-        redis_url: redis.url(),
-    };
-    for i in 0..3 {
-        edges.start(i).await;
-    }
-    let addrs: Vec<_> = listen.iter().map(|addr| addr.parse().unwrap()).collect();
-    let balancer = Balancer::start(&addrs).await.unwrap();
-    let page = |name: &str, token: &str, transport: &str| {
-        let url = balancer.url(&format!("/?token={token}&transport={transport}"));
-        json!({ "name": name, "url": url })
-    };
+    let (typed, record) = (stack.typed.clone(), stack.record.clone());
+    let page = |name: &str, token: &str, transport: &str| stack.page(name, token, transport);
     // Twelve sessions: three of each kind.
     let kinds = [
         ("novnc", "x", "chained"),
@@ -147,10 +188,10 @@ async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill
 
     // A rolling update: each edge in turn told to stop, and started again once it has.
     for i in 0..3 {
-        let mut edge = edges.running[i].take().unwrap();
+        let mut edge = stack.edges.running[i].take().unwrap();
         let stopped = edge.process.stop().await.unwrap();
         assert!(stopped.success(), "edge {i} stopped cleanly: {stopped:?}");
-        edges.start(i).await;
+        stack.edges.start(i).await;
         let pages = all_open(&mut sessions, Duration::from_secs(30)).await;
         assert_all_open(&pages, &format!("edge {i}'s restart"));
     }
@@ -163,8 +204,8 @@ async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill
     );
 
     // A node lost outright.
-    edges.running[1].take().unwrap().process.kill().await;
-    edges.start(1).await;
+    stack.edges.running[1].take().unwrap().process.kill().await;
+    stack.edges.start(1).await;
     let killed = all_open(&mut sessions, Duration::from_secs(30)).await;
     assert_all_open(&killed, "edge 2's kill");
     // Each page's pauses since the rolling restart's.
@@ -209,5 +250,51 @@ async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill
         "guacd heard keys before and after"
     );
     sessions.quit().await;
-    drop(balancer);
+}
+
+#[tokio::test]
+async fn a_revoked_session_and_an_idle_one_do_not_reconnect_and_the_page_says_why() {
+    let sessions = "idle-vnc: {vnc} idle_timeout=10s\n\
+                    idle-g: guacd://{guacd}/vnc?hostname=desk-1 idle_timeout=10s\n\
+                    gone-vnc: {vnc}\n\
+                    gone-g: guacd://{guacd}/vnc?hostname=desk-1\n";
+    let Some(stack) = Stack::start(sessions).await else {
+        return;
+    };
+    let pages = json!([
+        stack.page("idle-vnc", "idle-vnc", "chained"),
+        stack.page("idle-g", "idle-g", "websocket"),
+        stack.page("gone-vnc", "gone-vnc", "chained"),
+        stack.page("gone-g", "gone-g", "http"),
+    ]);
+    let (mut sessions, ready) = Sessions::open(pages).await.unwrap();
+    assert_all_open(ready["pages"].as_array().unwrap(), "opening");
+
+    // The two sessions of the operator's file are revoked as the control plane does it: the record goes,
+    // and every node is told to close their tunnels.
+    let registry = RedisRegistry::connect(&stack.redis.url()).await.unwrap();
+    for token in ["gone-vnc", "gone-g"] {
+        let digest = SessionToken::new(token).digest().to_hex();
+        let session = SessionId::new(format!("file-{}", &digest[..16]));
+        assert!(registry.revoke(&session).await.unwrap(), "{token} revoked");
+        let closed = ControlEvent::SessionClosed {
+            session,
+            until_ms: None,
+        };
+        registry.publish(&closed).await.unwrap();
+    }
+    // The idle ones send nothing a person would: their timeout runs out.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let pages = sessions.report().await.unwrap();
+    let said = |name: &str| {
+        let page = pages.iter().find(|page| page["name"] == name).unwrap();
+        assert_eq!(page["state"], "error", "{name} stopped: {page}");
+        assert_eq!(page["reconnects"], 0, "{name} did not reconnect: {page}");
+        page["status"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(said("idle-vnc"), "Closed after 10 seconds without input.");
+    assert_eq!(said("idle-g"), "Closed after 10 seconds without input.");
+    assert_eq!(said("gone-vnc"), "The session was closed.");
+    assert_eq!(said("gone-g"), "The session was closed.");
+    sessions.quit().await;
 }
