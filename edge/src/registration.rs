@@ -25,6 +25,7 @@ use deskbroker_shared::time::unix_ms;
 use deskbroker_shared::{GuacStatus, RelayClose};
 
 use crate::error::TunnelError;
+use crate::forward;
 use crate::local::{LocalTunnel, LocalTunnels, Traffic};
 use crate::metrics::{end_reason, metrics};
 
@@ -101,7 +102,17 @@ impl Registration {
             opened: None,
             released: false,
         };
-        match membership.add_tunnel(record, limit).await {
+        let mut recorded = membership.add_tunnel(record.clone(), limit).await;
+        if matches!(recorded, Ok(Recorded::NoSlot)) {
+            // At the limit, a reconnect after a node was lost takes the slot of the tunnel it replaces,
+            // instead of waiting for that node's lease to lapse and give it back.
+            recorded = match replace_lost(membership, &record).await {
+                Ok(true) => membership.add_tunnel(record, limit).await,
+                Ok(false) => Ok(Recorded::NoSlot),
+                Err(error) => Err(error),
+            };
+        }
+        match recorded {
             Ok(Recorded::Yes) => Ok(registration),
             Ok(Recorded::NoSlot) => {
                 registration.release().await;
@@ -213,6 +224,37 @@ impl Drop for Registration {
         self.local.remove(&self.tunnel.record);
         self.membership.remove_tunnel_later(&self.tunnel.record);
     }
+}
+
+/// Finds a tunnel of `newest`'s session whose node is gone (its lease lapsed, or its peer listener refuses
+/// connections: killed, while its lease still runs) and takes it over: its records, its quota slot with them,
+/// are removed at once, and its node, should it be there after all, is told to close it (521 / 4409). False
+/// when the session has no such tunnel: a live node's tunnels keep their slots, and the limit holds.
+async fn replace_lost(
+    membership: &Membership,
+    newest: &TunnelRecord,
+) -> Result<bool, RegistryError> {
+    let registry = membership.registry();
+    let me = &membership.me().id;
+    let older = registry.session_tunnels(&newest.session).await?;
+    for older in older.iter().filter(|t| t.id != newest.id && &t.owner != me) {
+        let lost = match membership.live_owner(older).await? {
+            None => true,
+            Some(owner) => forward::refuses_connections(&owner.peer_url).await,
+        };
+        if !lost {
+            continue;
+        }
+        let event = ControlEvent::TakenOver {
+            session: older.session.clone(),
+            tunnel: older.id,
+        };
+        registry.publish(&event).await?;
+        registry.remove_tunnel(older).await?;
+        info!(session = %older.session, replaced = %older.id, owner = %older.owner, "the tenant's slot of a tunnel whose node is gone goes to its session's new tunnel");
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Closes the older tunnels of this tunnel's (exclusive) session. Only older ones: of two connections

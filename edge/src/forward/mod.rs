@@ -58,6 +58,24 @@ pub struct Forwarder {
     reads: Reads,
 }
 
+/// Whether the node at `peer_url` refuses connections to its peer listener: its process is gone (a live
+/// node, even a frozen one, has the kernel accept them). Within [`PEER_CONNECT_TIMEOUT`]; an address that
+/// does not answer at all is not taken for gone.
+pub async fn refuses_connections(peer_url: &str) -> bool {
+    let Some(authority) = peer_url
+        .parse::<Uri>()
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.as_str().to_owned()))
+    else {
+        return false;
+    };
+    let connecting = tokio::net::TcpStream::connect(authority);
+    matches!(
+        tokio::time::timeout(PEER_CONNECT_TIMEOUT, connecting).await,
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 /// What a lookup for a token that is not local found.
 pub enum Owner {
     /// Another node, alive, holds it.

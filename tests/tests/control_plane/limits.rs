@@ -91,6 +91,38 @@ async fn a_dead_nodes_slots_come_back_within_a_lease() {
     assert!(reopened, "the dead node's slots were given back");
 }
 
+/// A reconnect after its node was killed: the tenant's one slot is still held by the dead node's tunnel,
+/// whose lease runs on, and the new tunnel of the same session takes that slot at once instead of being
+/// refused until the lease lapses. Another session of the tenant is still refused: the limit holds.
+#[tokio::test]
+async fn a_reconnect_after_its_node_was_killed_takes_the_dead_tunnels_slot() {
+    let mut platform = Platform::start().await;
+    let key = platform.tenant("one", 1).await;
+    let path = platform.relay_session(&key, json!({})).await;
+    let other = platform.relay_session(&key, json!({})).await;
+    let (held, _) = try_open(format!("{}{path}", platform.ws(2))).await;
+    let _held = held.expect("within the limit");
+    platform.edges[2].process.kill().await;
+    let killed = tokio::time::Instant::now();
+
+    let (again, refused) = try_open(format!("{}{path}", platform.ws(0))).await;
+    assert!(
+        again.is_some(),
+        "the reconnect is let in at once, not refused {refused:?}"
+    );
+    eprintln!(
+        "measured: reconnect after a kill let in {:?} after the kill",
+        killed.elapsed()
+    );
+    let (_, code) = try_open(format!("{}{other}", platform.ws(1))).await;
+    assert_eq!(
+        code,
+        Some(4429),
+        "another session of the tenant is still refused"
+    );
+    platform.assert_invariant("one", &key, 1, 1).await;
+}
+
 #[tokio::test]
 async fn an_exclusive_session_keeps_only_its_newest_tunnel() {
     let platform = Platform::start().await;
