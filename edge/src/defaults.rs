@@ -112,6 +112,11 @@ pub const PEER_HEAD_TIMEOUT: Duration =
 pub const PEER_BODY_STALL_TIMEOUT: Duration =
     GUACD_SILENCE_TIMEOUT.saturating_add(Duration::from_secs(5));
 
+/// At the tenant's limit, how long a new tunnel of a session that holds others waits for a slot before it
+/// is refused: a page reconnecting at once after its tunnel failed can arrive before the node ending that
+/// tunnel has given its slot back (a round trip to Redis), and should not be refused for it.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_millis(500);
+
 /// How long a stopping node waits for the owners of the reads it forwards to say they will end them: one
 /// round trip each on the cluster's network, all at once.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);

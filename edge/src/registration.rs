@@ -24,6 +24,7 @@ use deskbroker_shared::session::{HostPort, Session};
 use deskbroker_shared::time::unix_ms;
 use deskbroker_shared::{GuacStatus, RelayClose};
 
+use crate::defaults::RECONNECT_PATIENCE;
 use crate::error::TunnelError;
 use crate::forward;
 use crate::local::{LocalTunnel, LocalTunnels, Traffic};
@@ -105,10 +106,23 @@ impl Registration {
         let mut recorded = membership.add_tunnel(record.clone(), limit).await;
         if matches!(recorded, Ok(Recorded::NoSlot)) {
             // At the limit, a reconnect after a node was lost takes the slot of the tunnel it replaces,
-            // instead of waiting for that node's lease to lapse and give it back.
+            // instead of waiting for that node's lease to lapse and give it back; one whose predecessor is
+            // on a live node that is ending it waits a moment for its slot.
             recorded = match replace_lost(membership, &record).await {
-                Ok(true) => membership.add_tunnel(record, limit).await,
-                Ok(false) => Ok(Recorded::NoSlot),
+                Ok(Predecessor::Lost) => membership.add_tunnel(record, limit).await,
+                Ok(Predecessor::Live) => {
+                    let patience = tokio::time::Instant::now() + RECONNECT_PATIENCE;
+                    loop {
+                        tokio::time::sleep(RECONNECT_PATIENCE / 10).await;
+                        let again = membership.add_tunnel(record.clone(), limit).await;
+                        if !matches!(again, Ok(Recorded::NoSlot))
+                            || tokio::time::Instant::now() >= patience
+                        {
+                            break again;
+                        }
+                    }
+                }
+                Ok(Predecessor::None) => Ok(Recorded::NoSlot),
                 Err(error) => Err(error),
             };
         }
@@ -226,18 +240,33 @@ impl Drop for Registration {
     }
 }
 
+/// What the other tunnels of a session refused a slot say of it.
+enum Predecessor {
+    /// One was on a node that is gone: its slot is taken over.
+    Lost,
+    /// Some are on live nodes: this may be a reconnect whose predecessor is being closed.
+    Live,
+    /// There are none.
+    None,
+}
+
 /// Finds a tunnel of `newest`'s session whose node is gone (its lease lapsed, or its peer listener refuses
 /// connections: killed, while its lease still runs) and takes it over: its records, its quota slot with them,
-/// are removed at once, and its node, should it be there after all, is told to close it (521 / 4409). False
-/// when the session has no such tunnel: a live node's tunnels keep their slots, and the limit holds.
+/// are removed at once, and its node, should it be there after all, is told to close it (521 / 4409). A
+/// live node's tunnels keep their slots, and the limit holds.
 async fn replace_lost(
     membership: &Membership,
     newest: &TunnelRecord,
-) -> Result<bool, RegistryError> {
+) -> Result<Predecessor, RegistryError> {
     let registry = membership.registry();
     let me = &membership.me().id;
     let older = registry.session_tunnels(&newest.session).await?;
-    for older in older.iter().filter(|t| t.id != newest.id && &t.owner != me) {
+    let mut found = Predecessor::None;
+    for older in older.iter().filter(|t| t.id != newest.id) {
+        found = Predecessor::Live;
+        if &older.owner == me {
+            continue;
+        }
         let lost = match membership.live_owner(older).await? {
             None => true,
             Some(owner) => forward::refuses_connections(&owner.peer_url).await,
@@ -252,9 +281,9 @@ async fn replace_lost(
         registry.publish(&event).await?;
         registry.remove_tunnel(older).await?;
         info!(session = %older.session, replaced = %older.id, owner = %older.owner, "the tenant's slot of a tunnel whose node is gone goes to its session's new tunnel");
-        return Ok(true);
+        return Ok(Predecessor::Lost);
     }
-    Ok(false)
+    Ok(found)
 }
 
 /// Closes the older tunnels of this tunnel's (exclusive) session. Only older ones: of two connections

@@ -6,8 +6,9 @@
 //   { cmd: 'type', name, text }  types into that page's desktop (after a click on it), answers { event: 'typed' }
 //   { cmd: 'report' }            answers { event: 'report', pages }
 //   { cmd: 'quit' }              closes the browser and exits
-// Each page in `pages` is { name, state, status, pauses, reconnects, console }: the page's own status and the
-// pauses it measured, in ms, from losing its tunnel to having it back (window.deskbroker).
+// Each page in `pages` is { name, state, status, pauses, reconnects, retried, console }: the page's own status,
+// the pauses it measured, in ms, from losing its tunnel to having it back, and the status of each loss it
+// reconnected after (window.deskbroker).
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
 
@@ -30,6 +31,7 @@ async function report(name, { page, logs }) {
     status: document.getElementById('status')?.textContent ?? '',
     pauses: window.deskbroker?.pauses ?? [],
     reconnects: window.deskbroker?.reconnects ?? 0,
+    retried: window.deskbroker?.retried ?? [],
   })).catch((error) => ({ state: 'gone', status: String(error), pauses: [], reconnects: 0 }));
   return { name, ...seen, console: logs.slice(-40) };
 }

@@ -45,8 +45,11 @@ const TRY_AGAIN_VNC = new Set([4503, 1006]);
 /** How many times in a row the page tries to reconnect before it gives up and says why. */
 const RECONNECT_TRIES = 8;
 
-/** What the page has been through, for people and for the end-to-end tests: each reconnect's pause, in ms. */
-window.deskbroker = { pauses: [], reconnects: 0 };
+/**
+ * What the page has been through, for people and for the end-to-end tests: each reconnect's pause, in ms, and
+ * the status (code, or 'silent') of each loss it reconnected after.
+ */
+window.deskbroker = { pauses: [], reconnects: 0, retried: [] };
 
 function show(text, state = 'info') {
   $('status').textContent = text;
@@ -124,7 +127,7 @@ function connectVnc(token, readOnly, events, reconnecting) {
     const code = closed?.code ?? 1006;
     console.info(`deskbroker: relay closed ${code} ${closed?.reason ?? ''}`);
     if (code === 1000) events.end('Disconnected.', 'info');
-    else if (TRY_AGAIN_VNC.has(code) || (reconnecting && code === 4429)) events.retry(meaning(code, 'Connection lost.'));
+    else if (TRY_AGAIN_VNC.has(code) || (reconnecting && code === 4429)) events.retry(meaning(code, 'Connection lost.'), code);
     else events.end(meaning(code, closed?.reason || 'Connection lost.'), 'error');
   });
   show(reconnecting ? 'Reconnecting…' : 'Connecting to the desktop…', reconnecting ? 'reconnecting' : 'info');
@@ -176,11 +179,11 @@ function connectGuacamole(token, transport, readOnly, events, reconnecting) {
     client.disconnect();
     const status = clientError ?? tunnelError;
     console.info(`deskbroker: tunnel closed: ${status ? `${status.code} ${status.message}` : 'no status'}`);
-    if (status && guacamoleRetries(status, reconnecting)) events.retry(meaning(status.code, status.message));
+    if (status && guacamoleRetries(status, reconnecting)) events.retry(meaning(status.code, status.message), status.code);
     else if (status) events.end(meaning(status.code, status.message), 'error');
     else if (clientEnding) events.end('Disconnected.', 'info');
     // The tunnel closed by itself, without a word (a read cut mid-response): try again.
-    else events.retry('Connection lost.');
+    else events.retry('Connection lost.', 'silent');
   };
 
   const mouse = new Guacamole.Mouse(display);
@@ -230,8 +233,9 @@ function open(token) {
       lostAt = null;
       ended(text, state);
     },
-    retry(why) {
+    retry(why, status) {
       current = null;
+      window.deskbroker.retried.push(status);
       lostAt ??= performance.now();
       if (tries >= RECONNECT_TRIES) {
         lostAt = null;

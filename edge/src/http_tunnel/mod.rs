@@ -180,9 +180,18 @@ async fn read_response(tunnel: Arc<HttpTunnel>) -> Response {
     octet_stream(Body::from_stream(body))
 }
 
+/// A read dropped before its end lost its connection (the browser went, or the node that forwarded it
+/// died): what it had taken of guacd's output is lost with it, and guacamole-common-js closes a tunnel
+/// whose read failed. The tunnel is ended at once, so that it gives its slot back now, not after the idle
+/// timeout, to the new tunnel the page opens.
 impl Drop for Read {
     fn drop(&mut self) {
-        debug!(tunnel = %self.tunnel.id, "read released");
+        if self.done {
+            debug!(tunnel = %self.tunnel.id, "read released");
+        } else {
+            debug!(tunnel = %self.tunnel.id, "read abandoned before its end; closing the tunnel");
+            self.tunnel.kill();
+        }
     }
 }
 
