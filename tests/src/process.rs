@@ -231,6 +231,12 @@ impl Edge {
         format!("ws://{}{path_and_query}", self.addr)
     }
 
+    /// The ops listener's address, as the edge announced it: start it with `--ops-listen 127.0.0.1:0`
+    /// (a port probed free beforehand can be taken by a parallel test before the edge binds it).
+    pub fn ops_addr(&self) -> SocketAddr {
+        ops_addr(&self.process)
+    }
+
     pub fn http_url(&self, path_and_query: &str) -> String {
         format!("http://{}{path_and_query}", self.addr)
     }
@@ -280,6 +286,22 @@ impl Broker {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+
+    /// The ops listener's address, as the broker announced it (see [`Edge::ops_addr`]).
+    pub fn ops_addr(&self) -> SocketAddr {
+        ops_addr(&self.process)
+    }
+}
+
+/// The address a process announced with its `ops listening` line.
+fn ops_addr(process: &Process) -> SocketAddr {
+    process
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "ops listening")
+        .and_then(|event| event["addr"].as_str()?.parse().ok())
+        .expect("the ops listener was announced")
 }
 
 /// A running `test-guacd`.

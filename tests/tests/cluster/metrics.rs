@@ -12,7 +12,6 @@ use deskbroker_shared::ids::SessionId;
 use deskbroker_shared::instruction::Instruction;
 use deskbroker_tests::clients::{HttpTunnel, connect_data};
 use deskbroker_tests::platform::eventually;
-use deskbroker_tests::process::free_port;
 use deskbroker_tests::redis::Redis;
 use deskbroker_tests::{Edge, TestGuacd};
 
@@ -38,12 +37,14 @@ async fn a_scrape_shows_forwards_registry_commands_leases_and_control_events() {
     let guacd = TestGuacd::start(&[]).await.unwrap();
     let sessions = format!("g: guacd://{}/vnc?hostname=desk-1\n", guacd.addr);
     let (_dir, path) = deskbroker_tests::process::session_file(&sessions).unwrap();
-    let ops: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port().unwrap()))
-        .collect();
     let mut edges = Vec::new();
-    for (i, ops) in ops.iter().enumerate() {
-        let args = ["--sessions", path.to_str().unwrap(), "--ops-listen", ops];
+    for i in 0..2 {
+        let args = [
+            "--sessions",
+            path.to_str().unwrap(),
+            "--ops-listen",
+            "127.0.0.1:0",
+        ];
         let id = format!("edge-{}", i + 1);
         edges.push(
             Edge::start_node(&id, &redis.url(), SECRET, &args, &[])
@@ -51,6 +52,10 @@ async fn a_scrape_shows_forwards_registry_commands_leases_and_control_events() {
                 .unwrap(),
         );
     }
+    let ops: Vec<String> = edges
+        .iter()
+        .map(|edge| edge.ops_addr().to_string())
+        .collect();
     let (owner, other) = (edges[0].http_url(""), edges[1].http_url(""));
 
     let tunnel = HttpTunnel::connect(&owner, &connect_data("g"))

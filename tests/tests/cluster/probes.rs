@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use deskbroker_tests::platform::eventually;
-use deskbroker_tests::process::free_port;
 use deskbroker_tests::redis::Redis;
 use deskbroker_tests::{Broker, Edge};
 
@@ -20,19 +19,19 @@ async fn probe(url: String) -> Option<(u16, String)> {
 #[tokio::test]
 async fn edges_and_the_broker_are_not_ready_while_redis_is_away() {
     let mut redis = Redis::start().await.unwrap();
-    let edge_ops = format!("127.0.0.1:{}", free_port().unwrap());
-    let args = ["--ops-listen", edge_ops.as_str()];
-    let _edge = Edge::start_node("edge-1", &redis.url(), SECRET, &args, &[])
+    let args = ["--ops-listen", "127.0.0.1:0"];
+    let edge = Edge::start_node("edge-1", &redis.url(), SECRET, &args, &[])
         .await
         .unwrap();
-    let broker_ops = format!("127.0.0.1:{}", free_port().unwrap());
+    let edge_ops = edge.ops_addr();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"tenants": []}"#).unwrap();
-    let env = [("DESKBROKER_OPS_LISTEN", broker_ops.as_str())];
+    let env = [("DESKBROKER_OPS_LISTEN", "127.0.0.1:0")];
     let broker = Broker::start_with_env(&redis.url(), &config, "admin-key", &env)
         .await
         .unwrap();
+    let broker_ops = broker.ops_addr();
     let readyz = [
         format!("http://{edge_ops}/readyz"),
         format!("http://{broker_ops}/readyz"),

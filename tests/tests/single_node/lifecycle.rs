@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use deskbroker_tests::clients::{GuacWs, close_frame, connect_data, ws_connect};
 use deskbroker_tests::platform::eventually;
-use deskbroker_tests::process::free_port;
 use deskbroker_tests::upstreams::Echo;
 
 use crate::guacd_node;
@@ -46,10 +45,10 @@ async fn sigterm_drains_then_closes_tunnels_with_a_status() {
 #[tokio::test]
 async fn the_ops_listener_says_not_ready_from_the_moment_a_node_drains() {
     let echo = Echo::start().await.unwrap();
-    let ops = format!("127.0.0.1:{}", free_port().unwrap());
     let sessions = format!("e: {}\n", echo.addr);
-    let args = ["--drain-timeout", "5s", "--ops-listen", &ops];
+    let args = ["--drain-timeout", "5s", "--ops-listen", "127.0.0.1:0"];
     let mut node = crate::Node::start(&sessions, &args).await;
+    let ops = node.edge.ops_addr();
     let probe = |base: String, path: &'static str| async move {
         let answer = reqwest::get(format!("{base}{path}")).await.ok()?;
         Some((answer.status().as_u16(), answer.text().await.ok()?))

@@ -17,7 +17,6 @@ use deskbroker_shared::instruction::Instruction;
 use deskbroker_tests::clients::{
     GuacWs, HttpTunnel, STEP, Ws, close_frame, connect_data, ws_connect,
 };
-use deskbroker_tests::process::free_port;
 use deskbroker_tests::upstreams::Echo;
 use deskbroker_tests::{Edge, TestGuacd, Xvnc};
 
@@ -59,9 +58,9 @@ fn events(edge: &Edge, name: &str) -> Vec<Value> {
 #[tokio::test]
 async fn a_scrape_shows_a_tunnel_opened_its_bytes_and_why_it_closed() {
     let echo = Echo::start().await.unwrap();
-    let ops = format!("127.0.0.1:{}", free_port().unwrap());
     let sessions = format!("relay: {}\n", echo.addr);
-    let node = Node::start(&sessions, &["--ops-listen", &ops]).await;
+    let node = Node::start(&sessions, &["--ops-listen", "127.0.0.1:0"]).await;
+    let ops = node.edge.ops_addr().to_string();
 
     // A relay moves a checksummed megabyte each way, and is scraped while it is open.
     let url = format!("{}/websockify?token=relay", node.ws());
@@ -365,14 +364,13 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
         echo.addr, guacd.addr
     );
     let (_sessions_dir, sessions) = deskbroker_tests::process::session_file(&sessions).unwrap();
-    let ops = format!("127.0.0.1:{}", free_port().unwrap());
     let args = [
         "--sessions",
         sessions.to_str().unwrap(),
         "--config",
         path.to_str().unwrap(),
         "--ops-listen",
-        &ops,
+        "127.0.0.1:0",
         "--metrics-tenants",
         "1",
     ];
@@ -382,6 +380,7 @@ async fn a_browser_that_stops_answering_pings_is_closed_and_its_slot_freed() {
         edge: Edge::start_with_env(&args, &env).await.unwrap(),
         _dir: dir,
     };
+    let ops = node.edge.ops_addr().to_string();
 
     // A browser that answers (tungstenite answers pings while it reads) outlives the deadline.
     let url = format!("{}/websockify?token=relay", node.ws());
