@@ -44,6 +44,11 @@ const TRY_AGAIN_GUACAMOLE = new Set([520, 513]);
 const TRY_AGAIN_VNC = new Set([4503, 1006]);
 /** How many times in a row the page tries to reconnect before it gives up and says why. */
 const RECONNECT_TRIES = 8;
+/**
+ * How long a reconnect goes on trying while the tenant's limit refuses it: the slot of the tunnel it replaces
+ * comes back when that tunnel's node notices it is gone, at worst when the HTTP tunnel's 15 s timeout ends it.
+ */
+const LIMIT_PATIENCE_MS = 30000;
 
 /**
  * What the page has been through, for people and for the end-to-end tests: each reconnect's pause, in ms, and
@@ -237,7 +242,8 @@ function open(token) {
       current = null;
       window.deskbroker.retried.push(status);
       lostAt ??= performance.now();
-      if (tries >= RECONNECT_TRIES) {
+      const limited = status === 797 || status === 4429;
+      if (tries >= RECONNECT_TRIES && !(limited && performance.now() - lostAt < LIMIT_PATIENCE_MS)) {
         lostAt = null;
         ended(`${why} Reconnecting failed ${tries} times.`, 'error');
         return;
