@@ -40,40 +40,56 @@ impl Stopper {
     }
 }
 
+/// A moment kept in an atomic, so that a relay marks it with one relaxed store: when a tunnel last heard
+/// from its browser, or last had a person's input. It starts at its creation.
+#[derive(Debug)]
+pub struct Stamp {
+    since: Instant,
+    /// The moment, in ms after `since`.
+    at_ms: AtomicU64,
+}
+
+impl Default for Stamp {
+    fn default() -> Self {
+        Self {
+            since: Instant::now(),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stamp {
+    /// Now.
+    pub fn set(&self) {
+        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.at_ms.store(at, Ordering::Relaxed);
+    }
+
+    pub fn at(&self) -> Instant {
+        self.since + Duration::from_millis(self.at_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// Bytes a tunnel has moved, one relaxed atomic add per read or write, on the owner only; and when a
 /// person last gave input, one relaxed store per input event.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Traffic {
     /// From the browser to the VNC server or guacd.
     to_upstream: AtomicU64,
     /// From the VNC server or guacd to the browser.
     from_upstream: AtomicU64,
-    since: Instant,
-    /// Last input, in ms after `since`.
-    input_ms: AtomicU64,
-}
-
-impl Default for Traffic {
-    fn default() -> Self {
-        Self {
-            to_upstream: AtomicU64::new(0),
-            from_upstream: AtomicU64::new(0),
-            since: Instant::now(),
-            input_ms: AtomicU64::new(0),
-        }
-    }
+    input: Stamp,
 }
 
 impl Traffic {
     /// A person typed, clicked, moved the pointer, pasted or sent a file (see the idle timeout).
     pub fn user_input(&self) {
-        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.input_ms.store(at, Ordering::Relaxed);
+        self.input.set();
     }
 
     /// When the idle timeout `idle` runs out, counted from the last input (or the tunnel's start).
     fn idle_deadline(&self, idle: Duration) -> Instant {
-        self.since + Duration::from_millis(self.input_ms.load(Ordering::Relaxed)) + idle
+        self.input.at() + idle
     }
 
     pub fn sent_upstream(&self, bytes: usize) {

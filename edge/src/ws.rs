@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Extension;
@@ -27,6 +26,7 @@ use crate::defaults::{
     WS_FIRST_MESSAGE_TIMEOUT, WS_MAX_WRITE_BUFFER, WS_READ_BUFFER,
 };
 use crate::error::TunnelError;
+use crate::local::Stamp;
 use crate::node::Node;
 
 /// What a WebSocket endpoint speaks.
@@ -164,7 +164,7 @@ where
                     .map_err(|_| TunnelError::Silent)?,
                 None => self.messages.next().await,
             };
-            self.heard.now();
+            self.heard.set();
             let data = match message.transpose().map_err(downstream_error)? {
                 None | Some(Message::Close(_)) => return Ok(None),
                 Some(Message::Ping(_) | Message::Pong(_)) => {
@@ -181,31 +181,7 @@ where
 }
 
 /// When the browser last sent a frame, any frame: a relaxed atomic store per frame.
-pub struct Heard {
-    since: Instant,
-    at_ms: AtomicU64,
-}
-
-impl Default for Heard {
-    fn default() -> Self {
-        Self {
-            since: Instant::now(),
-            at_ms: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Heard {
-    fn now(&self) {
-        let at = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.at_ms.store(at, Ordering::Relaxed);
-    }
-
-    fn quiet(&self) -> Duration {
-        let at = Duration::from_millis(self.at_ms.load(Ordering::Relaxed));
-        self.since.elapsed().saturating_sub(at)
-    }
-}
+pub type Heard = Stamp;
 
 /// A ping the liveness check asks the tunnel's writer to send: at most one waits, and it takes no
 /// allocation of its own.
@@ -232,7 +208,7 @@ impl PingDue {
 pub async fn liveness(heard: &Heard, timeout: Duration, ping: &PingDue) -> TunnelError {
     let ping_after = BROWSER_PING_AFTER.min(timeout / 3);
     loop {
-        let quiet = heard.quiet();
+        let quiet = heard.at().elapsed();
         if quiet >= timeout {
             return TunnelError::Unresponsive;
         }
