@@ -2,15 +2,16 @@
 //!
 //! ```text
 //! # comments and blank lines are ignored
-//! <token>: <target> [tenant=<id>] [expires=<RFC 3339 time>] [idle_timeout=<duration>]
+//! <token>: <target> [tenant=<id>] [expires=<RFC 3339 time>] [idle_timeout=<duration>] [exclusive] [read_only]
 //! desk1: 10.0.0.5:5901
 //! desk2: vnc://desk-2.desktops.svc:5900 tenant=acme idle_timeout=15m
 //! win1: guacd://127.0.0.1:4822/rdp?hostname=10.0.0.9&username=bob&password=s%3Dcret expires=2027-01-01T00:00:00Z
 //! ```
 //!
 //! Targets are written as [`Target::parse`] reads them. An idle timeout (`15m`, `1h`) is between 10s and
-//! a year, and is the session's own: a tenant's limits do not apply to the operator's sessions. A websockify token file (`token: host:port`) is a
-//! valid session file. Tokens are secrets: treat the file like a password file.
+//! a year, and is the session's own: a tenant's limits do not apply to the operator's sessions. `exclusive`
+//! and `read_only` are the API's session flags. A websockify token file (`token: host:port`) is a valid
+//! session file. Tokens are secrets: treat the file like a password file.
 
 use std::time::SystemTime;
 
@@ -37,7 +38,9 @@ pub enum Problem {
     EmptyToken,
     #[error(transparent)]
     Target(#[from] BadTarget),
-    #[error("unknown option {0:?} (expected tenant=, expires= or idle_timeout=)")]
+    #[error(
+        "unknown option {0:?} (expected tenant=, expires=, idle_timeout=, exclusive or read_only)"
+    )]
     UnknownOption(String),
     #[error("expires: {0}")]
     BadExpiry(String),
@@ -84,6 +87,8 @@ fn parse_line(line: &str) -> Result<(SessionToken, Session), Problem> {
             Some(("idle_timeout", idle)) => {
                 session.idle_timeout = Some(idle_timeout::parse_bounded(idle)?)
             }
+            None if option == "exclusive" => session.exclusive = true,
+            None if option == "read_only" => session.read_only = true,
             _ => return Err(Problem::UnknownOption(option.to_owned())),
         }
     }
@@ -111,6 +116,20 @@ mod tests {
         assert_eq!(sessions[1].1.tenant.as_str(), "acme");
         assert!(sessions[1].1.expires.is_some());
         assert_eq!(sessions[0].1.idle_timeout, None);
+    }
+
+    #[test]
+    fn reads_the_session_flags() {
+        let sessions = parse("a: h:1 exclusive\nb: h:1 read_only tenant=t\nc: h:1\n").unwrap();
+        let flags: Vec<_> = sessions
+            .iter()
+            .map(|(_, s)| (s.exclusive, s.read_only))
+            .collect();
+        assert_eq!(flags, [(true, false), (false, true), (false, false)]);
+        assert!(matches!(
+            parse("a: h:1 exclusive=yes").unwrap_err().problem,
+            Problem::UnknownOption(_)
+        ));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! Chromium (noVNC on a real Xvnc running an xterm, and guacamole-common-js over the WebSocket, HTTP and
 //! chained tunnels to the test guacd) through HAProxy round robin in front of three edges on Redis, while
 //! every edge in turn is stopped with SIGTERM and started again, as a rolling update does, and then one is
-//! killed with SIGKILL. Every session comes back by itself, and what was typed into the xterm before is
+//! killed with SIGKILL. Every session comes back by itself (exclusive ones too, neither refused nor taken
+//! over because of their own previous tunnel), and what was typed into the xterm before is
 //! still there after: the line it reads ends up holding text typed before and after. A revoked session and
 //! an idle one do not come back, and the page says why.
 
@@ -179,23 +180,40 @@ impl Stack {
 
 #[tokio::test]
 async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill() {
-    let sessions = "x: {vnc} tenant=acme\ng: guacd://{guacd}/vnc?hostname=desk-1 tenant=acme\n";
-    let Some(mut stack) = Stack::start(sessions).await else {
-        return;
-    };
-    let (typed, record) = (stack.typed.clone(), stack.record.clone());
-    let page = |name: &str, token: &str, transport: &str| stack.page(name, token, transport);
-    // Twelve sessions: three of each kind.
+    // Twelve pages, three of each kind: two share a session, the third has an exclusive one of its own (a
+    // reconnect must not be refused, nor taken over, because of its own previous tunnel).
     let kinds = [
         ("novnc", "x", "chained"),
         ("ws", "g", "websocket"),
         ("http", "g", "http"),
         ("chained", "g", "chained"),
     ];
+    let mut sessions =
+        String::from("x: {vnc} tenant=acme\ng: guacd://{guacd}/vnc?hostname=desk-1 tenant=acme\n");
+    for (kind, token, _) in kinds {
+        let target = if token == "x" {
+            "{vnc}"
+        } else {
+            "guacd://{guacd}/vnc?hostname=desk-1"
+        };
+        sessions.push_str(&format!("{kind}-x: {target} tenant=acme exclusive\n"));
+    }
+    let Some(mut stack) = Stack::start(&sessions).await else {
+        return;
+    };
+    let (typed, record) = (stack.typed.clone(), stack.record.clone());
+    let page = |name: &str, token: &str, transport: &str| stack.page(name, token, transport);
     let pages: Vec<Value> = kinds
         .iter()
         .flat_map(|(kind, token, transport)| {
-            (1..=3).map(move |n| page(&format!("{kind}-{n}"), token, transport))
+            (1..=3).map(move |n| {
+                let token = if n == 3 {
+                    format!("{kind}-x")
+                } else {
+                    (*token).to_owned()
+                };
+                page(&format!("{kind}-{n}"), &token, transport)
+            })
         })
         .collect();
     let pages = Value::Array(pages);
@@ -277,6 +295,12 @@ async fn every_session_comes_back_by_itself_through_a_rolling_restart_and_a_kill
         .filter(|status| status == 797 || status == 4429)
         .count();
     eprintln!("measured: reconnects that met the tenant's limit and tried again: {limited}");
+    for page in &killed {
+        eprintln!(
+            "DEBUG {} {} {}",
+            page["name"], page["retried"], page["pauses"]
+        );
+    }
     sessions.quit().await;
 }
 
