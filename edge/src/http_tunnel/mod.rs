@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -274,7 +274,10 @@ async fn write(tunnel: Arc<HttpTunnel>, body: Body) -> Response {
 }
 
 /// A 200 response as the servlet sends reads and writes: raw bytes, never cached (and so never buffered
-/// by proxies that honour it).
+/// by proxies that honour it), and never sniffed. Chromium holds back the start of a response it may sniff
+/// until it has more than a few bytes, so without `nosniff` guacamole-common-js learns of a read's first
+/// instruction (and sends the next read, which ends this one) only with the second: on an idle desktop,
+/// where guacd says `nop` every 5 s, a read then stays open 10 s instead of 5 (docs/benchmarks.md).
 fn octet_stream(body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -283,6 +286,7 @@ fn octet_stream(body: Body) -> Response {
         HeaderValue::from_static("application/octet-stream"),
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 

@@ -110,6 +110,34 @@ async fn connect_read_write_with_takeover_byte_exact() {
     assert_eq!(tunnel.write("3.nop;").await, Err(not_found()));
 }
 
+/// Reads and writes are raw bytes, never cached, never sniffed: Chromium holds back a response it may sniff
+/// until it has more than a few bytes, which on an idle desktop kept each read open twice as long.
+#[tokio::test]
+async fn reads_and_writes_are_neither_cached_nor_sniffed() {
+    let (_guacd, node) = guacd_node(&[], &[]).await;
+    let tunnel = HttpTunnel::connect(&node.http(), &connect_data("g"))
+        .await
+        .unwrap();
+    // The write first: a read dropped before its end ends the tunnel.
+    for op in ["write", "read"] {
+        let url = format!("{}/tunnel?{op}:{}:0", node.http(), tunnel.uuid);
+        let request = match op {
+            "read" => tunnel.http.get(url),
+            _ => tunnel.http.post(url).body("3.nop;"),
+        };
+        let response = request
+            .header("guacamole-tunnel-token", &tunnel.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{op}");
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert_eq!(header("content-type"), "application/octet-stream", "{op}");
+        assert_eq!(header("cache-control"), "no-cache", "{op}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{op}");
+    }
+}
+
 #[tokio::test]
 async fn the_token_identifies_the_tunnel_not_the_url() {
     let (_guacd, node) = guacd_node(&[], &[]).await;
