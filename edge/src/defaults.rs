@@ -47,6 +47,17 @@ pub const GUACD_SILENCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// `TUNNEL_TIMEOUT`; clients write a `nop` every 500 ms, so only a vanished client hits it).
 pub const HTTP_TUNNEL_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// An HTTP tunnel's client that stops writing while it reads has lost its path, not its interest:
+/// guacamole-common-js writes one request at a time and a `nop` every 500 ms, so its writes stop when one of
+/// them is stuck (on a node that froze before the load balancer noticed). The owner then ends the tunnel
+/// with 520, to reconnect, after four times the longest recent gap between the client's writes, but not
+/// before this: a busy page's timers run late.
+pub const WRITES_STOPPED_MIN: Duration = Duration::from_secs(3);
+
+/// … and by this: a hidden tab's timers may run once a minute, and guacamole-common-js's keep-alive then
+/// writes every 10 s at worst. It is under guacd's own 15 s, after which guacd drops a silent user (776).
+pub const WRITES_STOPPED_MAX: Duration = Duration::from_secs(12);
+
 /// How long a stopping node waits for tunnels to end by themselves before closing them.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -60,6 +60,8 @@ pub enum TunnelError {
     Silent,
     #[error("the browser answered no ping in time")]
     Unresponsive,
+    #[error("the HTTP tunnel's client stopped writing while it read")]
+    WritesStopped,
     #[error("browser connection failed: {0}")]
     Downstream(String),
     #[error("registry lookup failed: {0}")]
@@ -112,8 +114,9 @@ impl TunnelError {
         use TunnelError::*;
         match self {
             MissingToken | BadToken | WrongKind(_) | BadInstruction(_) | BadFrame | TooLarge
-            | ControlFlood | Silent | Unresponsive | IdleTimeout | Downstream(_) | Idle
-            | ReadOnly(_) | NothingToJoin | TooMany | TakenOver | Denied(_) => Side::Downstream,
+            | ControlFlood | Silent | Unresponsive | WritesStopped | IdleTimeout
+            | Downstream(_) | Idle | ReadOnly(_) | NothingToJoin | TooMany | TakenOver
+            | Denied(_) => Side::Downstream,
             Registry(_) => Side::Registry,
             Connect { .. }
             | ConnectTimeout(_)
@@ -141,6 +144,7 @@ impl TunnelError {
             ControlFlood => "control_flood",
             Silent => "browser_silent",
             Unresponsive => "browser_unresponsive",
+            WritesStopped => "writes_stopped",
             Downstream(_) => "browser_error",
             Registry(_) => "registry_unavailable",
             Connect { .. } => "upstream_unreachable",
@@ -184,7 +188,7 @@ impl TunnelError {
             }
             Handshake { source, .. } => source.status(),
             UpstreamProtocol(_) | UpstreamIo(_) => GuacStatus::UpstreamError,
-            ShuttingDown | LeaseLost => GuacStatus::UpstreamUnavailable,
+            ShuttingDown | LeaseLost | WritesStopped => GuacStatus::UpstreamUnavailable,
             SessionClosed => GuacStatus::SessionClosed,
             SessionExpired | IdleTimeout => GuacStatus::SessionTimeout,
             NothingToJoin => GuacStatus::ResourceNotFound,
@@ -217,7 +221,7 @@ impl TunnelError {
             Silent | Unresponsive => RelayClose::ClientTimeout,
             Denied(_) => RelayClose::TargetDenied,
             BadInstruction(_) | Downstream(_) | Idle => RelayClose::Normal,
-            Registry(_) | ShuttingDown | LeaseLost => RelayClose::Unavailable,
+            Registry(_) | ShuttingDown | LeaseLost | WritesStopped => RelayClose::Unavailable,
             SessionClosed => RelayClose::SessionClosed,
             SessionExpired => RelayClose::SessionExpired,
             IdleTimeout => RelayClose::IdleTimeout,
@@ -246,6 +250,7 @@ impl TunnelError {
             ControlFlood => "Too many control frames.",
             Silent => "Nothing received in time.",
             Unresponsive => "No answer from the browser in time.",
+            WritesStopped => "The tunnel's writes stopped arriving; reconnect.",
             Denied(_) => "Target not allowed.",
             Downstream(_) => "Connection error.",
             Idle => "Tunnel closed after a period without requests.",

@@ -22,7 +22,9 @@ use tracing::debug;
 use deskbroker_shared::ids::{TokenDigest, TunnelId, TunnelToken};
 use deskbroker_shared::instruction::Instruction;
 
-use crate::defaults::{HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE};
+use crate::defaults::{
+    HTTP_INPUT_QUEUE, HTTP_OUTPUT_QUEUE, WRITES_STOPPED_MAX, WRITES_STOPPED_MIN,
+};
 use crate::error::TunnelError;
 use crate::guac::Opened;
 use crate::local::Traffic;
@@ -76,6 +78,8 @@ pub struct HttpTunnel {
     input: mpsc::Sender<Bytes>,
     /// Write requests take turns, so their instructions reach guacd in request order.
     writer: tokio::sync::Mutex<()>,
+    /// When they did.
+    writes: Mutex<Cadence>,
     last_access: Mutex<Instant>,
     /// Cancelled when guacd has gone (writes are then dropped) …
     upstream_done: CancellationToken,
@@ -123,6 +127,7 @@ impl HttpTunnel {
             release: AtomicBool::new(false),
             input: input_tx,
             writer: tokio::sync::Mutex::new(()),
+            writes: Mutex::new(Cadence::new()),
             last_access: Mutex::new(Instant::now()),
             upstream_done: CancellationToken::new(),
             closed: CancellationToken::new(),
@@ -203,8 +208,70 @@ impl HttpTunnel {
         self.input.send(instructions).await.is_ok()
     }
 
-    pub async fn lock_writer(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writer.lock().await
+    /// Takes the write turn; the turn's start and end mark the client's write cadence.
+    pub async fn lock_writer(&self) -> WriteTurn<'_> {
+        let turn = self.writer.lock().await;
+        self.cadence().heard();
+        WriteTurn {
+            tunnel: self,
+            _turn: turn,
+        }
+    }
+
+    /// When the client's writes will have stopped (see [`Cadence`]), unless one arrives first.
+    fn writes_deadline(&self) -> Instant {
+        self.cadence().deadline()
+    }
+
+    /// A read is open and no write is: a client that keeps writing would have one or the other.
+    fn reading_without_writing(&self) -> bool {
+        self.output.try_lock().is_err() && self.writer.try_lock().is_ok()
+    }
+
+    fn cadence(&self) -> std::sync::MutexGuard<'_, Cadence> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A write request's turn at guacd.
+pub struct WriteTurn<'a> {
+    tunnel: &'a HttpTunnel,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        self.tunnel.cadence().heard();
+    }
+}
+
+/// When the client's writes come: guacamole-common-js writes at least every 500 ms (a `nop`) while its tab
+/// is shown, every second or so when hidden, every 10 s at worst when the browser throttles the tab hard. A
+/// client whose writes stop for four times the longest recent gap (within [`WRITES_STOPPED_MIN`] and
+/// [`WRITES_STOPPED_MAX`]) while it reads has a write stuck somewhere.
+struct Cadence {
+    last: Instant,
+    /// The longest gap between recent writes, fading by an eighth with each write; it starts at the
+    /// largest, so that a new tunnel's client is given the longest.
+    longest: Duration,
+}
+
+impl Cadence {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            longest: WRITES_STOPPED_MAX,
+        }
+    }
+
+    fn heard(&mut self) {
+        let now = Instant::now();
+        self.longest = (now - self.last).max(self.longest - self.longest / 8);
+        self.last = now;
+    }
+
+    fn deadline(&self) -> Instant {
+        self.last + (self.longest * 4).clamp(WRITES_STOPPED_MIN, WRITES_STOPPED_MAX)
     }
 }
 
@@ -221,6 +288,7 @@ impl Owner {
         let end = tokio::select! {
             end = relay(guacd, &output, input, self.registration.traffic()) => end,
             () = self.idle() => Err(TunnelError::Idle),
+            () = self.writes_stop() => Err(TunnelError::WritesStopped),
             () = tunnel.closed.cancelled() => Ok(()),
             stopped = self.registration.stopped() => Err(stopped),
         };
@@ -259,6 +327,27 @@ impl Owner {
         drop(entry);
         registration.close(&end).await;
         debug!(tunnel = %tunnel.id, "tunnel deregistered");
+    }
+
+    /// Returns once the client reads but its writes have stopped arriving: the tunnel is ended with a
+    /// status that says to reconnect, which the client's next read brings it.
+    async fn writes_stop(&self) {
+        loop {
+            let (deadline, now) = (self.tunnel.writes_deadline(), Instant::now());
+            if deadline <= now && self.tunnel.reading_without_writing() {
+                return;
+            }
+            // A write moves the deadline, earlier too (the cadence quickens), but never to before
+            // `WRITES_STOPPED_MIN` after it, so looking again by then is never late. (Past the deadline: a
+            // write in progress, or no read, which is the idle timeout's to end.)
+            let soon = now + WRITES_STOPPED_MIN;
+            sleep_until(if deadline > now {
+                deadline.min(soon)
+            } else {
+                soon
+            })
+            .await;
+        }
     }
 
     /// Returns once no request has touched the tunnel for the idle timeout.

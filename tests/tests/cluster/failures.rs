@@ -86,7 +86,9 @@ async fn killing_an_owner_ends_its_tunnels_only() {
     for n in 1..50 {
         round_trip(&survivor, &cluster.http(2), &mut survivor_reads, n).await;
     }
-    let cleaned = within(lease * 3, || async {
+    // The survivor's client goes on writing meanwhile, as guacamole-common-js does (a client that stops
+    // writing while it reads is taken for one whose writes are stuck, and told to reconnect).
+    let forgotten = || async {
         let tunnels = redis
             .cli(&["smembers", "deskbroker:node-tunnels:{edge-1}"])
             .await
@@ -96,8 +98,16 @@ async fn killing_an_owner_ends_its_tunnels_only() {
             .await
             .unwrap();
         tunnels.is_empty() && node.is_empty()
-    })
-    .await;
+    };
+    let deadline = tokio::time::Instant::now() + lease * 3;
+    let mut n = 50;
+    let mut cleaned = false;
+    while !cleaned && tokio::time::Instant::now() < deadline {
+        n += 1;
+        round_trip(&survivor, &cluster.http(2), &mut survivor_reads, n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cleaned = forgotten().await;
+    }
     assert!(cleaned, "the registry forgot the dead node and its tunnels");
     let live = redis
         .cli(&["smembers", "deskbroker:node-tunnels:{edge-2}"])
@@ -153,6 +163,42 @@ async fn a_frozen_owners_tunnel_reads_as_lost_once_its_lease_lapses() {
     assert!(
         !matches!(ending, deskbroker_tests::clients::ReadEvent::Instruction(_)),
         "{ending:?}"
+    );
+}
+
+/// guacamole-common-js sends one write at a time, and a `nop` every 500 ms: a write that lands on a node
+/// frozen before the load balancer noticed holds back every write after it. The tunnel's owner sees its
+/// client's writes stop and ends the tunnel with 520, which says to reconnect, before guacd drops the user
+/// for its silence (776, which says stop).
+#[tokio::test]
+async fn a_write_stuck_on_a_frozen_node_ends_its_tunnel_with_the_retry_status() {
+    let redis = Redis::start().await.unwrap();
+    let cluster = Cluster::start(&redis.url(), 3).await;
+    let tunnel = HttpTunnel::connect(&cluster.http(0), &connect_data("g"))
+        .await
+        .unwrap();
+    let mut reads = tunnel.read(vec![cluster.http(0)]);
+    for n in 0..20 {
+        round_trip(&tunnel, &cluster.http(0), &mut reads, n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster.edges[1].process.freeze().await.unwrap();
+    let frozen = tokio::time::Instant::now();
+    let frozen_node = cluster.http(1);
+    let stuck = tunnel.write_to(&frozen_node, "3.nop;");
+    let (seen, _) = tokio::select! {
+        _ = stuck => panic!("the frozen node answered"),
+        ended = reads.end() => ended,
+    };
+    let told_in = frozen.elapsed();
+    cluster.edges[1].process.thaw().await.unwrap();
+
+    let error = seen.iter().find(|i| i.opcode == "error");
+    let status = error.map(|e| e.args[1].as_str());
+    assert_eq!(status, Some("520"), "{seen:?}");
+    eprintln!(
+        "measured: a client whose write stuck on a frozen node was told to reconnect in {told_in:?}"
     );
 }
 

@@ -9,6 +9,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
 
+use deskbroker_tests::Edge;
+use deskbroker_tests::platform::{LOOPBACK_ALLOWED, SECRET};
+
 use crate::{ACME, Platform};
 
 /// Opens the relay and says whether it was accepted (it echoes) or refused (and with which close code).
@@ -119,6 +122,29 @@ async fn a_reconnect_after_its_node_was_killed_takes_the_dead_tunnels_slot() {
         code,
         Some(4429),
         "another session of the tenant is still refused"
+    );
+    platform.assert_invariant("one", &key, 1, 1).await;
+}
+
+/// A node killed and started again at once as itself (a pod restarted in place) is a new incarnation: the
+/// tunnels of its old one are lost, and a reconnect through it takes their slot, though the node id is its.
+#[tokio::test]
+async fn a_reconnect_through_a_node_started_again_as_itself_takes_its_old_tunnels_slot() {
+    let mut platform = Platform::start().await;
+    let key = platform.tenant("one", 1).await;
+    let path = platform.relay_session(&key, json!({})).await;
+    let (held, _) = try_open(format!("{}{path}", platform.ws(2))).await;
+    let _held = held.expect("within the limit");
+    platform.edges[2].process.kill().await;
+    let url = platform.redis.url();
+    platform.edges[2] = Edge::start_node("edge-3", &url, SECRET, &[], &LOOPBACK_ALLOWED)
+        .await
+        .unwrap();
+
+    let (again, refused) = try_open(format!("{}{path}", platform.ws(2))).await;
+    assert!(
+        again.is_some(),
+        "the reconnect is let in, not refused {refused:?}"
     );
     platform.assert_invariant("one", &key, 1, 1).await;
 }
