@@ -333,9 +333,15 @@ impl Membership {
     }
 
     /// The live owner of a tunnel record, if it has one; refreshes the view once for a node it has not
-    /// seen yet (one that joined since the last renewal).
+    /// seen yet (one that joined since the last renewal) or has seen as another incarnation (one started
+    /// again as itself since, whose new tunnels the view is older than).
     pub async fn live_owner(&self, tunnel: &TunnelRecord) -> Result<Option<NodeRecord>> {
-        if !self.lock().view.contains_key(&tunnel.owner) {
+        let seen = self
+            .lock()
+            .view
+            .get(&tunnel.owner)
+            .map(|owner| owner.incarnation);
+        if seen != Some(tunnel.incarnation) {
             self.refresh().await?;
         }
         let owner = self.lock().view.get(&tunnel.owner).cloned();

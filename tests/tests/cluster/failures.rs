@@ -166,6 +166,34 @@ async fn a_frozen_owners_tunnel_reads_as_lost_once_its_lease_lapses() {
     );
 }
 
+/// A node killed and started again at once as itself (a container restarted in place) opens tunnels as its
+/// new incarnation before the other nodes' views of the cluster have caught up: they forward to it, and do
+/// not take its new tunnels for lost with its old incarnation.
+#[tokio::test]
+async fn a_tunnel_of_a_node_started_again_as_itself_is_forwarded_at_once() {
+    let redis = Redis::start().await.unwrap();
+    let mut cluster = Cluster::start(&redis.url(), 2).await;
+    // Node 1 knows node 2's first incarnation.
+    let before = HttpTunnel::connect(&cluster.http(1), &connect_data("g"))
+        .await
+        .unwrap();
+    let mut reads = before.read(vec![cluster.http(0)]);
+    round_trip(&before, &cluster.http(0), &mut reads, 0).await;
+
+    cluster.start_again(1).await;
+    let after = HttpTunnel::connect(&cluster.http(1), &connect_data("g"))
+        .await
+        .unwrap();
+    let through = cluster.http(0);
+    assert_eq!(
+        after.write_to(&through, "3.nop;").await,
+        Ok(()),
+        "the new incarnation's tunnel is forwarded to"
+    );
+    let mut reads = after.read(vec![through.clone()]);
+    round_trip(&after, &through, &mut reads, 1).await;
+}
+
 /// guacamole-common-js sends one write at a time, and a `nop` every 500 ms: a write that lands on a node
 /// frozen before the load balancer noticed holds back every write after it. The tunnel's owner sees its
 /// client's writes stop and ends the tunnel with 520, which says to reconnect, before guacd drops the user

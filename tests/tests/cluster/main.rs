@@ -25,6 +25,8 @@ pub const SECRET: &str = "test-cluster-secret";
 pub struct Cluster {
     pub edges: Vec<Edge>,
     pub guacd: TestGuacd,
+    redis_url: String,
+    sessions: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -35,19 +37,22 @@ impl Cluster {
         let (dir, path) = deskbroker_tests::process::session_file(&sessions).expect("session file");
         let mut edges = Vec::new();
         for i in 1..=nodes {
-            let args = ["--sessions", path.to_str().unwrap()];
-            let id = format!("edge-{i}");
-            edges.push(
-                Edge::start_node(&id, redis_url, SECRET, &args, &[])
-                    .await
-                    .expect("edge starts"),
-            );
+            edges.push(start_edge(i, redis_url, &path).await);
         }
         Cluster {
             edges,
             guacd,
+            redis_url: redis_url.to_owned(),
+            sessions: path,
             _dir: dir,
         }
+    }
+
+    /// Kills a node and starts it again at once as itself (a container restarted in place): a new
+    /// incarnation of the same node id.
+    pub async fn start_again(&mut self, node: usize) {
+        self.edges[node].process.kill().await;
+        self.edges[node] = start_edge(node + 1, &self.redis_url, &self.sessions).await;
     }
 
     pub fn http(&self, node: usize) -> String {
@@ -67,4 +72,11 @@ impl Cluster {
             .and_then(|event| event["url"].as_str().map(str::to_owned))
             .expect("peer listener announced")
     }
+}
+
+async fn start_edge(n: usize, redis_url: &str, sessions: &std::path::Path) -> Edge {
+    let args = ["--sessions", sessions.to_str().unwrap()];
+    Edge::start_node(&format!("edge-{n}"), redis_url, SECRET, &args, &[])
+        .await
+        .expect("edge starts")
 }
