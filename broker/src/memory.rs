@@ -257,6 +257,21 @@ impl Registry for MemoryRegistry {
         ready(taken)
     }
 
+    fn hand_over_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        from: &'a TunnelId,
+        to: &'a TunnelId,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let mut state = self.lock();
+        let slots = state.slots.entry(tenant.clone()).or_default();
+        let handed = slots.remove(from);
+        if handed {
+            slots.insert(*to);
+        }
+        ready(handed)
+    }
+
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         let mut state = self.lock();
         let previous = state.tunnels.insert(tunnel.id, tunnel.clone());

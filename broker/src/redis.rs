@@ -44,6 +44,14 @@ static RESERVE_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::n
     )
 });
 
+/// Moves a tenant's slot from the tunnel ARGV[1] to the tunnel ARGV[2], if ARGV[1] holds one.
+static HAND_OVER_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then redis.call('SADD', KEYS[1], ARGV[2]) return 1 end \
+         return 0",
+    )
+});
+
 /// Renews a node's lease (KEYS[1] the node table, ARGV: node id, record, now in Unix ms): 1 when the table
 /// did not hold the node (or held an expired fence), 0 when it did, and 2, writing nothing, while another
 /// node holds a fence on it to remove its records.
@@ -479,6 +487,25 @@ impl Registry for RedisRegistry {
         })
     }
 
+    fn hand_over_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        from: &'a TunnelId,
+        to: &'a TunnelId,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            // One key: atomic on a Redis Cluster too.
+            let handed: i64 = HAND_OVER_SLOT
+                .key(keys::tenant_tunnels(tenant))
+                .arg(from.to_string())
+                .arg(to.to_string())
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            Ok(handed == 1)
+        })
+    }
+
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (record, id) = (json(tunnel), tunnel.id.to_string());
@@ -509,7 +536,13 @@ impl Registry for RedisRegistry {
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let id = tunnel.id.to_string();
-            let (mut a, mut b, mut c, mut d) = (self.conn(), self.conn(), self.conn(), self.conn());
+            // The slot first: a reconnect that no longer finds this tunnel among its session's finds its
+            // slot free too, rather than a tenant at its limit with nothing to wait for.
+            self.conn()
+                .srem::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id)
+                .await
+                .map_err(unavailable)?;
+            let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
             let by_token = async {
                 match &tunnel.http_token {
                     Some(token) => a.del::<_, ()>(keys::http_tunnel(token)).await,
@@ -518,8 +551,7 @@ impl Registry for RedisRegistry {
             };
             let by_id = b.del::<_, ()>(keys::tunnel(&tunnel.id));
             let by_session = c.srem::<_, _, ()>(keys::session_tunnels(&tunnel.session), &id);
-            let slot = d.srem::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id);
-            tokio::try_join!(by_token, by_id, by_session, slot).map_err(unavailable)?;
+            tokio::try_join!(by_token, by_id, by_session).map_err(unavailable)?;
             // The owner's set last, so that a failure above leaves the tunnel where cleanup finds it.
             self.conn()
                 .srem::<_, _, ()>(keys::node_tunnels(&tunnel.owner), &id)

@@ -72,6 +72,16 @@ pub trait Registry: Send + Sync + 'static {
         limit: u32,
     ) -> BoxFuture<'a, Result<bool>>;
 
+    /// Hands the tenant slot `from` holds to `to`, atomically: false when `from` holds none (another
+    /// tunnel was handed it first, or it was given back). A reconnect takes over its dead predecessor's
+    /// slot this way, so that two reconnects can never both take the same one.
+    fn hand_over_slot<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        from: &'a TunnelId,
+        to: &'a TunnelId,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;

@@ -106,9 +106,10 @@ impl Registration {
         let mut recorded = membership.add_tunnel(record.clone(), limit).await;
         if matches!(recorded, Ok(Recorded::NoSlot)) {
             // At the limit, a reconnect after a node was lost takes the slot of the tunnel it replaces,
-            // instead of waiting for that node's lease to lapse and give it back; one whose predecessor is
-            // on a live node that is ending it waits a moment for its slot.
-            recorded = match replace_lost(membership, &record).await {
+            // instead of waiting for that node's lease to lapse and give it back, and so does a new tunnel
+            // of an exclusive session, which ends its older ones anyway; one whose predecessor is on a live
+            // node that is ending it waits a moment for its slot.
+            recorded = match replace_lost(membership, &record, session.exclusive).await {
                 Ok(Predecessor::Lost) => membership.add_tunnel(record, limit).await,
                 Ok(Predecessor::Live) => {
                     let patience = tokio::time::Instant::now() + RECONNECT_PATIENCE;
@@ -251,27 +252,40 @@ enum Predecessor {
 }
 
 /// Finds a tunnel of `newest`'s session whose node is gone (its lease lapsed, or its peer listener refuses
-/// connections: killed, while its lease still runs) and takes it over: its records, its quota slot with them,
-/// are removed at once, and its node, should it be there after all, is told to close it (521 / 4409). A
-/// live node's tunnels keep their slots, and the limit holds.
+/// connections: killed, while its lease still runs), or of an exclusive session an older tunnel wherever it
+/// is (it ends anyway), and takes it over: its quota slot is handed to `newest` (atomically, so that of two
+/// reconnects each gets a slot of its own), its records are removed at once, and its node, should it be
+/// there after all, is told to close it (521 / 4409). A live node's tunnels of a shared session keep their
+/// slots, and the limit holds.
 async fn replace_lost(
     membership: &Membership,
     newest: &TunnelRecord,
+    exclusive: bool,
 ) -> Result<Predecessor, RegistryError> {
     let registry = membership.registry();
     let me = &membership.me().id;
+    let age = |t: &TunnelRecord| (t.created_ms, t.id);
     let older = registry.session_tunnels(&newest.session).await?;
     let mut found = Predecessor::None;
     for older in older.iter().filter(|t| t.id != newest.id) {
         found = Predecessor::Live;
-        if &older.owner == me {
+        let lost = if exclusive && age(older) < age(newest) {
+            // Taken over by `newest` wherever it is, alive or not.
+            true
+        } else if &older.owner == me {
             continue;
-        }
-        let lost = match membership.live_owner(older).await? {
-            None => true,
-            Some(owner) => forward::refuses_connections(&owner.peer_url).await,
+        } else {
+            match membership.live_owner(older).await? {
+                None => true,
+                Some(owner) => forward::refuses_connections(&owner.peer_url).await,
+            }
         };
-        if !lost {
+        // Another reconnect of the session may have taken this one's slot first: then try the next.
+        if !lost
+            || !registry
+                .hand_over_slot(&older.tenant, &older.id, &newest.id)
+                .await?
+        {
             continue;
         }
         let event = ControlEvent::TakenOver {
@@ -280,7 +294,7 @@ async fn replace_lost(
         };
         registry.publish(&event).await?;
         registry.remove_tunnel(older).await?;
-        info!(session = %older.session, replaced = %older.id, owner = %older.owner, "the tenant's slot of a tunnel whose node is gone goes to its session's new tunnel");
+        info!(session = %older.session, replaced = %older.id, owner = %older.owner, "the tenant's slot of a tunnel whose node is gone, or of an exclusive session's older tunnel, goes to the session's new tunnel");
         return Ok(Predecessor::Lost);
     }
     Ok(found)

@@ -350,6 +350,15 @@ impl Registry for Away {
     ) -> BoxFuture<'a, RegistryResult<bool>> {
         away()
     }
+
+    fn hand_over_slot<'a>(
+        &'a self,
+        _: &'a TenantId,
+        _: &'a TunnelId,
+        _: &'a TunnelId,
+    ) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
     fn add_tunnel<'a>(&'a self, _: &'a TunnelRecord) -> BoxFuture<'a, RegistryResult<()>> {
         away()
     }

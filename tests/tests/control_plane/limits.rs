@@ -126,6 +126,53 @@ async fn a_reconnect_after_its_node_was_killed_takes_the_dead_tunnels_slot() {
     platform.assert_invariant("one", &key, 1, 1).await;
 }
 
+/// Two tabs of one session reconnect at once after their node was killed, at the tenant's exact limit: each
+/// takes over one of the dead tunnels' slots, never both the same one (which would leave one of them
+/// refused, and a slot held by nothing until the lease lapsed).
+#[tokio::test]
+async fn two_reconnects_at_once_each_take_over_a_slot_of_their_dead_tunnels() {
+    let mut platform = Platform::start().await;
+    let key = platform.tenant("one", 2).await;
+    let path = platform.relay_session(&key, json!({})).await;
+    let (first, _) = try_open(format!("{}{path}", platform.ws(2))).await;
+    let (second, _) = try_open(format!("{}{path}", platform.ws(2))).await;
+    let _held = (first.expect("within the limit"), second.expect("within"));
+    platform.edges[2].process.kill().await;
+
+    let (a, b) = tokio::join!(
+        try_open(format!("{}{path}", platform.ws(0))),
+        try_open(format!("{}{path}", platform.ws(1))),
+    );
+    assert!(
+        a.0.is_some() && b.0.is_some(),
+        "both reconnects are let in: {:?} {:?}",
+        a.1,
+        b.1
+    );
+    platform.assert_invariant("one", &key, 2, 2).await;
+}
+
+/// At the tenant's exact limit, a new tunnel of an exclusive session is not refused because of the session's
+/// own older tunnel, live on another node (a reconnect whose old tunnel's owner has not noticed it is gone):
+/// it takes that tunnel's slot, and the older one is taken over.
+#[tokio::test]
+async fn an_exclusive_sessions_new_tunnel_at_the_limit_takes_its_older_ones_slot() {
+    let platform = Platform::start().await;
+    let key = platform.tenant("one", 1).await;
+    let path = platform
+        .relay_session(&key, json!({"exclusive": true}))
+        .await;
+    let (first, _) = try_open(format!("{}{path}", platform.ws(0))).await;
+    let mut first = first.expect("within the limit");
+    let (second, refused) = try_open(format!("{}{path}", platform.ws(1))).await;
+    assert!(second.is_some(), "let in, not refused {refused:?}");
+    assert_eq!(
+        close_frame(&mut first).await.unwrap(),
+        (4409, "taken over by another connection".into())
+    );
+    platform.assert_invariant("one", &key, 1, 1).await;
+}
+
 /// A node killed and started again at once as itself (a pod restarted in place) is a new incarnation: the
 /// tunnels of its old one are lost, and a reconnect through it takes their slot, though the node id is its.
 #[tokio::test]
