@@ -264,12 +264,11 @@ async fn replace_lost(
 ) -> Result<Predecessor, RegistryError> {
     let registry = membership.registry();
     let me = &membership.me().id;
-    let age = |t: &TunnelRecord| (t.created_ms, t.id);
     let older = registry.session_tunnels(&newest.session).await?;
     let mut found = Predecessor::None;
     for older in older.iter().filter(|t| t.id != newest.id) {
         found = Predecessor::Live;
-        let lost = if exclusive && age(older) < age(newest) {
+        let lost = if exclusive && is_older(older, newest) {
             // Taken over by `newest` wherever it is, alive or not.
             true
         } else if &older.owner == me {
@@ -300,13 +299,18 @@ async fn replace_lost(
     Ok(found)
 }
 
+/// Whether `tunnel` was opened before `newest`: by creation time, then id, so that every node orders two
+/// tunnels opened in the same millisecond alike.
+fn is_older(tunnel: &TunnelRecord, newest: &TunnelRecord) -> bool {
+    (tunnel.created_ms, tunnel.id) < (newest.created_ms, newest.id)
+}
+
 /// Closes the older tunnels of this tunnel's (exclusive) session. Only older ones: of two connections
 /// racing, the newer wins on every node.
 async fn take_over(membership: &Membership, newest: &TunnelRecord) -> Result<(), TunnelError> {
     let registry = membership.registry();
-    let age = |t: &TunnelRecord| (t.created_ms, t.id);
     for older in registry.session_tunnels(&newest.session).await? {
-        if age(&older) < age(newest) {
+        if is_older(&older, newest) {
             let event = ControlEvent::TakenOver {
                 session: older.session.clone(),
                 tunnel: older.id,
