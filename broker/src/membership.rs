@@ -332,20 +332,21 @@ impl Membership {
         }
     }
 
-    /// The live owner of a tunnel record, if it has one; refreshes the view once for a node it has not
-    /// seen yet (one that joined since the last renewal) or has seen as another incarnation (one started
-    /// again as itself since, whose new tunnels the view is older than).
-    pub async fn live_owner(&self, tunnel: &TunnelRecord) -> Result<Option<NodeRecord>> {
-        let seen = self
-            .lock()
-            .view
-            .get(&tunnel.owner)
-            .map(|owner| owner.incarnation);
-        if seen != Some(tunnel.incarnation) {
+    /// The node `owner` if its lease runs in `incarnation` (a tunnel's owner, if it has one); refreshes
+    /// the view once for a node it has not seen yet (one that joined since the last renewal) or has seen
+    /// as another incarnation (one started again as itself since, whose new tunnels the view is older
+    /// than).
+    pub async fn live_owner(
+        &self,
+        owner: &NodeId,
+        incarnation: Incarnation,
+    ) -> Result<Option<NodeRecord>> {
+        let seen = self.lock().view.get(owner).map(|node| node.incarnation);
+        if seen != Some(incarnation) {
             self.refresh().await?;
         }
-        let owner = self.lock().view.get(&tunnel.owner).cloned();
-        Ok(owner.filter(|owner| tunnel.is_alive(Some(owner), SystemTime::now())))
+        let node = self.lock().view.get(owner).cloned();
+        Ok(node.filter(|node| node.incarnation == incarnation && node.is_alive(SystemTime::now())))
     }
 
     /// Records a tunnel this node opened: takes one of its tenant's `limit` slots (none without a
@@ -389,7 +390,7 @@ impl Membership {
         let registry = &self.inner.registry;
         if let Some(limit) = limit
             && !registry
-                .reserve_slot(&record.tenant, &record.id, limit)
+                .reserve_slot(&record.tenant, &record.slot_holder(), limit)
                 .await?
         {
             return Ok(Some(Recorded::NoSlot));
@@ -472,7 +473,10 @@ mod tests {
         let on_b = tunnel(b.me());
         b.add_tunnel(on_b.clone(), None).await.unwrap();
         assert_eq!(
-            a.live_owner(&on_b).await.unwrap().map(|n| n.id),
+            a.live_owner(&on_b.owner, on_b.incarnation)
+                .await
+                .unwrap()
+                .map(|n| n.id),
             Some(NodeId::new("b"))
         );
 
@@ -484,7 +488,10 @@ mod tests {
             .await
             .unwrap();
         a.tick(&|_| {}).await.unwrap();
-        assert_eq!(a.live_owner(&on_b).await.unwrap(), None);
+        assert_eq!(
+            a.live_owner(&on_b.owner, on_b.incarnation).await.unwrap(),
+            None
+        );
         assert!(
             registry
                 .tunnels_of(&NodeId::new("b"))

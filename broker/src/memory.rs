@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, SlotHolder, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
@@ -48,7 +48,7 @@ struct State {
     /// Tenants removed (until one of the same id is put again).
     removed_tenants: HashSet<TenantId>,
     /// The tunnels holding each tenant's quota slots; a tenant with none has no entry.
-    slots: HashMap<TenantId, HashSet<TunnelId>>,
+    slots: HashMap<TenantId, HashSet<SlotHolder>>,
 }
 
 impl State {
@@ -61,7 +61,7 @@ impl State {
             self.http_tunnels.remove(token);
         }
         if let Some(slots) = self.slots.get_mut(&tunnel.tenant) {
-            slots.remove(&tunnel.id);
+            slots.remove(&tunnel.slot_holder());
             if slots.is_empty() {
                 self.slots.remove(&tunnel.tenant);
             }
@@ -245,14 +245,14 @@ impl Registry for MemoryRegistry {
     fn reserve_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        tunnel: &'a TunnelId,
+        holder: &'a SlotHolder,
         limit: u32,
     ) -> BoxFuture<'a, Result<bool>> {
         let mut state = self.lock();
         let slots = state.slots.entry(tenant.clone()).or_default();
-        let taken = slots.contains(tunnel) || slots.len() < limit as usize;
+        let taken = slots.contains(holder) || slots.len() < limit as usize;
         if taken {
-            slots.insert(*tunnel);
+            slots.insert(holder.clone());
         }
         ready(taken)
     }
@@ -260,16 +260,21 @@ impl Registry for MemoryRegistry {
     fn hand_over_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        from: &'a TunnelId,
-        to: &'a TunnelId,
+        from: &'a SlotHolder,
+        to: &'a SlotHolder,
     ) -> BoxFuture<'a, Result<bool>> {
         let mut state = self.lock();
         let slots = state.slots.entry(tenant.clone()).or_default();
         let handed = slots.remove(from);
         if handed {
-            slots.insert(*to);
+            slots.insert(to.clone());
         }
         ready(handed)
+    }
+
+    fn slot_holders<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<SlotHolder>>> {
+        let holders = self.lock().slots.get(tenant).cloned().unwrap_or_default();
+        ready(holders.into_iter().collect())
     }
 
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
@@ -287,6 +292,10 @@ impl Registry for MemoryRegistry {
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>> {
         self.lock().remove_tunnel(tunnel);
         ready(())
+    }
+
+    fn tunnel<'a>(&'a self, id: &'a TunnelId) -> BoxFuture<'a, Result<Option<TunnelRecord>>> {
+        ready(self.lock().tunnels.get(id).cloned())
     }
 
     fn http_tunnel<'a>(

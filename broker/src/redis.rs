@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use futures_util::StreamExt;
 
-use deskbroker_shared::cluster::{ControlEvent, Incarnation, NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::{ControlEvent, Incarnation, NodeRecord, SlotHolder, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::keys;
 use deskbroker_shared::session::Session;
@@ -471,7 +471,7 @@ impl Registry for RedisRegistry {
     fn reserve_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        tunnel: &'a TunnelId,
+        holder: &'a SlotHolder,
         limit: u32,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
@@ -479,7 +479,7 @@ impl Registry for RedisRegistry {
             let taken: i64 = RESERVE_SLOT
                 .key(keys::tenant_tunnels(tenant))
                 .arg(limit)
-                .arg(tunnel.to_string())
+                .arg(holder.encode())
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
@@ -490,19 +490,33 @@ impl Registry for RedisRegistry {
     fn hand_over_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        from: &'a TunnelId,
-        to: &'a TunnelId,
+        from: &'a SlotHolder,
+        to: &'a SlotHolder,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             // One key: atomic on a Redis Cluster too.
             let handed: i64 = HAND_OVER_SLOT
                 .key(keys::tenant_tunnels(tenant))
-                .arg(from.to_string())
-                .arg(to.to_string())
+                .arg(from.encode())
+                .arg(to.encode())
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;
             Ok(handed == 1)
+        })
+    }
+
+    fn slot_holders<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<SlotHolder>>> {
+        Box::pin(async move {
+            let members: Vec<String> = self
+                .conn()
+                .smembers(keys::tenant_tunnels(tenant))
+                .await
+                .map_err(unavailable)?;
+            Ok(members
+                .iter()
+                .filter_map(|m| SlotHolder::parse(m))
+                .collect())
         })
     }
 
@@ -526,7 +540,10 @@ impl Registry for RedisRegistry {
                 }
             };
             let by_session = c.sadd::<_, _, ()>(keys::session_tunnels(&tunnel.session), &id);
-            let slot = d.sadd::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id);
+            let slot = d.sadd::<_, _, ()>(
+                keys::tenant_tunnels(&tunnel.tenant),
+                tunnel.slot_holder().encode(),
+            );
             tokio::try_join!(by_id, by_token, by_session, slot)
                 .map(|_| ())
                 .map_err(unavailable)
@@ -539,7 +556,10 @@ impl Registry for RedisRegistry {
             // The slot first: a reconnect that no longer finds this tunnel among its session's finds its
             // slot free too, rather than a tenant at its limit with nothing to wait for.
             self.conn()
-                .srem::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &id)
+                .srem::<_, _, ()>(
+                    keys::tenant_tunnels(&tunnel.tenant),
+                    tunnel.slot_holder().encode(),
+                )
                 .await
                 .map_err(unavailable)?;
             let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
@@ -558,6 +578,10 @@ impl Registry for RedisRegistry {
                 .await
                 .map_err(unavailable)
         })
+    }
+
+    fn tunnel<'a>(&'a self, id: &'a TunnelId) -> BoxFuture<'a, Result<Option<TunnelRecord>>> {
+        Box::pin(self.get_json(keys::tunnel(id)))
     }
 
     fn http_tunnel<'a>(

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, SlotHolder, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
@@ -63,28 +63,34 @@ pub trait Registry: Send + Sync + 'static {
     /// meanwhile) or another node is doing it.
     fn remove_lapsed_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<bool>>;
 
-    /// Takes one of a tenant's tunnel slots for `tunnel`, atomically: false when all `limit` are taken.
+    /// Takes one of a tenant's tunnel slots for `holder`, atomically: false when all `limit` are taken.
     /// The slot is given back when the tunnel's record is removed (also by the cleanup of a lapsed node).
     fn reserve_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        tunnel: &'a TunnelId,
+        holder: &'a SlotHolder,
         limit: u32,
     ) -> BoxFuture<'a, Result<bool>>;
 
     /// Hands the tenant slot `from` holds to `to`, atomically: false when `from` holds none (another
-    /// tunnel was handed it first, or it was given back). A reconnect takes over its dead predecessor's
-    /// slot this way, so that two reconnects can never both take the same one.
+    /// tunnel was handed it first, or it was given back). A new tunnel at the limit takes over a dead
+    /// tunnel's slot this way, so that two can never both take the same one.
     fn hand_over_slot<'a>(
         &'a self,
         tenant: &'a TenantId,
-        from: &'a TunnelId,
-        to: &'a TunnelId,
+        from: &'a SlotHolder,
+        to: &'a SlotHolder,
     ) -> BoxFuture<'a, Result<bool>>;
+
+    /// What holds each of a tenant's slots.
+    fn slot_holders<'a>(&'a self, tenant: &'a TenantId) -> BoxFuture<'a, Result<Vec<SlotHolder>>>;
 
     fn add_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
 
     fn remove_tunnel<'a>(&'a self, tunnel: &'a TunnelRecord) -> BoxFuture<'a, Result<()>>;
+
+    /// A tunnel's record, by its id.
+    fn tunnel<'a>(&'a self, id: &'a TunnelId) -> BoxFuture<'a, Result<Option<TunnelRecord>>>;
 
     /// The HTTP tunnel whose `Guacamole-Tunnel-Token` has this digest, whoever owns it.
     fn http_tunnel<'a>(

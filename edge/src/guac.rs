@@ -106,7 +106,10 @@ async fn running_connection(node: &Node, session: &SessionId) -> Result<String, 
     let membership = node.membership();
     for tunnel in membership.registry().session_tunnels(session).await? {
         if let Some(connection) = &tunnel.connection
-            && membership.live_owner(&tunnel).await?.is_some()
+            && membership
+                .live_owner(&tunnel.owner, tunnel.incarnation)
+                .await?
+                .is_some()
         {
             return Ok(connection.clone());
         }

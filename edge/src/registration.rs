@@ -9,17 +9,19 @@
 //! releases the same things, its registry records at the next lease renewal. Either way each is released
 //! exactly once, and the membership orders every registry write about the tunnel (see `Membership`).
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use futures_util::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use deskbroker_broker::{Membership, Recorded, RegistryError, restore};
-use deskbroker_shared::cluster::{ControlEvent, TunnelKind, TunnelRecord};
-use deskbroker_shared::ids::{TokenDigest, TunnelId};
+use deskbroker_shared::cluster::{ControlEvent, Incarnation, SlotHolder, TunnelKind, TunnelRecord};
+use deskbroker_shared::ids::{NodeId, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::{HostPort, Session};
 use deskbroker_shared::time::unix_ms;
 use deskbroker_shared::{GuacStatus, RelayClose};
@@ -105,9 +107,9 @@ impl Registration {
         };
         let mut recorded = membership.add_tunnel(record.clone(), limit).await;
         if matches!(recorded, Ok(Recorded::NoSlot)) {
-            // At the limit, a reconnect after a node was lost takes the slot of the tunnel it replaces,
-            // instead of waiting for that node's lease to lapse and give it back, and so does a new tunnel
-            // of an exclusive session, which ends its older ones anyway; one whose predecessor is on a live
+            // At the limit, a new tunnel takes the slot of one that died with its node, instead of waiting
+            // for that node's lease to lapse and give it back, and a new tunnel of an exclusive session
+            // the slot of its older one, which it ends anyway; a reconnect whose predecessor is on a live
             // node that is ending it waits a moment for its slot.
             recorded = match replace_lost(membership, &record, session.exclusive).await {
                 Ok(Predecessor::Lost) => membership.add_tunnel(record, limit).await,
@@ -241,62 +243,112 @@ impl Drop for Registration {
     }
 }
 
-/// What the other tunnels of a session refused a slot say of it.
+/// What a new tunnel refused a slot found.
 enum Predecessor {
-    /// One was on a node that is gone: its slot is taken over.
+    /// The slot of a tunnel that ends anyway, which it took.
     Lost,
-    /// Some are on live nodes: this may be a reconnect whose predecessor is being closed.
+    /// None, but its session has tunnels on live nodes: this may be a reconnect whose predecessor is being
+    /// closed.
     Live,
-    /// There are none.
+    /// None.
     None,
 }
 
-/// Finds a tunnel of `newest`'s session whose node is gone (its lease lapsed, or its peer listener refuses
-/// connections: killed, while its lease still runs), or of an exclusive session an older tunnel wherever it
-/// is (it ends anyway), and takes it over: its quota slot is handed to `newest` (atomically, so that of two
-/// reconnects each gets a slot of its own), its records are removed at once, and its node, should it be
-/// there after all, is told to close it (521 / 4409). A live node's tunnels of a shared session keep their
-/// slots, and the limit holds.
+/// At the tenant's limit, takes for `newest` the slot of a tunnel that ends anyway: of an exclusive
+/// session, an older tunnel of it wherever it is; otherwise one of the tenant's tunnels, of whichever
+/// session, whose node is gone, since a tunnel that died with its node holds nothing but its slot until
+/// the lease lapses. The slot is handed over atomically (of two new tunnels, each gets a slot of its own),
+/// the tunnel's records are removed at once, and its node, should it be there after all, is told to close
+/// it (521 / 4409). Tunnels on live nodes keep their slots, and the limit holds.
 async fn replace_lost(
     membership: &Membership,
     newest: &TunnelRecord,
     exclusive: bool,
 ) -> Result<Predecessor, RegistryError> {
-    let registry = membership.registry();
-    let me = &membership.me().id;
-    let older = registry.session_tunnels(&newest.session).await?;
-    let mut found = Predecessor::None;
-    for older in older.iter().filter(|t| t.id != newest.id) {
-        found = Predecessor::Live;
-        let lost = if exclusive && is_older(older, newest) {
-            // Taken over by `newest` wherever it is, alive or not.
-            true
-        } else if &older.owner == me {
-            continue;
-        } else {
-            match membership.live_owner(older).await? {
-                None => true,
-                Some(owner) => forward::refuses_connections(&owner.peer_url).await,
+    let session = membership
+        .registry()
+        .session_tunnels(&newest.session)
+        .await?;
+    let others: Vec<&TunnelRecord> = session.iter().filter(|t| t.id != newest.id).collect();
+    if exclusive {
+        for older in others.iter().filter(|t| is_older(t, newest)) {
+            if take_slot(membership, &older.slot_holder(), newest).await? {
+                return Ok(Predecessor::Lost);
             }
-        };
-        // Another reconnect of the session may have taken this one's slot first: then try the next.
-        if !lost
-            || !registry
-                .hand_over_slot(&older.tenant, &older.id, &newest.id)
-                .await?
-        {
-            continue;
         }
+    }
+    for holder in dead_holders(membership, &newest.tenant).await? {
+        if take_slot(membership, &holder, newest).await? {
+            return Ok(Predecessor::Lost);
+        }
+    }
+    Ok(match others.is_empty() {
+        true => Predecessor::None,
+        false => Predecessor::Live,
+    })
+}
+
+/// The holders of a tenant's slots whose node is gone: its lease lapsed, it runs as another incarnation
+/// now, or its peer listener refuses connections (killed, while its lease still runs). Each node is judged
+/// once, however many slots it holds, and the probes go at once.
+async fn dead_holders(
+    membership: &Membership,
+    tenant: &TenantId,
+) -> Result<Vec<SlotHolder>, RegistryError> {
+    let me = membership.me();
+    let holders = membership.registry().slot_holders(tenant).await?;
+    let nodes: HashSet<(&NodeId, Incarnation)> = holders
+        .iter()
+        .map(|holder| (&holder.owner, holder.incarnation))
+        .filter(|&(owner, incarnation)| (owner, incarnation) != (&me.id, me.incarnation))
+        .collect();
+    let mut gone = HashSet::new();
+    let mut probes = Vec::new();
+    for (owner, incarnation) in nodes {
+        match membership.live_owner(owner, incarnation).await? {
+            None => {
+                gone.insert((owner, incarnation));
+            }
+            Some(node) => probes.push(async move {
+                let refused = forward::refuses_connections(&node.peer_url).await;
+                refused.then_some((owner, incarnation))
+            }),
+        }
+    }
+    gone.extend(join_all(probes).await.into_iter().flatten());
+    let dead = holders
+        .iter()
+        .filter(|holder| gone.contains(&(&holder.owner, holder.incarnation)))
+        .cloned()
+        .collect();
+    Ok(dead)
+}
+
+/// Hands the slot `holder` holds to `newest`, and ends its tunnel: false when another new tunnel was
+/// handed it first.
+async fn take_slot(
+    membership: &Membership,
+    holder: &SlotHolder,
+    newest: &TunnelRecord,
+) -> Result<bool, RegistryError> {
+    let registry = membership.registry();
+    let handed = registry
+        .hand_over_slot(&newest.tenant, holder, &newest.slot_holder())
+        .await?;
+    if !handed {
+        return Ok(false);
+    }
+    // A slot without a record was taken by a node that died before it wrote one.
+    if let Some(older) = registry.tunnel(&holder.tunnel).await? {
         let event = ControlEvent::TakenOver {
             session: older.session.clone(),
             tunnel: older.id,
         };
         registry.publish(&event).await?;
-        registry.remove_tunnel(older).await?;
-        info!(session = %older.session, replaced = %older.id, owner = %older.owner, "the tenant's slot of a tunnel whose node is gone, or of an exclusive session's older tunnel, goes to the session's new tunnel");
-        return Ok(Predecessor::Lost);
+        registry.remove_tunnel(&older).await?;
     }
-    Ok(found)
+    info!(tenant = %newest.tenant, session = %newest.session, replaced = %holder.tunnel, owner = %holder.owner, "the tenant's slot of a tunnel whose node is gone, or of an exclusive session's older tunnel, goes to a new tunnel");
+    Ok(true)
 }
 
 /// Whether `tunnel` was opened before `newest`: by creation time, then id, so that every node orders two
@@ -399,5 +451,28 @@ mod tests {
         node.0.tick(&|_| {}).await.unwrap();
         assert_eq!(recorded(&node).await, 0);
         assert!(open(&node).await.is_ok(), "the slot is free again");
+    }
+
+    /// A node that took a slot and died before it wrote its tunnel's record leaves a slot no record or
+    /// cleanup ever gives back: the slot's holder names the dead node, so a tunnel at the limit takes it.
+    #[tokio::test]
+    async fn a_slot_its_dead_node_never_recorded_a_tunnel_for_is_taken_at_the_limit() {
+        let node = one_slot().await;
+        let orphan = SlotHolder {
+            tunnel: TunnelId::random(),
+            owner: NodeId::new("died-while-connecting"),
+            incarnation: Incarnation(uuid::Uuid::from_u128(7)),
+        };
+        let registry = node.0.registry();
+        assert!(
+            registry
+                .reserve_slot(&node.2.tenant, &orphan, 1)
+                .await
+                .unwrap()
+        );
+
+        let opened = open(&node).await.unwrap();
+        let holders = registry.slot_holders(&node.2.tenant).await.unwrap();
+        assert_eq!(holders, [opened.record().slot_holder()]);
     }
 }

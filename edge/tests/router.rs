@@ -28,7 +28,7 @@ use deskbroker_edge::config::Timeouts;
 use deskbroker_edge::deny::DenyList;
 use deskbroker_edge::http_tunnel::HttpTunnels;
 use deskbroker_edge::server::{self, Routes};
-use deskbroker_shared::cluster::{ControlEvent, NodeRecord, TunnelRecord};
+use deskbroker_shared::cluster::{ControlEvent, NodeRecord, SlotHolder, TunnelRecord};
 use deskbroker_shared::ids::{
     ClusterSecret, NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId,
 };
@@ -345,7 +345,7 @@ impl Registry for Away {
     fn reserve_slot<'a>(
         &'a self,
         _: &'a TenantId,
-        _: &'a TunnelId,
+        _: &'a SlotHolder,
         _: u32,
     ) -> BoxFuture<'a, RegistryResult<bool>> {
         away()
@@ -354,9 +354,21 @@ impl Registry for Away {
     fn hand_over_slot<'a>(
         &'a self,
         _: &'a TenantId,
-        _: &'a TunnelId,
-        _: &'a TunnelId,
+        _: &'a SlotHolder,
+        _: &'a SlotHolder,
     ) -> BoxFuture<'a, RegistryResult<bool>> {
+        away()
+    }
+    fn slot_holders<'a>(
+        &'a self,
+        _: &'a TenantId,
+    ) -> BoxFuture<'a, RegistryResult<Vec<SlotHolder>>> {
+        away()
+    }
+    fn tunnel<'a>(
+        &'a self,
+        _: &'a TunnelId,
+    ) -> BoxFuture<'a, RegistryResult<Option<TunnelRecord>>> {
         away()
     }
     fn add_tunnel<'a>(&'a self, _: &'a TunnelRecord) -> BoxFuture<'a, RegistryResult<()>> {

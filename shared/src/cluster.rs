@@ -95,6 +95,44 @@ impl TunnelRecord {
     pub fn is_alive(&self, owner: Option<&NodeRecord>, now: SystemTime) -> bool {
         owner.is_some_and(|node| node.incarnation == self.incarnation && node.is_alive(now))
     }
+
+    /// What holds the tunnel's quota slot.
+    pub fn slot_holder(&self) -> SlotHolder {
+        SlotHolder {
+            tunnel: self.id,
+            owner: self.owner.clone(),
+            incarnation: self.incarnation,
+        }
+    }
+}
+
+/// What holds one of a tenant's quota slots: a tunnel, with the node (and its incarnation) that opened it,
+/// so that a tenant at its limit tells the slots of tunnels that died with their node from the slots
+/// alone. The registry keeps it as `<tunnel>:<incarnation>:<owner>`, the owner last since an operator
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotHolder {
+    pub tunnel: TunnelId,
+    pub owner: NodeId,
+    pub incarnation: Incarnation,
+}
+
+impl SlotHolder {
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.tunnel, self.incarnation, self.owner)
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.splitn(3, ':');
+        let tunnel = TunnelId::parse(parts.next()?)?;
+        let incarnation = Incarnation(parts.next()?.parse().ok()?);
+        let owner = NodeId::new(parts.next()?);
+        Some(Self {
+            tunnel,
+            owner,
+            incarnation,
+        })
+    }
 }
 
 /// Messages every node hears on the registry's control channel.
@@ -168,6 +206,15 @@ mod tests {
         assert!(!tunnel(1).is_alive(None, now), "the owner is unknown");
         let renewed = node(0).renewed(now, Duration::from_secs(5));
         assert_eq!(renewed.expires_ms, unix_ms(now) + 5000);
+    }
+
+    #[test]
+    fn a_slot_holder_round_trips_whatever_its_node_is_named() {
+        let mut record = tunnel(1);
+        record.owner = NodeId::new("pod:7 a");
+        let holder = record.slot_holder();
+        assert_eq!(SlotHolder::parse(&holder.encode()), Some(holder));
+        assert_eq!(SlotHolder::parse(&record.id.to_string()), None);
     }
 
     #[test]

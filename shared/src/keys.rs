@@ -13,7 +13,7 @@
 //! | `deskbroker:revoked:{<session>}` | string | present for a while after the session was closed |
 //! | `deskbroker:removed-tenant:{<tenant>}` | string | present for a while after the tenant was removed |
 //! | `deskbroker:tenant-sessions:{<tenant>}` | set | ids of the tenant's sessions (expired ones pruned when listed) |
-//! | `deskbroker:tenant-tunnels:{<tenant>}` | set | ids of the tenant's open tunnels: its used slots |
+//! | `deskbroker:tenant-tunnels:{<tenant>}` | set | the tenant's used slots, each `<tunnel>:<incarnation>:<owner>` (`SlotHolder`) |
 //! | `deskbroker:tenants` | hash | tenant id → `Tenant` JSON |
 //! | `deskbroker:tenant-keys` | hash | SHA-256 of an API key → tenant id |
 //! | `deskbroker:restored:{<marker>}` | string | present while the registry holds what the operator configured (see the broker's `restore.rs`) |

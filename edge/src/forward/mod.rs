@@ -173,7 +173,10 @@ impl Forwarder {
             // Ours by the record, but not in our map: it has ended here.
             return Ok(Owner::Gone);
         }
-        let Some(owner) = membership.live_owner(&record).await? else {
+        let Some(owner) = membership
+            .live_owner(&record.owner, record.incarnation)
+            .await?
+        else {
             return Ok(Owner::Lost);
         };
         let mut cache = self.cache();

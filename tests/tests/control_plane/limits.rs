@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
 
 use deskbroker_tests::Edge;
-use deskbroker_tests::platform::{LOOPBACK_ALLOWED, SECRET};
+use deskbroker_tests::platform::{LOOPBACK_ALLOWED, SECRET, eventually};
 
 use crate::{ACME, Platform};
 
@@ -150,6 +150,36 @@ async fn two_reconnects_at_once_each_take_over_a_slot_of_their_dead_tunnels() {
         b.1
     );
     platform.assert_invariant("one", &key, 2, 2).await;
+}
+
+/// A tunnel that died with its node holds its tenant's slot for nobody, whichever session it was of. Two
+/// pages at the tenant's exact limit, one of each session, lose their tunnels at once: A's with its
+/// killed node, B's (on a live node) when the dead node carried its read. A's reconnect comes first and
+/// finds B's slot free; B's then finds none, and takes the slot of A's dead tunnel (before: refused, 4429,
+/// until the dead node's lease lapsed, though its own session had lost nothing to take over).
+#[tokio::test]
+async fn a_new_tunnel_at_the_limit_takes_the_slot_of_any_of_the_tenants_dead_tunnels() {
+    let mut platform = Platform::start().await;
+    let key = platform.tenant("two", 2).await;
+    let a = platform.relay_session(&key, json!({})).await;
+    let b = platform.relay_session(&key, json!({})).await;
+    let (a_before, _) = try_open(format!("{}{a}", platform.ws(2))).await;
+    let (b_before, _) = try_open(format!("{}{b}", platform.ws(0))).await;
+    let _a_before = a_before.expect("within the limit");
+    let mut b_before = b_before.expect("within the limit");
+    platform.edges[2].process.kill().await;
+    b_before.close(None).await.unwrap();
+    let freed = || async { platform.slots("two").await == 1 };
+    eventually(STEP, "B's old tunnel gives its slot back", freed).await;
+
+    let (a_again, refused) = try_open(format!("{}{a}", platform.ws(0))).await;
+    let _a_again = a_again.unwrap_or_else(|| panic!("A's reconnect: refused {refused:?}"));
+    let (b_again, refused) = try_open(format!("{}{b}", platform.ws(1))).await;
+    assert!(
+        b_again.is_some(),
+        "B's reconnect takes the dead tunnel's slot, not refused {refused:?}"
+    );
+    platform.assert_invariant("two", &key, 2, 2).await;
 }
 
 /// At the tenant's exact limit, a new tunnel of an exclusive session is not refused because of the session's
