@@ -554,12 +554,11 @@ impl Registry for RedisRegistry {
         Box::pin(async move {
             let id = tunnel.id.to_string();
             // The slot first: a reconnect that no longer finds this tunnel among its session's finds its
-            // slot free too, rather than a tenant at its limit with nothing to wait for.
+            // slot free too, rather than a tenant at its limit with nothing to wait for. (With the bare id
+            // that builds before slot holders wrote, so that a rolling upgrade's cleanup leaks no slot.)
+            let slot = [tunnel.slot_holder().encode(), id.clone()];
             self.conn()
-                .srem::<_, _, ()>(
-                    keys::tenant_tunnels(&tunnel.tenant),
-                    tunnel.slot_holder().encode(),
-                )
+                .srem::<_, _, ()>(keys::tenant_tunnels(&tunnel.tenant), &slot)
                 .await
                 .map_err(unavailable)?;
             let (mut a, mut b, mut c) = (self.conn(), self.conn(), self.conn());
