@@ -5,17 +5,20 @@
 //! Measured per relay: one stream's throughput, 50 concurrent streams' throughput (checked by count and
 //! SHA-256, and again by count alone, since hashing caps the client), the relay's CPU seconds per GiB moved
 //! and its peak memory (its whole process tree, PSS) on the unhashed runs, and the round-trip latency of
-//! 32-byte messages after a warm-up.
+//! 32-byte messages after a warm-up. The `scale` section measures the registry with up to a thousand
+//! simulated nodes and a million tunnel records (`scale.rs`, docs/scale.md).
 
 mod guacamole;
 mod registry;
 mod relays;
+mod scale;
 mod sizes;
 mod streams;
 mod system;
 mod upstreams;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -49,6 +52,7 @@ enum Section {
     BackPressure,
     Guacamole,
     Registry,
+    Scale,
 }
 
 struct Plan {
@@ -67,6 +71,8 @@ struct Plan {
     /// Blocks of `x-repeat` (about 280 KiB each) read through each Guacamole tunnel, and round trips.
     guac_blocks: u64,
     guac_trips: usize,
+    /// The registry's scale section: cluster sizes.
+    scale: Vec<scale::Size>,
 }
 
 #[tokio::main]
@@ -84,6 +90,14 @@ async fn main() -> anyhow::Result<()> {
             round_trips: 200,
             guac_blocks: 16,
             guac_trips: 50,
+            scale: vec![scale::Size {
+                nodes: 10,
+                tunnels: 1_000,
+                dead_node_tunnels: 500,
+                churn: 200,
+                churn_for: Duration::from_secs(3),
+                steady_for: Duration::from_secs(5),
+            }],
         },
         false => Plan {
             idle: 9_000,
@@ -96,6 +110,16 @@ async fn main() -> anyhow::Result<()> {
             round_trips: 2000,
             guac_blocks: 1024,
             guac_trips: 1000,
+            scale: [(10, 10_000), (100, 100_000), (1_000, 1_000_000)]
+                .map(|(nodes, tunnels)| scale::Size {
+                    nodes,
+                    tunnels,
+                    dead_node_tunnels: 20_000,
+                    churn: 2_000,
+                    churn_for: Duration::from_secs(10),
+                    steady_for: Duration::from_secs(20),
+                })
+                .into(),
         },
     };
     let source = start_source().await?;
@@ -145,6 +169,13 @@ async fn main() -> anyhow::Result<()> {
             costs.held,
             costs.held_for.as_secs()
         );
+    }
+    if runs(Section::Scale) {
+        let mut rows = Vec::new();
+        for size in &plan.scale {
+            rows.extend(scale::measure(size).await?);
+        }
+        scale::print(&rows);
     }
     Ok(())
 }
