@@ -25,6 +25,10 @@ pub const RENEWALS_PER_LEASE: u32 = 3;
 /// than within a period, whose wait can outlast the lease after an outage about as long.
 pub const RENEWAL_RETRY: Duration = REDIS_MAX_RECONNECT_DELAY;
 
+/// At most this many lapsed nodes are named to a renewing node, which removes their records: more are
+/// named at the next renewals (and to the other nodes meanwhile).
+pub const LAPSED_PER_RENEWAL: usize = 16;
+
 /// How long a node removing a lapsed node's records keeps that node from renewing (its fence): enough for
 /// tens of thousands of tunnels at a few commands each; a fence left by a node that stopped half-way
 /// delays the lapsed node's return, and the next cleanup, by no more than this.

@@ -22,30 +22,29 @@ pub enum Lease {
     Lapsed,
 }
 
-/// When the view was read: what the rules need besides the records.
+/// What the rules need besides a node's record and when it was read.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reads {
-    /// When the last read of every node's record was sent, in Unix milliseconds.
-    pub last_ms: u64,
     /// When this node last found its own record missing at a renewal (at its start, when the registry lost
     /// its data, or when another node had cleaned up after it), in Unix milliseconds.
     pub recreated_ms: Option<u64>,
 }
 
 impl Reads {
-    /// What the view says of `known`, a node found live earlier, given `seen`, what the last read returned
-    /// for its id. For one `lease` after the registry lost its data, a node the read no longer shows may
-    /// just not have renewed yet: it is taken as live, as `known` says.
+    /// What the view says of `known`, a node found live earlier, given `seen`, what the last read of its
+    /// record returned, sent at `read_ms` (Unix ms). For one `lease` after the registry lost its data, a
+    /// node the read no longer shows may just not have renewed yet: it is taken as live, as `known` says.
     pub fn judge(
         &self,
         known: &NodeRecord,
         seen: Option<&NodeRecord>,
+        read_ms: u64,
         lease: Duration,
         now_ms: u64,
     ) -> Lease {
         match seen {
             Some(seen) if seen.incarnation != known.incarnation => Lease::Lapsed,
-            Some(seen) if seen.expires_ms <= self.last_ms => Lease::Lapsed,
+            Some(seen) if seen.expires_ms <= read_ms => Lease::Lapsed,
             Some(seen) => Lease::Live(seen.clone()),
             None if self.recreated_within(lease, now_ms) => Lease::Live(known.clone()),
             None => Lease::Lapsed,
@@ -77,18 +76,11 @@ mod tests {
         }
     }
 
-    fn read_at(last_ms: u64) -> Reads {
-        Reads {
-            last_ms,
-            recreated_ms: None,
-        }
-    }
-
     #[test]
     fn a_node_whose_renewed_lease_was_read_is_live_with_the_newer_record() {
         let renewed = node(30_000);
         assert_eq!(
-            read_at(20_000).judge(&node(15_000), Some(&renewed), LEASE, 21_000),
+            Reads::default().judge(&node(15_000), Some(&renewed), 20_000, LEASE, 21_000),
             Lease::Live(renewed)
         );
     }
@@ -98,11 +90,11 @@ mod tests {
         let seen = node(15_000);
         // Past its expiry by the clock, but the last read came before it: the node may have renewed since.
         assert_eq!(
-            read_at(14_000).judge(&seen, Some(&seen), LEASE, 60_000),
+            Reads::default().judge(&seen, Some(&seen), 14_000, LEASE, 60_000),
             Lease::Live(seen.clone())
         );
         assert_eq!(
-            read_at(15_000).judge(&seen, Some(&seen), LEASE, 15_001),
+            Reads::default().judge(&seen, Some(&seen), 15_000, LEASE, 15_001),
             Lease::Lapsed
         );
     }
@@ -114,7 +106,7 @@ mod tests {
             ..node(30_000)
         };
         assert_eq!(
-            read_at(20_000).judge(&node(25_000), Some(&restarted), LEASE, 20_001),
+            Reads::default().judge(&node(25_000), Some(&restarted), 20_000, LEASE, 20_001),
             Lease::Lapsed
         );
     }
@@ -123,17 +115,19 @@ mod tests {
     fn a_node_the_registry_no_longer_holds_has_lapsed_unless_the_registry_just_lost_its_data() {
         let known = node(25_000);
         assert_eq!(
-            read_at(20_000).judge(&known, None, LEASE, 20_001),
+            Reads::default().judge(&known, None, 20_000, LEASE, 20_001),
             Lease::Lapsed
         );
         let after_loss = Reads {
-            last_ms: 20_000,
             recreated_ms: Some(19_000),
         };
         assert_eq!(
-            after_loss.judge(&known, None, LEASE, 28_999),
+            after_loss.judge(&known, None, 20_000, LEASE, 28_999),
             Lease::Live(known.clone())
         );
-        assert_eq!(after_loss.judge(&known, None, LEASE, 29_000), Lease::Lapsed);
+        assert_eq!(
+            after_loss.judge(&known, None, 20_000, LEASE, 29_000),
+            Lease::Lapsed
+        );
     }
 }

@@ -29,4 +29,4 @@ pub mod tenants;
 pub use membership::{Membership, Recorded};
 pub use memory::MemoryRegistry;
 pub use redis::RedisRegistry;
-pub use registry::{BoxFuture, EventStream, Registry, RegistryError, Renewal, Result};
+pub use registry::{BoxFuture, EventStream, Heartbeat, Registry, RegistryError, Renewal, Result};

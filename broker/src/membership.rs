@@ -2,10 +2,13 @@
 //! after nodes whose lease lapsed, and knows its own tunnels so it can record them again if the registry
 //! loses them (Redis restarted empty).
 //!
-//! Leases cost one registry write and one read per node per renewal period, whatever the number of
-//! tunnels. A tunnel's owner is alive while its record in the view has not expired: since the view is
-//! refreshed every renewal period and a lease is renewed three times per lease, a live owner never looks
-//! expired, and a dead one looks expired everywhere within one lease of its last renewal.
+//! Leases cost one registry command per node per renewal period, whatever the number of tunnels or of
+//! nodes: the renewal also says which leases ran out (the registry keeps an index by expiry), and the
+//! node that hears of one first removes its records. A node reads other nodes' records only as it needs
+//! them (a tunnel's owner, to forward to it), one command per period for all of those it used within the
+//! last lease. A tunnel's owner is alive while its record in the view has not expired: since the records
+//! in use are read again every renewal period and a lease is renewed three times per lease, a live owner
+//! never looks expired, and a dead one looks expired everywhere within one lease of its last renewal.
 //!
 //! A node that uses another it found earlier (a forward to a tunnel's owner) asks [`Membership::lease_of`]
 //! each time, or waits on [`Membership::lapsed`] while it uses it: both judge by the rules of
@@ -47,7 +50,8 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    view: HashMap<NodeId, NodeRecord>,
+    /// The nodes this one asked about lately, as last read.
+    view: HashMap<NodeId, Seen>,
     reads: Reads,
     tunnels: HashMap<TunnelId, Arc<Owned>>,
     /// Removals that failed while the registry was away, retried at each renewal.
@@ -59,6 +63,26 @@ struct State {
     /// The tunnels are to be recorded again: owed from the renewal that found it so until a renewal
     /// manages it (one that fails half-way leaves it owed).
     record_owed: bool,
+}
+
+/// A node as this node last read it.
+struct Seen {
+    /// Its record, `None` when the registry did not hold it.
+    record: Option<NodeRecord>,
+    /// When that read was sent, in Unix ms; 0 before the first.
+    read_ms: u64,
+    /// When this node last asked about it: one not asked about for two leases is forgotten.
+    used: Instant,
+}
+
+impl Seen {
+    fn unread() -> Self {
+        Self {
+            record: None,
+            read_ms: 0,
+            used: Instant::now(),
+        }
+    }
 }
 
 /// One tunnel's registry state, owned by its node. Every write about the tunnel (its slot and records, a
@@ -139,8 +163,7 @@ impl Membership {
     /// Joins the cluster: forgets what an earlier run of this node left behind, then takes a lease.
     pub async fn join(&self) -> Result<()> {
         self.inner.registry.remove_node(&self.inner.me.id).await?;
-        self.renew(&|_| {}).await?;
-        self.refresh().await
+        self.renew(&|_| {}).await.map(drop)
     }
 
     /// Renews the lease every lease/3 until `shutdown`, then leaves the cluster. `evict` is told of each
@@ -168,24 +191,13 @@ impl Membership {
     /// may have lapsed, the node records its tunnels again, each within its tenant's quota, and `evict`
     /// is told of each that no longer fits: the node can no longer own it.
     pub async fn tick(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
-        self.renew(evict).await?;
-        self.refresh().await?;
-        let lapsed: Vec<NodeId> = {
-            let now = SystemTime::now();
-            let state = self.lock();
-            state
-                .view
-                .values()
-                .filter(|node| !node.is_alive(now))
-                .map(|node| node.id.clone())
-                .collect()
-        };
-        for id in lapsed {
-            if self.inner.registry.remove_lapsed_node(&id).await? {
+        let lapsed = self.renew(evict).await?;
+        for id in lapsed.iter().filter(|id| **id != self.inner.me.id) {
+            if self.inner.registry.remove_lapsed_node(id).await? {
                 info!(node = %id, "node lease lapsed; removed its records");
             }
-            self.lock().view.remove(&id);
         }
+        self.refresh().await?;
         let unremoved = std::mem::take(&mut self.lock().unremoved);
         for owned in unremoved {
             self.remove_records(owned).await;
@@ -197,13 +209,14 @@ impl Membership {
     /// another node cleaned up after it), the lease may have lapsed since the last renewal the registry
     /// confirmed (the registry's answers were lost, so the first is not known), or one of the registry's
     /// servers restarted (a Cluster master back empty lost its slots, wherever the lease is kept),
-    /// records every tunnel again.
-    async fn renew(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
+    /// records every tunnel again. Returns the nodes whose lease the registry found lapsed.
+    async fn renew(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<Vec<NodeId>> {
         let sent = Instant::now();
         let record = self.inner.me.renewed(SystemTime::now(), self.inner.lease);
         let registry = &self.inner.registry;
-        let (renewal, runs) = tokio::join!(registry.renew(&record), registry.server_runs());
-        let renewal = renewal.inspect_err(|_| metrics().lease_renewal("failed"))?;
+        let (heartbeat, runs) = tokio::join!(registry.renew(&record), registry.server_runs());
+        let heartbeat = heartbeat.inspect_err(|_| metrics().lease_renewal("failed"))?;
+        let renewal = heartbeat.renewal;
         metrics().lease_renewal(match renewal {
             Renewal::Renewed => "renewed",
             Renewal::Fresh => "fresh",
@@ -211,8 +224,9 @@ impl Membership {
         });
         if renewal == Renewal::Fenced {
             info!("another node is removing this node's records after its lease lapsed; waiting");
-            return Ok(());
+            return Ok(Vec::new());
         }
+        metrics().nodes_alive.set(heartbeat.live as i64);
         let owed = {
             let mut state = self.lock();
             // Runs not read this time (a server away) are read again at the next renewal.
@@ -242,7 +256,7 @@ impl Membership {
             self.record_again(evict).await?;
             self.lock().record_owed = false;
         }
-        Ok(())
+        Ok(heartbeat.lapsed)
     }
 
     /// Records every tunnel of this node again, each within its tenant's quota now.
@@ -279,31 +293,56 @@ impl Membership {
         Ok(())
     }
 
-    /// Reads every node's lease into the view.
+    /// Reads again the records of the nodes this one asked about within the last two leases, and forgets
+    /// the others: one command, as large as the number of nodes this one uses, not as the cluster. (A
+    /// wait on a node asks again once its lease would have run out, up to a lease after the read it
+    /// judged by.)
     pub async fn refresh(&self) -> Result<()> {
+        let ids: Vec<NodeId> = {
+            let mut state = self.lock();
+            let kept = 2 * self.inner.lease;
+            state.view.retain(|_, seen| seen.used.elapsed() < kept);
+            state.view.keys().cloned().collect()
+        };
+        self.read(&ids).await
+    }
+
+    /// Reads these nodes' records into the view.
+    async fn read(&self, ids: &[NodeId]) -> Result<()> {
         let sent_ms = unix_ms(SystemTime::now());
-        let nodes = self.inner.registry.nodes().await?;
-        let now = SystemTime::now();
-        let alive = nodes.iter().filter(|node| node.is_alive(now)).count();
-        metrics().nodes_alive.set(alive as i64);
+        let records = self.inner.registry.node_records(ids).await?;
         {
             let mut state = self.lock();
-            state.view = nodes
-                .into_iter()
-                .map(|node| (node.id.clone(), node))
-                .collect();
-            state.reads.last_ms = sent_ms;
+            for (id, record) in ids.iter().zip(records) {
+                let seen = state.view.entry(id.clone()).or_insert_with(Seen::unread);
+                (seen.record, seen.read_ms) = (record, sent_ms);
+            }
         }
         self.inner.read.send_modify(|reads| *reads += 1);
         Ok(())
     }
 
-    /// What the view says of `known`, a node found live earlier (see [`crate::lease`]). Reads no registry.
+    /// What the view says of `known`, a node found live earlier (see [`crate::lease`]). Reads no registry:
+    /// a node not in the view is read at the next renewal, and taken as live until then.
     pub fn lease_of(&self, known: &NodeRecord) -> Lease {
-        let state = self.lock();
+        let mut state = self.lock();
         let now_ms = unix_ms(SystemTime::now());
-        let seen = state.view.get(&known.id);
-        state.reads.judge(known, seen, self.inner.lease, now_ms)
+        let reads = state.reads;
+        let seen = state
+            .view
+            .entry(known.id.clone())
+            .or_insert_with(Seen::unread);
+        seen.used = Instant::now();
+        match seen.read_ms {
+            0 => Lease::Live(known.clone()),
+            read_ms => reads.judge(
+                known,
+                seen.record.as_ref(),
+                read_ms,
+                self.inner.lease,
+                now_ms,
+            ),
+        }
     }
 
     /// Returns once `known` has lapsed in the view; never while the registry cannot be read. It looks at the
@@ -332,20 +371,33 @@ impl Membership {
         }
     }
 
-    /// The node `owner` if its lease runs in `incarnation` (a tunnel's owner, if it has one); refreshes
-    /// the view once for a node it has not seen yet (one that joined since the last renewal) or has seen
-    /// as another incarnation (one started again as itself since, whose new tunnels the view is older
-    /// than).
+    /// The node `owner` if its lease runs in `incarnation` (a tunnel's owner, if it has one); reads its
+    /// record (one command) unless the view read it in `incarnation` within the last renewal period: a
+    /// node the view has not seen yet (one that joined since), or has seen as another incarnation (one
+    /// started again as itself since, whose new tunnels the view is older than).
     pub async fn live_owner(
         &self,
         owner: &NodeId,
         incarnation: Incarnation,
     ) -> Result<Option<NodeRecord>> {
-        let seen = self.lock().view.get(owner).map(|node| node.incarnation);
-        if seen != Some(incarnation) {
-            self.refresh().await?;
+        let fresh = {
+            let mut state = self.lock();
+            let period_ms = self.period().as_millis() as u64;
+            let now_ms = unix_ms(SystemTime::now());
+            state.view.get_mut(owner).is_some_and(|seen| {
+                seen.used = Instant::now();
+                let seen_as = seen.record.as_ref().map(|node| node.incarnation);
+                seen_as == Some(incarnation) && now_ms.saturating_sub(seen.read_ms) < period_ms
+            })
+        };
+        if !fresh {
+            self.read(std::slice::from_ref(owner)).await?;
         }
-        let node = self.lock().view.get(owner).cloned();
+        let node = self
+            .lock()
+            .view
+            .get(owner)
+            .and_then(|seen| seen.record.clone());
         Ok(node.filter(|node| node.incarnation == incarnation && node.is_alive(SystemTime::now())))
     }
 

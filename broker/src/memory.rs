@@ -19,8 +19,8 @@ use deskbroker_shared::cluster::{ControlEvent, NodeRecord, SlotHolder, TunnelRec
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
 use deskbroker_shared::session::Session;
 
-use crate::defaults::{CONTROL_BUFFER, REVOCATION_MEMORY};
-use crate::registry::{BoxFuture, EventStream, Registry, Renewal, Result};
+use crate::defaults::{CONTROL_BUFFER, LAPSED_PER_RENEWAL, REVOCATION_MEMORY};
+use crate::registry::{BoxFuture, EventStream, Heartbeat, Registry, Renewal, Result};
 use crate::tenants::Tenant;
 
 #[derive(Debug, Clone)]
@@ -213,17 +213,37 @@ impl Registry for MemoryRegistry {
         ready(())
     }
 
-    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Renewal>> {
-        let previous = self.lock().nodes.insert(node.id.clone(), node.clone());
-        ready(if previous.is_some() {
-            Renewal::Renewed
-        } else {
-            Renewal::Fresh
+    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Heartbeat>> {
+        let mut state = self.lock();
+        let previous = state.nodes.insert(node.id.clone(), node.clone());
+        // The nodes of one process: few enough to look at each.
+        let now = SystemTime::now();
+        let (live, lapsed): (Vec<&NodeRecord>, Vec<&NodeRecord>) =
+            state.nodes.values().partition(|node| node.is_alive(now));
+        ready(Heartbeat {
+            renewal: match previous {
+                Some(_) => Renewal::Renewed,
+                None => Renewal::Fresh,
+            },
+            live: live.len(),
+            lapsed: lapsed
+                .into_iter()
+                .take(LAPSED_PER_RENEWAL)
+                .map(|node| node.id.clone())
+                .collect(),
         })
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>> {
         ready(self.lock().nodes.values().cloned().collect())
+    }
+
+    fn node_records<'a>(
+        &'a self,
+        ids: &'a [NodeId],
+    ) -> BoxFuture<'a, Result<Vec<Option<NodeRecord>>>> {
+        let state = self.lock();
+        ready(ids.iter().map(|id| state.nodes.get(id).cloned()).collect())
     }
 
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>> {

@@ -38,7 +38,7 @@ pub struct Metrics {
     pub registry_latency: Histograms<1>,
     /// Lease renewals by outcome.
     pub lease_renewals: Family<Labels<1>, Counter>,
-    /// Nodes whose lease ran at this node's last read of the node table.
+    /// Nodes whose lease ran at this node's last renewal.
     pub nodes_alive: Gauge,
 }
 
@@ -88,7 +88,7 @@ impl Metrics {
         );
         registry.register(
             "nodes_alive",
-            "Nodes whose lease ran at this node's last read of the node table.",
+            "Nodes whose lease ran at this node's last renewal.",
             self.nodes_alive.clone(),
         );
     }

@@ -38,6 +38,17 @@ pub enum Renewal {
     Fenced,
 }
 
+/// What a lease renewal found: the node's own record, and the cluster's leases, so that a node learns
+/// both in one command whatever the cluster's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub renewal: Renewal,
+    /// Nodes whose lease runs, this one included.
+    pub live: usize,
+    /// Nodes whose lease ran out (at most [`defaults::LAPSED_PER_RENEWAL`]), whose records are to go.
+    pub lapsed: Vec<NodeId>,
+}
+
 pub trait Registry: Send + Sync + 'static {
     /// The live session a token grants: `None` when the token is unknown, expired or revoked.
     fn session<'a>(&'a self, token: &'a SessionToken) -> BoxFuture<'a, Result<Option<Session>>>;
@@ -49,11 +60,20 @@ pub trait Registry: Send + Sync + 'static {
         session: &'a Session,
     ) -> BoxFuture<'a, Result<()>>;
 
-    /// Writes a node's lease (its record with a fresh expiry).
-    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Renewal>>;
+    /// Writes a node's lease (its record with a fresh expiry), and says which leases run and which ran
+    /// out, by the node's clock: one command, its cost independent of the number of nodes.
+    fn renew<'a>(&'a self, node: &'a NodeRecord) -> BoxFuture<'a, Result<Heartbeat>>;
 
-    /// Every node record, live or lapsed.
+    /// Every node record, live or lapsed (what the control plane lists; nodes read only the records they
+    /// need, with [`Registry::node_records`]).
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeRecord>>>;
+
+    /// The records of these nodes, in order: `None` for one the registry does not hold. A node whose
+    /// records another is removing shows as lapsed.
+    fn node_records<'a>(
+        &'a self,
+        ids: &'a [NodeId],
+    ) -> BoxFuture<'a, Result<Vec<Option<NodeRecord>>>>;
 
     /// Removes a node and the records of every tunnel it owned (the node's own start and stop).
     fn remove_node<'a>(&'a self, id: &'a NodeId) -> BoxFuture<'a, Result<()>>;

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use deskbroker_broker::api::{self, Api, ApiConfig};
 use deskbroker_broker::tenants::Tenant;
 use deskbroker_broker::{BoxFuture, EventStream, Membership, MemoryRegistry, Registry};
-use deskbroker_broker::{RegistryError, Renewal, Result as RegistryResult};
+use deskbroker_broker::{Heartbeat, RegistryError, Result as RegistryResult};
 use deskbroker_edge::Node;
 use deskbroker_edge::config::Timeouts;
 use deskbroker_edge::deny::DenyList;
@@ -311,10 +311,16 @@ impl Registry for Away {
     ) -> BoxFuture<'a, RegistryResult<()>> {
         away()
     }
-    fn renew<'a>(&'a self, _: &'a NodeRecord) -> BoxFuture<'a, RegistryResult<Renewal>> {
+    fn renew<'a>(&'a self, _: &'a NodeRecord) -> BoxFuture<'a, RegistryResult<Heartbeat>> {
         away()
     }
     fn nodes(&self) -> BoxFuture<'_, RegistryResult<Vec<NodeRecord>>> {
+        away()
+    }
+    fn node_records<'a>(
+        &'a self,
+        _: &'a [NodeId],
+    ) -> BoxFuture<'a, RegistryResult<Vec<Option<NodeRecord>>>> {
         away()
     }
     fn remove_node<'a>(&'a self, _: &'a NodeId) -> BoxFuture<'a, RegistryResult<()>> {

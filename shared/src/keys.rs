@@ -4,6 +4,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `deskbroker:nodes` | hash | node id → `NodeRecord` JSON (the lease, renewed in place), or a fence `{"cleaning_until_ms":…}` while another node removes a lapsed node's records |
+//! | `deskbroker:node-expiries:{deskbroker:nodes}` | sorted set | node id by its lease's expiry (Unix ms): which leases run and which ran out, without reading the table; in the node table's slot, so that one script keeps both |
 //! | `deskbroker:node-tunnels:{<node>}` | set | ids of the tunnels the node owns |
 //! | `deskbroker:tunnel:{<tunnel>}` | string | `TunnelRecord` JSON |
 //! | `deskbroker:http-tunnel:{<digest>}` | string | `TunnelRecord` JSON, by SHA-256 of the tunnel token |
@@ -22,6 +23,8 @@
 use crate::ids::{NodeId, SessionId, TenantId, TokenDigest, TunnelId};
 
 pub const NODES: &str = "deskbroker:nodes";
+/// Hashed by the node table's name (a key without braces hashes whole), so it lives in the same slot.
+pub const NODE_EXPIRIES: &str = "deskbroker:node-expiries:{deskbroker:nodes}";
 pub const TENANTS: &str = "deskbroker:tenants";
 pub const TENANT_KEYS: &str = "deskbroker:tenant-keys";
 pub const CONTROL: &str = "deskbroker:control";

@@ -84,12 +84,12 @@ async fn a_scrape_shows_forwards_registry_commands_leases_and_control_events() {
     for text in [&at_owner, &at_other] {
         let renewed = r#"deskbroker_lease_renewals_total{outcome="renewed"}"#;
         assert!(sample(text, renewed) >= 1.0, "{text}");
-        let sent = r#"deskbroker_registry_commands_total{command="HGETALL",result="ok"}"#;
+        let sent = r#"deskbroker_registry_commands_total{command="EVALSHA",result="ok"}"#;
         assert!(sample(text, sent) >= 1.0, "{text}");
         assert!(text.contains("deskbroker_registry_command_duration_seconds_bucket"));
     }
 
-    // Each node sees the other alive by its next read of the node table.
+    // Each node counts the other alive at its next renewal.
     for ops in &ops {
         let both = || async { sample(&scrape(ops).await, "deskbroker_nodes_alive") == 2.0 };
         eventually(Duration::from_secs(5), "two nodes alive", both).await;

@@ -42,6 +42,19 @@ struct Args {
     /// Run only these sections (all when none is named), e.g. `--only relays --only guacamole`.
     #[arg(long, value_enum)]
     only: Vec<Section>,
+    /// The scale section's sizes instead of the plan's, as `<nodes>:<tunnels>`, e.g. `--scale 1000:100000`.
+    #[arg(long, value_parser = scale_size)]
+    scale: Vec<(usize, usize)>,
+}
+
+fn scale_size(text: &str) -> Result<(usize, usize), String> {
+    let (nodes, tunnels) = text.split_once(':').ok_or("expected <nodes>:<tunnels>")?;
+    let number = |n: &str| {
+        n.replace('_', "")
+            .parse::<usize>()
+            .map_err(|e| e.to_string())
+    };
+    Ok((number(nodes)?, number(tunnels)?))
 }
 
 /// The benchmark's sections, in the order they run.
@@ -90,14 +103,16 @@ async fn main() -> anyhow::Result<()> {
             round_trips: 200,
             guac_blocks: 16,
             guac_trips: 50,
-            scale: vec![scale::Size {
-                nodes: 10,
-                tunnels: 1_000,
-                dead_node_tunnels: 500,
-                churn: 200,
-                churn_for: Duration::from_secs(3),
-                steady_for: Duration::from_secs(5),
-            }],
+            scale: [10, 40]
+                .map(|nodes| scale::Size {
+                    nodes,
+                    tunnels: 1_000,
+                    dead_node_tunnels: 500,
+                    churn: 200,
+                    churn_for: Duration::from_secs(3),
+                    steady_for: Duration::from_secs(5),
+                })
+                .into(),
         },
         false => Plan {
             idle: 9_000,
@@ -171,11 +186,26 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     if runs(Section::Scale) {
+        let mut sizes = plan.scale;
+        if let Some(template) = sizes.last().cloned()
+            && !args.scale.is_empty()
+        {
+            sizes = args
+                .scale
+                .iter()
+                .map(|&(nodes, tunnels)| scale::Size {
+                    nodes,
+                    tunnels,
+                    ..template.clone()
+                })
+                .collect();
+        }
         let mut rows = Vec::new();
-        for size in &plan.scale {
+        for size in &sizes {
             rows.extend(scale::measure(size).await?);
         }
         scale::print(&rows);
+        scale::check_flat(&rows)?;
     }
     Ok(())
 }

@@ -37,10 +37,14 @@ const CONNECTIONS: usize = 8;
 const PER_SESSION: usize = 10;
 const TENANTS: usize = 100;
 
+/// How long an emptied registry is watched being refilled.
+const REFILL_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Tunnel records written at once while filling.
 const WRITING: usize = 512;
 
 /// One size of the cluster, and how long to watch it.
+#[derive(Clone)]
 pub struct Size {
     pub nodes: usize,
     pub tunnels: usize,
@@ -52,6 +56,7 @@ pub struct Size {
     pub steady_for: Duration,
 }
 
+#[derive(Debug)]
 pub struct Row {
     pub backend: &'static str,
     pub nodes: usize,
@@ -63,13 +68,17 @@ pub struct Row {
     pub churned_per_s: f64,
     pub dead_node_tunnels: usize,
     pub dead_gone_after: Duration,
-    pub refill: Duration,
+    /// How long the refill took, or how far it got by its deadline.
+    pub refill: Result<Duration, String>,
     pub refill_peak_per_s: f64,
 }
 
 /// The registry's load over a window.
 #[derive(Debug, Clone, Copy)]
 pub struct Rates {
+    /// Commands the nodes sent (a script's call counts once) …
+    pub sent_per_s: f64,
+    /// … and what Redis ran (a script's own calls too).
     pub commands_per_s: f64,
     /// Redis CPU seconds per second, all masters together.
     pub cpu: f64,
@@ -133,6 +142,8 @@ impl Backend {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at: Instant,
+    /// Commands the simulated nodes sent, by their own count.
+    sent_by_nodes: u64,
     /// Commands served, less the `INFO` calls that asked.
     commands: u64,
     cpu: f64,
@@ -145,6 +156,7 @@ impl Default for Sample {
     fn default() -> Self {
         Self {
             at: Instant::now(),
+            sent_by_nodes: commands_sent(),
             commands: 0,
             cpu: 0.0,
             memory: 0,
@@ -177,11 +189,24 @@ impl Sample {
     fn rates_since(&self, before: &Sample) -> Rates {
         let seconds = (self.at - before.at).as_secs_f64();
         Rates {
+            sent_per_s: (self.sent_by_nodes - before.sent_by_nodes) as f64 / seconds,
             commands_per_s: (self.commands - before.commands) as f64 / seconds,
             cpu: (self.cpu - before.cpu) / seconds,
             sent_bytes_per_s: (self.sent - before.sent) as f64 / seconds,
         }
     }
+}
+
+/// Registry commands this process has sent (a script's call or a pipeline counts once), by the count the
+/// registry keeps for its metrics.
+fn commands_sent() -> u64 {
+    let text = deskbroker_broker::metrics::scrape(|_| {});
+    let sent: f64 = text
+        .lines()
+        .filter(|line| line.starts_with("deskbroker_registry_commands_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    sent as u64
 }
 
 /// `name=<n>` in a line of comma-separated fields.
@@ -342,6 +367,7 @@ pub async fn measure(size: &Size) -> anyhow::Result<Vec<Row>> {
         let row = measure_on(&backend, size)
             .await
             .with_context(|| format!("{} nodes on {}", size.nodes, backend.name))?;
+        eprintln!("measured: {row:?}");
         rows.push(row);
     }
     Ok(rows)
@@ -397,20 +423,20 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
     fleet.put_tenants().await?;
     let mut last = backend.sample().await?;
     let mut peak: f64 = 0.0;
-    let deadline = flushed + 4 * LEASE + Duration::from_secs(120);
-    while last.keys < full.keys {
-        ensure!(
-            Instant::now() < deadline,
-            "refilled {} of {} keys",
-            last.keys,
-            full.keys
-        );
+    let deadline = flushed + REFILL_DEADLINE;
+    let refill = loop {
+        if last.keys >= full.keys {
+            break Ok(flushed.elapsed());
+        }
+        if Instant::now() >= deadline {
+            let share = last.keys as f64 / full.keys as f64 * 100.0;
+            break Err(format!("{share:.0}% after {} s", REFILL_DEADLINE.as_secs()));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = backend.sample().await?;
         peak = peak.max(now.rates_since(&last).commands_per_s);
         last = now;
-    }
-    let refill = flushed.elapsed();
+    };
 
     fleet.leave().await;
     let left = backend.sample().await?;
@@ -517,26 +543,76 @@ fn lock(samples: &Mutex<Vec<Duration>>) -> std::sync::MutexGuard<'_, Vec<Duratio
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl Row {
+    /// A rate's share of one node's renewal period.
+    fn per_node(&self, per_s: f64) -> f64 {
+        per_s * PERIOD.as_secs_f64() / self.nodes as f64
+    }
+}
+
+/// Every emptied registry was refilled, and what a node costs the registry per renewal does not grow with
+/// the number of nodes: between the smallest and the largest size on each backend, the commands a node sends and the bytes Redis sends it
+/// per period stay within a quarter (and a little, for the noise of small counts).
+pub fn check_flat(rows: &[Row]) -> anyhow::Result<()> {
+    for row in rows {
+        if let Err(short) = &row.refill {
+            anyhow::bail!(
+                "{} nodes on {}: not refilled: {short}",
+                row.nodes,
+                row.backend
+            );
+        }
+    }
+    for backend in ["Redis", "Redis Cluster, 3 masters"] {
+        let on: Vec<&Row> = rows.iter().filter(|row| row.backend == backend).collect();
+        let (Some(small), Some(large)) = (
+            on.iter().min_by_key(|row| row.nodes),
+            on.iter().max_by_key(|row| row.nodes),
+        ) else {
+            continue;
+        };
+        for (what, of) in [
+            (
+                "commands sent",
+                (|r: &Rates| r.sent_per_s) as fn(&Rates) -> f64,
+            ),
+            ("bytes Redis sends", |r: &Rates| r.sent_bytes_per_s),
+        ] {
+            let (few, many) = (
+                small.per_node(of(&small.steady)),
+                large.per_node(of(&large.steady)),
+            );
+            ensure!(
+                many <= few * 1.25 + 1.0,
+                "{backend}: {what} per node per renewal grew from {few:.1} at {} nodes to {many:.1} at {}",
+                small.nodes,
+                large.nodes
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Prints the rows as the benchmark's Markdown tables.
 pub fn print(rows: &[Row]) {
     println!();
     println!(
-        "| registry at scale | nodes | tunnels | steady: commands/s | Redis CPU | Redis sends | \
-         per node per renewal: commands / KiB sent | memory per tunnel |"
+        "| registry at scale | nodes | tunnels | steady: commands sent/s (Redis runs/s) | Redis CPU | \
+         Redis sends | per node per renewal: commands sent / KiB Redis sends | memory per tunnel |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
-        let per_node = |per_s: f64| per_s * PERIOD.as_secs_f64() / row.nodes as f64;
         println!(
-            "| {} | {} | {} | {:.0} | {:.0}% | {:.2} MiB/s | {:.1} / {:.1} | {:.0} B |",
+            "| {} | {} | {} | {:.0} ({:.0}) | {:.0}% | {:.2} MiB/s | {:.1} / {:.2} | {:.0} B |",
             row.backend,
             row.nodes,
             row.tunnels,
+            row.steady.sent_per_s,
             row.steady.commands_per_s,
             row.steady.cpu * 100.0,
             row.steady.sent_bytes_per_s / (1024.0 * 1024.0),
-            per_node(row.steady.commands_per_s),
-            per_node(row.steady.sent_bytes_per_s) / 1024.0,
+            row.per_node(row.steady.sent_per_s),
+            row.per_node(row.steady.sent_bytes_per_s) / 1024.0,
             row.bytes_per_tunnel,
         );
     }
@@ -548,7 +624,7 @@ pub fn print(rows: &[Row]) {
     println!("|---|---|---|---|---|---|---|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {:.2} / {:.2}; {:.2} / {:.2} at {:.0} | {:.1} s ({} tunnels) | {:.1} s | {:.0} |",
+            "| {} | {} | {} | {:.2} / {:.2}; {:.2} / {:.2} at {:.0} | {:.1} s ({} tunnels) | {} | {:.0} |",
             row.backend,
             row.nodes,
             row.tunnels,
@@ -559,7 +635,10 @@ pub fn print(rows: &[Row]) {
             row.churned_per_s,
             row.dead_gone_after.as_secs_f64(),
             row.dead_node_tunnels,
-            row.refill.as_secs_f64(),
+            match &row.refill {
+                Ok(took) => format!("{:.1} s", took.as_secs_f64()),
+                Err(short) => format!("not refilled: {short}"),
+            },
             row.refill_peak_per_s,
         );
     }
