@@ -25,6 +25,12 @@ pub const RENEWALS_PER_LEASE: u32 = 3;
 /// than within a period, whose wait can outlast the lease after an outage about as long.
 pub const RENEWAL_RETRY: Duration = REDIS_MAX_RECONNECT_DELAY;
 
+/// Tunnels the nodes of a cluster record again per second, together, after the registry may have lost
+/// them (each takes its share by the number of live leases): about 50,000 Redis commands a second, well
+/// under what one Redis serves on one core, so that renewals and connects find it answering while a
+/// million records come back in under two minutes (docs/scale.md).
+pub const REFILL_RATE: u32 = 10_000;
+
 /// At most this many lapsed nodes are named to a renewing node, which removes their records: more are
 /// named at the next renewals (and to the other nodes meanwhile).
 pub const LAPSED_PER_RENEWAL: usize = 16;

@@ -14,7 +14,7 @@
 //! each time, or waits on [`Membership::lapsed`] while it uses it: both judge by the rules of
 //! [`crate::lease`], which conclude a lapse only from a read of the registry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +29,7 @@ use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, TenantId, TunnelId};
 use deskbroker_shared::time::unix_ms;
 
-use crate::defaults::{RENEWAL_RETRY, RENEWALS_PER_LEASE};
+use crate::defaults::{REFILL_RATE, RENEWAL_RETRY, RENEWALS_PER_LEASE};
 use crate::lease::{Lease, Reads};
 use crate::metrics::metrics;
 use crate::registry::{Registry, Renewal, Result};
@@ -60,9 +60,10 @@ struct State {
     confirmed: Option<Instant>,
     /// The registry's servers' runs as last read (see [`Registry::server_runs`]).
     runs: Option<Vec<String>>,
-    /// The tunnels are to be recorded again: owed from the renewal that found it so until a renewal
-    /// manages it (one that fails half-way leaves it owed).
-    record_owed: bool,
+    /// Tunnels to record again, HTTP tunnels first (other nodes look those up by token): every tunnel
+    /// from the renewal that found the registry may have lost them, a paced share written at each renewal
+    /// (one that fails half-way leaves the rest owed).
+    owed: VecDeque<Arc<Owned>>,
 }
 
 /// A node as this node last read it.
@@ -248,29 +249,44 @@ impl Membership {
             let last = state.confirmed.replace(sent);
             let doubtful =
                 last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
-            state.record_owed |= renewal == Renewal::Fresh || doubtful || restarted;
-            state.record_owed
+            if renewal == Renewal::Fresh || doubtful || restarted {
+                let mut all: Vec<Arc<Owned>> = state.tunnels.values().cloned().collect();
+                all.sort_by_key(|owned| owned.record().http_token.is_none());
+                if !all.is_empty() {
+                    info!(
+                        tunnels = all.len(),
+                        "the lease may have lapsed; recording this node's tunnels again"
+                    );
+                }
+                state.owed = all.into();
+            }
+            !state.owed.is_empty()
         };
         // Recording again what is still there changes nothing.
         if owed {
-            self.record_again(evict).await?;
-            self.lock().record_owed = false;
+            self.record_again(evict, heartbeat.live).await?;
         }
         Ok(heartbeat.lapsed)
     }
 
-    /// Records every tunnel of this node again, each within its tenant's quota now.
-    async fn record_again(&self, evict: &(dyn Fn(&TunnelRecord) + Sync)) -> Result<()> {
-        let owned: Vec<Arc<Owned>> = self.lock().tunnels.values().cloned().collect();
-        if owned.is_empty() {
-            return Ok(());
-        }
-        info!(
-            tunnels = owned.len(),
-            "the lease may have lapsed; recording this node's tunnels again"
-        );
+    /// Records again this node's share of the tunnels owed, each within its tenant's quota now: of
+    /// [`REFILL_RATE`] tunnels a second for the whole cluster, the share of one of `live` nodes, for at
+    /// most half a renewal period. A registry that every node refills at once so keeps answering
+    /// renewals and connects, and this node's renewals keep their pace, however many tunnels it holds.
+    async fn record_again(
+        &self,
+        evict: &(dyn Fn(&TunnelRecord) + Sync),
+        live: usize,
+    ) -> Result<()> {
+        let share = f64::from(REFILL_RATE) / live.max(1) as f64 * self.period().as_secs_f64();
+        let budget = (share.ceil() as usize).max(1);
+        let stop_by = Instant::now() + self.period() / 2;
         let mut limits: HashMap<TenantId, Option<u32>> = HashMap::new();
-        for owned in owned {
+        let mut written = 0;
+        while written < budget && Instant::now() < stop_by {
+            let Some(owned) = self.lock().owed.front().cloned() else {
+                break;
+            };
             let tenant = owned.record().tenant;
             let limit = match limits.get(&tenant) {
                 Some(limit) => *limit,
@@ -289,7 +305,11 @@ impl Membership {
                 }
                 evict(&record);
             }
+            self.lock().owed.pop_front();
+            written += 1;
         }
+        let left = self.lock().owed.len();
+        debug!(written, left, "tunnels recorded again");
         Ok(())
     }
 
@@ -607,5 +627,36 @@ mod tests {
             registry.tunnels_of(&NodeId::new("a")).await.unwrap().len(),
             1
         );
+    }
+
+    /// A registry that lost everything gets a node's tunnels back a paced share per renewal, HTTP tunnels
+    /// (which other nodes look up) first, rather than all at once inside one renewal.
+    #[tokio::test]
+    async fn a_refill_is_paced_over_renewals_http_tunnels_first() {
+        let registry = Arc::new(MemoryRegistry::new());
+        // A renewal period of 10 ms: a share of 100 tunnels per renewal, for the one live node.
+        let lease = Duration::from_millis(30);
+        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
+        a.join().await.unwrap();
+        for n in 0..250 {
+            let mut record = tunnel(a.me());
+            if n % 25 != 0 {
+                record.http_token = None;
+            }
+            a.add_tunnel(record, None).await.unwrap();
+        }
+        registry.remove_node(&NodeId::new("a")).await.unwrap();
+        let recorded = || async { registry.tunnels_of(&NodeId::new("a")).await.unwrap() };
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            a.tick(&|_| {}).await.unwrap();
+            let now = recorded().await;
+            if counts.is_empty() {
+                let http = now.iter().filter(|t| t.http_token.is_some()).count();
+                assert_eq!(http, 10, "the HTTP tunnels come first");
+            }
+            counts.push(now.len());
+        }
+        assert_eq!(counts, [100, 200, 250]);
     }
 }
