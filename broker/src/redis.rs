@@ -35,6 +35,10 @@ use crate::registry::{
 use crate::sentinel::{SentinelLink, master_moved};
 use crate::tenants::Tenant;
 
+/// Commands about different tunnels in flight at once when many are read or removed together (a node's
+/// cleanup): over the one multiplexed connection they share round trips.
+const CLEANUP_AT_ONCE: usize = 32;
+
 /// Takes a slot if fewer than ARGV[1] are taken (or this tunnel already holds one).
 static RESERVE_SLOT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -500,14 +504,19 @@ impl Registry for RedisRegistry {
             if fenced != 1 {
                 return Ok(false);
             }
-            // One tunnel at a time; each removal leaves the node's set last (see remove_tunnel), so what
-            // is not done now is found by the next cleanup. Stop while the fence still holds.
+            // A few dozen tunnels at a time (one after another, 20,000 outlasted the fence on a loaded
+            // Cluster); each removal leaves the node's set last (see remove_tunnel), so what is not done
+            // now is found by the next cleanup. Stop while the fence still holds.
             let stop_by = until - 2 * REDIS_RESPONSE_TIMEOUT;
-            for tunnel in self.tunnels_of(id).await? {
+            let tunnels = self.tunnels_of(id).await?;
+            let mut removals = futures_util::stream::iter(tunnels)
+                .map(|tunnel| async move { self.remove_tunnel(&tunnel).await })
+                .buffer_unordered(CLEANUP_AT_ONCE);
+            while let Some(removed) = removals.next().await {
+                removed?;
                 if SystemTime::now() >= stop_by {
                     return Ok(true);
                 }
-                self.remove_tunnel(&tunnel).await?;
             }
             UNFENCE
                 .key(keys::NODES)
@@ -945,15 +954,17 @@ impl RedisRegistry {
         Ok(found)
     }
 
-    /// The tunnel records whose ids a set holds, dropping ids whose record is gone.
+    /// The tunnel records whose ids a set holds, dropping ids whose record is gone. The records are read
+    /// a few dozen at a time: they live in different slots, one `GET` each.
     async fn tunnels_in(&self, set: String) -> Result<Vec<TunnelRecord>> {
         let ids: Vec<String> = self.conn().smembers(&set).await.map_err(unavailable)?;
+        let ids: Vec<TunnelId> = ids.iter().filter_map(|id| TunnelId::parse(id)).collect();
         let mut tunnels = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(id) = deskbroker_shared::ids::TunnelId::parse(&id) else {
-                continue;
-            };
-            match self.get_json::<TunnelRecord>(keys::tunnel(&id)).await? {
+        let mut reads = futures_util::stream::iter(ids)
+            .map(|id| async move { (id, self.get_json::<TunnelRecord>(keys::tunnel(&id)).await) })
+            .buffer_unordered(CLEANUP_AT_ONCE);
+        while let Some((id, read)) = reads.next().await {
+            match read? {
                 Some(tunnel) => tunnels.push(tunnel),
                 None => self
                     .conn()

@@ -125,16 +125,22 @@ async fn main() -> anyhow::Result<()> {
             round_trips: 2000,
             guac_blocks: 1024,
             guac_trips: 1000,
-            scale: [(10, 10_000), (100, 100_000), (1_000, 1_000_000)]
-                .map(|(nodes, tunnels)| scale::Size {
-                    nodes,
-                    tunnels,
-                    dead_node_tunnels: 20_000,
-                    churn: 2_000,
-                    churn_for: Duration::from_secs(10),
-                    steady_for: Duration::from_secs(20),
-                })
-                .into(),
+            // The node count's effect at a fixed 10,000 tunnels, then a million tunnels on 1,000 nodes.
+            scale: [
+                (10, 10_000),
+                (100, 10_000),
+                (1_000, 10_000),
+                (1_000, 1_000_000),
+            ]
+            .map(|(nodes, tunnels)| scale::Size {
+                nodes,
+                tunnels,
+                dead_node_tunnels: 20_000,
+                churn: 2_000,
+                churn_for: Duration::from_secs(10),
+                steady_for: Duration::from_secs(20),
+            })
+            .into(),
         },
     };
     let source = start_source().await?;

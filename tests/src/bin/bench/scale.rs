@@ -40,6 +40,9 @@ const TENANTS: usize = 100;
 /// How long an emptied registry is watched being refilled.
 const REFILL_DEADLINE: Duration = Duration::from_secs(180);
 
+/// Nodes leaving at once at the end.
+const LEAVING: usize = 32;
+
 /// Tunnel records written at once while filling.
 const WRITING: usize = 512;
 
@@ -71,6 +74,8 @@ pub struct Row {
     /// How long the refill took, or how far it got by its deadline.
     pub refill: Result<Duration, String>,
     pub refill_peak_per_s: f64,
+    /// Keys left in the registry after every node left.
+    pub left_behind: u64,
 }
 
 /// The registry's load over a window.
@@ -354,9 +359,15 @@ impl Fleet {
         Ok(())
     }
 
+    /// Every node leaves, a few dozen at a time, as a cluster that is shut down does: a thousand at the
+    /// same instant over the generator's few connections would outrun the commands' deadline, and a
+    /// node that fails to leave waits for a node that starts again to remove its records.
     async fn leave(self) {
         let leaving = self.nodes.into_iter().map(Node::leave);
-        futures_util::future::join_all(leaving).await;
+        futures_util::stream::iter(leaving)
+            .buffer_unordered(LEAVING)
+            .collect::<Vec<()>>()
+            .await;
     }
 }
 
@@ -439,13 +450,8 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
     };
 
     fleet.leave().await;
-    let left = backend.sample().await?;
-    ensure!(
-        left.keys == empty.keys + 2,
-        "the registry holds {} keys after every node left, {} before they came (and the tenants' two)",
-        left.keys,
-        empty.keys
-    );
+    // Only the tenants' two keys may stay.
+    let left_behind = backend.sample().await?.keys.saturating_sub(empty.keys + 2);
     ensure!(
         steady.commands_per_s > 0.0 && bytes_per_tunnel > 0.0 && open.p99_ms.is_finite(),
         "nothing measured: {steady:?}, {bytes_per_tunnel} B per tunnel, {open:?}"
@@ -463,6 +469,7 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
         dead_gone_after,
         refill,
         refill_peak_per_s: peak,
+        left_behind,
     })
 }
 
@@ -550,7 +557,7 @@ impl Row {
     }
 }
 
-/// Every emptied registry was refilled, and what a node costs the registry per renewal does not grow with
+/// Every emptied registry was refilled, every node's leaving left it empty, and what a node costs the registry per renewal does not grow with
 /// the number of nodes: between the smallest and the largest size on each backend, the commands a node sends and the bytes Redis sends it
 /// per period stay within a quarter (and a little, for the noise of small counts).
 pub fn check_flat(rows: &[Row]) -> anyhow::Result<()> {
@@ -562,6 +569,13 @@ pub fn check_flat(rows: &[Row]) -> anyhow::Result<()> {
                 row.backend
             );
         }
+        ensure!(
+            row.left_behind == 0,
+            "{} nodes on {}: {} keys left after every node left",
+            row.nodes,
+            row.backend,
+            row.left_behind
+        );
     }
     for backend in ["Redis", "Redis Cluster, 3 masters"] {
         let on: Vec<&Row> = rows.iter().filter(|row| row.backend == backend).collect();
@@ -619,12 +633,13 @@ pub fn print(rows: &[Row]) {
     println!();
     println!(
         "| registry at scale | nodes | tunnels | connect path p50 / p99 ms (open; close) at tunnels/s | \
-         a dead node's records gone after | emptied registry refilled in | refill's peak commands/s |"
+         a dead node's records gone after | emptied registry refilled in | refill's peak commands/s \
+         | keys left after all left |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {:.2} / {:.2}; {:.2} / {:.2} at {:.0} | {:.1} s ({} tunnels) | {} | {:.0} |",
+            "| {} | {} | {} | {:.2} / {:.2}; {:.2} / {:.2} at {:.0} | {:.1} s ({} tunnels) | {} | {:.0} | {} |",
             row.backend,
             row.nodes,
             row.tunnels,
@@ -640,6 +655,7 @@ pub fn print(rows: &[Row]) {
                 Err(short) => format!("not refilled: {short}"),
             },
             row.refill_peak_per_s,
+            row.left_behind,
         );
     }
 }
