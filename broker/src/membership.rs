@@ -6,7 +6,7 @@
 //! nodes: the renewal also says which leases ran out (the registry keeps an index by expiry), and the
 //! node that hears of one first removes its records. A node reads other nodes' records only as it needs
 //! them (a tunnel's owner, to forward to it), one command per period for all of those it used within the
-//! last lease. A tunnel's owner is alive while its record in the view has not expired: since the records
+//! last two leases. A tunnel's owner is alive while its record in the view has not expired: since the records
 //! in use are read again every renewal period and a lease is renewed three times per lease, a live owner
 //! never looks expired, and a dead one looks expired everywhere within one lease of its last renewal.
 //!
@@ -251,7 +251,7 @@ impl Membership {
                 last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
             if renewal == Renewal::Fresh || doubtful || restarted {
                 let mut all: Vec<Arc<Owned>> = state.tunnels.values().cloned().collect();
-                all.sort_by_key(|owned| owned.record().http_token.is_none());
+                all.sort_by_cached_key(|owned| owned.record().http_token.is_none());
                 if !all.is_empty() {
                     info!(
                         tunnels = all.len(),
@@ -400,25 +400,45 @@ impl Membership {
         owner: &NodeId,
         incarnation: Incarnation,
     ) -> Result<Option<NodeRecord>> {
-        let fresh = {
+        let mut live = self.live_owners(&[(owner, incarnation)]).await?;
+        Ok(live.pop().flatten())
+    }
+
+    /// [`Membership::live_owner`] for several nodes at once, in order: those the view does not hold
+    /// fresh are read in one command.
+    pub async fn live_owners(
+        &self,
+        owners: &[(&NodeId, Incarnation)],
+    ) -> Result<Vec<Option<NodeRecord>>> {
+        let stale: Vec<NodeId> = {
             let mut state = self.lock();
             let period_ms = self.period().as_millis() as u64;
             let now_ms = unix_ms(SystemTime::now());
-            state.view.get_mut(owner).is_some_and(|seen| {
-                seen.used = Instant::now();
-                let seen_as = seen.record.as_ref().map(|node| node.incarnation);
-                seen_as == Some(incarnation) && now_ms.saturating_sub(seen.read_ms) < period_ms
-            })
+            owners
+                .iter()
+                .filter(|(owner, incarnation)| {
+                    !state.view.get_mut(*owner).is_some_and(|seen| {
+                        seen.used = Instant::now();
+                        let seen_as = seen.record.as_ref().map(|node| node.incarnation);
+                        seen_as == Some(*incarnation)
+                            && now_ms.saturating_sub(seen.read_ms) < period_ms
+                    })
+                })
+                .map(|(owner, _)| (*owner).clone())
+                .collect()
         };
-        if !fresh {
-            self.read(std::slice::from_ref(owner)).await?;
+        if !stale.is_empty() {
+            self.read(&stale).await?;
         }
-        let node = self
-            .lock()
-            .view
-            .get(owner)
-            .and_then(|seen| seen.record.clone());
-        Ok(node.filter(|node| node.incarnation == incarnation && node.is_alive(SystemTime::now())))
+        let state = self.lock();
+        let now = SystemTime::now();
+        Ok(owners
+            .iter()
+            .map(|(owner, incarnation)| {
+                let node = state.view.get(*owner).and_then(|seen| seen.record.clone());
+                node.filter(|node| node.incarnation == *incarnation && node.is_alive(now))
+            })
+            .collect())
     }
 
     /// Records a tunnel this node opened: takes one of its tenant's `limit` slots (none without a

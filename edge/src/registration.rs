@@ -297,15 +297,18 @@ async fn dead_holders(
 ) -> Result<Vec<SlotHolder>, RegistryError> {
     let me = membership.me();
     let holders = membership.registry().slot_holders(tenant).await?;
-    let nodes: HashSet<(&NodeId, Incarnation)> = holders
+    let nodes: Vec<(&NodeId, Incarnation)> = holders
         .iter()
         .map(|holder| (&holder.owner, holder.incarnation))
         .filter(|&(owner, incarnation)| (owner, incarnation) != (&me.id, me.incarnation))
+        .collect::<HashSet<_>>()
+        .into_iter()
         .collect();
+    let live = membership.live_owners(&nodes).await?;
     let mut gone = HashSet::new();
     let mut probes = Vec::new();
-    for (owner, incarnation) in nodes {
-        match membership.live_owner(owner, incarnation).await? {
+    for (&(owner, incarnation), node) in nodes.iter().zip(live) {
+        match node {
             None => {
                 gone.insert((owner, incarnation));
             }
