@@ -51,6 +51,7 @@ pub async fn open(
         kind,
         http_token,
         client: request.client_addr,
+        replaces: request.replaces,
     };
     let mut registration = node.register(tunnel, &session).await?;
     let params = checked_params(node, &session, params).await?;

@@ -40,6 +40,8 @@ pub struct Tunnel {
     pub http_token: Option<TokenDigest>,
     /// The browser's address, for the logs.
     pub client: Option<IpAddr>,
+    /// The tunnel of the same session that this one replaces, as the reconnecting page names it.
+    pub replaces: Option<TunnelId>,
 }
 
 /// A tunnel this node owns, with all that the node recorded about it.
@@ -105,7 +107,13 @@ impl Registration {
             opened: None,
             released: false,
         };
-        let mut recorded = membership.add_tunnel(record.clone(), limit).await;
+        // A reconnect takes its previous tunnel's slot before a free one: a free slot may be the one that
+        // another reconnect, whose previous tunnel was closed already, is about to ask for.
+        let mut recorded = match take_previous(membership, &record, tunnel.replaces, limit).await {
+            Ok(true) => membership.add_tunnel(record.clone(), None).await,
+            Ok(false) => membership.add_tunnel(record.clone(), limit).await,
+            Err(error) => Err(error),
+        };
         if matches!(recorded, Ok(Recorded::NoSlot)) {
             // At the limit, a new tunnel takes the slot of one that died with its node, instead of waiting
             // for that node's lease to lapse and give it back, and a new tunnel of an exclusive session
@@ -254,6 +262,27 @@ enum Predecessor {
     None,
 }
 
+/// Hands the slot of the tunnel a reconnect names as its previous one (`replaces`) to `newest`, and ends
+/// that tunnel, wherever it is and whether or not its node noticed it is no longer used: true when the
+/// slot was handed. Only a tunnel of the same session is taken, and only its own client was told its id.
+/// Without a limit there are no slots, and the previous tunnel ends by itself.
+async fn take_previous(
+    membership: &Membership,
+    newest: &TunnelRecord,
+    previous: Option<TunnelId>,
+    limit: Option<u32>,
+) -> Result<bool, RegistryError> {
+    let (Some(previous), Some(_)) = (previous, limit) else {
+        return Ok(false);
+    };
+    match membership.registry().tunnel(&previous).await? {
+        Some(older) if older.session == newest.session && older.id != newest.id => {
+            take_slot(membership, &older.slot_holder(), newest).await
+        }
+        _ => Ok(false),
+    }
+}
+
 /// At the tenant's limit, takes for `newest` the slot of a tunnel that ends anyway: of an exclusive
 /// session, an older tunnel of it wherever it is; otherwise one of the tenant's tunnels, of whichever
 /// session, whose node is gone, since a tunnel that died with its node holds nothing but its slot until
@@ -350,7 +379,7 @@ async fn take_slot(
         registry.publish(&event).await?;
         registry.remove_tunnel(&older).await?;
     }
-    info!(tenant = %newest.tenant, session = %newest.session, replaced = %holder.tunnel, owner = %holder.owner, "the tenant's slot of a tunnel whose node is gone, or of an exclusive session's older tunnel, goes to a new tunnel");
+    info!(tenant = %newest.tenant, session = %newest.session, replaced = %holder.tunnel, owner = %holder.owner, "the tenant's slot of a reconnect's previous tunnel, of a tunnel whose node is gone, or of an exclusive session's older tunnel, goes to a new tunnel");
     Ok(true)
 }
 
@@ -418,6 +447,7 @@ mod tests {
             kind: TunnelKind::Websockify,
             http_token: None,
             client: None,
+            replaces: None,
         };
         let parent = CancellationToken::new();
         Registration::open(membership, local, &parent, tunnel, session).await

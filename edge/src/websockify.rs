@@ -126,6 +126,7 @@ async fn open(node: &Node, request: &ConnectRequest) -> Result<Opened, TunnelErr
         kind: TunnelKind::Websockify,
         http_token: None,
         client: request.client_addr,
+        replaces: request.replaces,
     };
     // The slot is taken before the VNC server is dialled: a refused tunnel costs it nothing.
     let mut tunnel = node.register(tunnel, &session).await?;

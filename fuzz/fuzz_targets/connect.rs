@@ -63,6 +63,9 @@ fn check_connect(form: &[u8]) {
             written.append_pair(name, mimetype);
         }
     }
+    if let Some(replaces) = &request.replaces {
+        written.append_pair("replaces", &replaces.to_string());
+    }
     let written = written.finish();
     assert_eq!(
         ConnectRequest::parse(written.as_bytes()),

@@ -1,10 +1,10 @@
 //! The connect data a Guacamole client sends: the WebSocket tunnel's query string, or the HTTP tunnel's
 //! `connect` body. Both are `application/x-www-form-urlencoded`, with the stock web application's names
 //! (`TunnelRequest.java`): `token`, `GUAC_WIDTH`, `GUAC_HEIGHT`, `GUAC_DPI`, `GUAC_TIMEZONE` and repeated
-//! `GUAC_AUDIO`, `GUAC_VIDEO`, `GUAC_IMAGE`. Unknown names are ignored; malformed numbers fall back to the
-//! defaults, as the Java side does.
+//! `GUAC_AUDIO`, `GUAC_VIDEO`, `GUAC_IMAGE`, and deskbroker's own `replaces`. Unknown names are ignored;
+//! malformed numbers fall back to the defaults, as the Java side does.
 
-use crate::ids::SessionToken;
+use crate::ids::{SessionToken, TunnelId};
 
 /// Java's defaults (`GuacamoleClientInformation`): 1024x768 at 96 DPI.
 pub const DEFAULT_WIDTH: u32 = 1024;
@@ -46,6 +46,9 @@ impl Default for ClientInfo {
 pub struct ConnectRequest {
     pub token: Option<SessionToken>,
     pub client: ClientInfo,
+    /// The tunnel this one replaces: a page that reconnects names its previous tunnel by the id the
+    /// tunnel told it (`replaces=<uuid>`), so that the new one takes that tunnel's quota slot and ends it.
+    pub replaces: Option<TunnelId>,
     /// The browser's address, as the server tells it (never from the form): for the logs.
     pub client_addr: Option<std::net::IpAddr>,
 }
@@ -64,6 +67,7 @@ impl ConnectRequest {
                 "GUAC_AUDIO" => push(&mut client.audio, value.into()),
                 "GUAC_VIDEO" => push(&mut client.video, value.into()),
                 "GUAC_IMAGE" => push(&mut client.image, value.into()),
+                "replaces" => request.replaces = TunnelId::parse(&value),
                 _ => {}
             }
         }
@@ -103,6 +107,16 @@ mod tests {
         assert_eq!(client.timezone.as_deref(), Some("Europe/Berlin"));
         assert_eq!(client.audio, ["audio/L16"]);
         assert_eq!(client.image, ["image/png", "image/jpeg"]);
+        assert_eq!(request.replaces, None);
+    }
+
+    #[test]
+    fn names_the_tunnel_a_reconnect_replaces() {
+        let id = TunnelId::random();
+        let request = ConnectRequest::parse(format!("token=abc&replaces={id}").as_bytes());
+        assert_eq!(request.replaces, Some(id));
+        let request = ConnectRequest::parse(b"token=abc&replaces=not-a-uuid");
+        assert_eq!(request.replaces, None, "nonsense names nothing");
     }
 
     #[test]

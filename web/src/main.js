@@ -162,6 +162,8 @@ function connectGuacamole(token, transport, readOnly, events, reconnecting) {
     GUAC_TIMEZONE: Intl.DateTimeFormat().resolvedOptions().timeZone,
   });
   for (const type of ['image/png', 'image/jpeg', 'image/webp']) data.append('GUAC_IMAGE', type);
+  // A reconnect names the tunnel it replaces: that one ends, and its quota slot goes to the new one.
+  if (reconnecting && previousTunnel) data.set('replaces', previousTunnel);
 
   let clientState = 0;
   let clientError = null;
@@ -178,6 +180,7 @@ function connectGuacamole(token, transport, readOnly, events, reconnecting) {
   tunnel.onstatechange = (state) => {
     if (state !== Guacamole.Tunnel.State.CLOSED || leaving) return;
     leaving = true;
+    previousTunnel = tunnel.uuid ?? previousTunnel;
     // Whether the client was ending (guacd said `disconnect`, or sent an error) before the tunnel closed.
     const clientEnding = clientState >= 4;
     stopInput();
@@ -221,6 +224,8 @@ function backoff(tries) {
 
 let tries = 0;
 let lostAt = null;
+/** The id of the last Guacamole tunnel that closed, which its reconnect replaces. */
+let previousTunnel = null;
 let retryTimer = null;
 
 /** Opens the looked-up session; on a loss that says to try again, again, with the same token. */
@@ -266,6 +271,7 @@ async function connect() {
   current = null;
   tries = 0;
   lostAt = null;
+  previousTunnel = null;
   $('reconnect').hidden = true;
   screen.replaceChildren();
   show('Looking up the session…');

@@ -7,7 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use deskbroker_tests::clients::{STEP, Ws, close_frame, ws_connect};
+use deskbroker_tests::clients::{HttpTunnel, STEP, Ws, close_frame, connect_data, ws_connect};
 
 use deskbroker_tests::Edge;
 use deskbroker_tests::platform::{LOOPBACK_ALLOWED, SECRET, eventually};
@@ -179,6 +179,47 @@ async fn a_new_tunnel_at_the_limit_takes_the_slot_of_any_of_the_tenants_dead_tun
         b_again.is_some(),
         "B's reconnect takes the dead tunnel's slot, not refused {refused:?}"
     );
+    platform.assert_invariant("two", &key, 2, 2).await;
+}
+
+/// The other order, which no rule about dead nodes can settle: B's page reconnects first, because the
+/// killed node carried its HTTP tunnel's read, while B's old tunnel lives on at its owner, which has not
+/// yet noticed that the page gave it up. A reconnect that took any dead tunnel's slot would take A's, and
+/// A's exclusive session would then find nothing to take (refused, 4429, until B's old tunnel timed out).
+/// B's page names its old tunnel (`replaces`), and its reconnect takes that tunnel's slot and ends it
+/// (521); A's takes the slot of its own dead tunnel.
+#[tokio::test]
+async fn a_reconnect_that_names_its_previous_tunnel_takes_that_slot_not_a_dead_one() {
+    let mut platform = Platform::start().await;
+    let key = platform
+        .tenant_of_kinds("two", 2, &["vnc", "guacd-vnc"])
+        .await;
+    let a = platform
+        .relay_session(&key, json!({"exclusive": true}))
+        .await;
+    let b = platform
+        .session(&key, json!({"target": platform.guacd_target()}))
+        .await;
+    let b_data = connect_data(b["token"].as_str().unwrap());
+    let (a_before, _) = try_open(format!("{}{a}", platform.ws(2))).await;
+    let _a_before = a_before.expect("within the limit");
+    let b_before = HttpTunnel::connect(&platform.http_url(0), &b_data)
+        .await
+        .expect("within the limit");
+    let mut b_reads = b_before.read(vec![platform.http_url(0)]);
+    platform.edges[2].process.kill().await;
+
+    let replacing = format!("{b_data}&replaces={}", b_before.uuid);
+    let b_again = HttpTunnel::connect(&platform.http_url(1), &replacing).await;
+    assert!(b_again.is_ok(), "B's reconnect: {:?}", b_again.err());
+    let (a_again, refused) = try_open(format!("{}{a}", platform.ws(0))).await;
+    assert!(
+        a_again.is_some(),
+        "A's reconnect takes its dead tunnel's slot, not refused {refused:?}"
+    );
+    let ended = b_reads.until("error").await;
+    let taken_over = ["Another connection took over this session.", "521"];
+    assert_eq!(ended.args, taken_over, "B's old tunnel ends");
     platform.assert_invariant("two", &key, 2, 2).await;
 }
 
