@@ -31,6 +31,10 @@ pub const RENEWAL_RETRY: Duration = REDIS_MAX_RECONNECT_DELAY;
 /// million records come back in under two minutes (docs/scale.md).
 pub const REFILL_RATE: u32 = 10_000;
 
+/// How many tunnels a node records again at once in a refill: its share then takes a few round trips, not
+/// one per tunnel, when Redis answers slowly under every node's refill.
+pub const REFILL_AT_ONCE: usize = 32;
+
 /// At most this many lapsed nodes are named to a renewing node, which removes their records: more are
 /// named at the next renewals (and to the other nodes meanwhile).
 pub const LAPSED_PER_RENEWAL: usize = 16;

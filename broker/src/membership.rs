@@ -14,12 +14,13 @@
 //! each time, or waits on [`Membership::lapsed`] while it uses it: both judge by the rules of
 //! [`crate::lease`], which conclude a lapse only from a read of the registry.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::join_all;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +30,7 @@ use deskbroker_shared::cluster::{Incarnation, NodeRecord, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, TenantId, TunnelId};
 use deskbroker_shared::time::unix_ms;
 
-use crate::defaults::{REFILL_RATE, RENEWAL_RETRY, RENEWALS_PER_LEASE};
+use crate::defaults::{REFILL_AT_ONCE, REFILL_RATE, RENEWAL_RETRY, RENEWALS_PER_LEASE};
 use crate::lease::{Lease, Reads};
 use crate::metrics::metrics;
 use crate::registry::{Registry, Renewal, Result};
@@ -64,6 +65,10 @@ struct State {
     /// from the renewal that found the registry may have lost them, a paced share written at each renewal
     /// (one that fails half-way leaves the rest owed).
     owed: VecDeque<Arc<Owned>>,
+    /// The most live leases a renewal reported within the last lease, and when: a refill's share is taken
+    /// by it, since the renewals just after the registry lost its data count only the nodes that renewed
+    /// since.
+    most_live: Option<(usize, Instant)>,
 }
 
 /// A node as this node last read it.
@@ -228,8 +233,15 @@ impl Membership {
             return Ok(Vec::new());
         }
         metrics().nodes_alive.set(heartbeat.live as i64);
-        let owed = {
+        let (owed, live) = {
             let mut state = self.lock();
+            let most = match state.most_live {
+                Some((most, at)) if most > heartbeat.live && at.elapsed() < self.inner.lease => {
+                    (most, at)
+                }
+                _ => (heartbeat.live, Instant::now()),
+            };
+            state.most_live = Some(most);
             // Runs not read this time (a server away) are read again at the next renewal.
             let before = match runs {
                 Ok(runs) => state.runs.replace(runs),
@@ -260,19 +272,20 @@ impl Membership {
                 }
                 state.owed = all.into();
             }
-            !state.owed.is_empty()
+            (!state.owed.is_empty(), most.0)
         };
         // Recording again what is still there changes nothing.
         if owed {
-            self.record_again(evict, heartbeat.live).await?;
+            self.record_again(evict, live).await?;
         }
         Ok(heartbeat.lapsed)
     }
 
     /// Records again this node's share of the tunnels owed, each within its tenant's quota now: of
     /// [`REFILL_RATE`] tunnels a second for the whole cluster, the share of one of `live` nodes, for at
-    /// most half a renewal period. A registry that every node refills at once so keeps answering
-    /// renewals and connects, and this node's renewals keep their pace, however many tunnels it holds.
+    /// most half a renewal period, [`REFILL_AT_ONCE`] at a time. A registry that every node refills at
+    /// once so keeps answering renewals and connects, and this node's renewals keep their pace, however
+    /// many tunnels it holds.
     async fn record_again(
         &self,
         evict: &(dyn Fn(&TunnelRecord) + Sync),
@@ -284,29 +297,43 @@ impl Membership {
         let mut limits: HashMap<TenantId, Option<u32>> = HashMap::new();
         let mut written = 0;
         while written < budget && Instant::now() < stop_by {
-            let Some(owned) = self.lock().owed.front().cloned() else {
+            let batch: Vec<Arc<Owned>> = {
+                let state = self.lock();
+                let at_once = REFILL_AT_ONCE.min(budget - written);
+                state.owed.iter().take(at_once).cloned().collect()
+            };
+            if batch.is_empty() {
                 break;
-            };
-            let tenant = owned.record().tenant;
-            let limit = match limits.get(&tenant) {
-                Some(limit) => *limit,
-                None => {
-                    let found = self.inner.registry.tenant(&tenant).await?;
-                    let limit = found.map(|tenant| tenant.limits.max_tunnels);
-                    *limits.entry(tenant).or_insert(limit)
-                }
-            };
-            if self.write(&owned, limit).await? == Some(Recorded::NoSlot) {
-                let record = owned.record();
-                warn!(tunnel = %record.id, tenant = %record.tenant, "no slot left for a tunnel after the lease lapsed; closing it");
-                if let Some(owned) = self.forget(&record.id) {
-                    // What another node's cleanup may have left of it.
-                    self.remove_records(owned).await;
-                }
-                evict(&record);
             }
-            self.lock().owed.pop_front();
-            written += 1;
+            let tenants: HashSet<TenantId> = batch
+                .iter()
+                .map(|owned| owned.record().tenant)
+                .filter(|tenant| !limits.contains_key(tenant))
+                .collect();
+            let found = join_all(tenants.iter().map(|id| self.inner.registry.tenant(id))).await;
+            for (id, tenant) in tenants.into_iter().zip(found) {
+                limits.insert(id, tenant?.map(|tenant| tenant.limits.max_tunnels));
+            }
+            let writes = batch.iter().map(|owned| {
+                let limit = limits.get(&owned.record().tenant).copied().flatten();
+                self.write(owned, limit)
+            });
+            // A batch that failed is owed whole: writing again what is there changes nothing.
+            let outcomes: Vec<Option<Recorded>> =
+                join_all(writes).await.into_iter().collect::<Result<_>>()?;
+            for (owned, outcome) in batch.iter().zip(outcomes) {
+                if outcome == Some(Recorded::NoSlot) {
+                    let record = owned.record();
+                    warn!(tunnel = %record.id, tenant = %record.tenant, "no slot left for a tunnel after the lease lapsed; closing it");
+                    if let Some(owned) = self.forget(&record.id) {
+                        // What another node's cleanup may have left of it.
+                        self.remove_records(owned).await;
+                    }
+                    evict(&record);
+                }
+            }
+            self.lock().owed.drain(..batch.len());
+            written += batch.len();
         }
         let left = self.lock().owed.len();
         debug!(written, left, "tunnels recorded again");
@@ -678,5 +705,33 @@ mod tests {
             counts.push(now.len());
         }
         assert_eq!(counts, [100, 200, 250]);
+    }
+
+    /// Just after the registry lost its data, a renewal counts only the nodes that renewed since: the
+    /// refill's share is taken by the most live leases seen within the last lease instead, or the first
+    /// nodes to notice would each write the whole cluster's rate at once.
+    #[tokio::test]
+    async fn a_refill_after_a_loss_takes_its_share_by_the_nodes_live_before_it() {
+        let registry = Arc::new(MemoryRegistry::new());
+        // A renewal period of 100 ms: a share of 500 tunnels per renewal for one of two live nodes.
+        let lease = Duration::from_millis(300);
+        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
+        let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
+        a.join().await.unwrap();
+        b.join().await.unwrap();
+        for _ in 0..1500 {
+            a.add_tunnel(tunnel(a.me()), None).await.unwrap();
+        }
+        a.tick(&|_| {}).await.unwrap();
+        for node in ["a", "b"] {
+            registry.remove_node(&NodeId::new(node)).await.unwrap();
+        }
+        a.tick(&|_| {}).await.unwrap();
+        let recorded = registry.tunnels_of(&NodeId::new("a")).await.unwrap();
+        assert!(
+            (1..=500).contains(&recorded.len()),
+            "{} recorded: one of two nodes' share",
+            recorded.len()
+        );
     }
 }
