@@ -9,6 +9,7 @@
 //! be refilled by the nodes, at what peak command rate. At the end every node leaves, and the registry must
 //! be left as it was before they came.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,6 +22,7 @@ use deskbroker_broker::tenants::{Limits, Tenant};
 use deskbroker_broker::{Membership, Recorded, RedisRegistry, Registry};
 use deskbroker_shared::cluster::{TunnelKind, TunnelRecord};
 use deskbroker_shared::ids::{NodeId, SessionId, SessionToken, TenantId, TokenDigest, TunnelId};
+use deskbroker_shared::keys;
 use deskbroker_shared::session::{Session, Target};
 use deskbroker_shared::time::unix_ms;
 use deskbroker_tests::redis::{Redis, RedisCluster};
@@ -135,8 +137,30 @@ impl Backend {
         Ok(total)
     }
 
-    async fn flush(&self) -> anyhow::Result<()> {
+    /// How many keys of each kind (`deskbroker:<kind>:…`) the masters hold: what a refill that fell
+    /// short, or a leave that left something, is short of or left.
+    async fn key_kinds(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let mut kinds = BTreeMap::new();
         for master in &self.masters {
+            for key in master.cli(&["--scan"]).await? {
+                let kind = key.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
+                *kinds.entry(kind).or_insert(0) += 1;
+            }
+        }
+        Ok(kinds)
+    }
+
+    /// Empties every master, the one that holds the node table last: a renewal that finds the table
+    /// empty is how the nodes learn of the loss (a flush leaves a server's run id as it was), so none may
+    /// learn of it, and record its tunnels again, while another master still has keys to lose.
+    async fn flush(&self) -> anyhow::Result<()> {
+        let mut masters = Vec::new();
+        for master in &self.masters {
+            let holds_nodes = master.cli(&["EXISTS", keys::NODES]).await? == ["1"];
+            masters.push((holds_nodes, master));
+        }
+        masters.sort_by_key(|&(holds_nodes, _)| holds_nodes);
+        for (_, master) in masters {
             master.cli(&["FLUSHALL"]).await?;
         }
         Ok(())
@@ -200,6 +224,18 @@ impl Sample {
             sent_bytes_per_s: (self.sent - before.sent) as f64 / seconds,
         }
     }
+}
+
+/// The kinds of keys `now` holds fewer of than `before`, and how many fewer.
+fn difference(
+    before: &BTreeMap<String, i64>,
+    now: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    before
+        .iter()
+        .map(|(kind, &n)| (kind.clone(), n - now.get(kind).copied().unwrap_or(0)))
+        .filter(|&(_, short)| short > 0)
+        .collect()
 }
 
 /// Registry commands this process has sent (a script's call or a pipeline counts once), by the count the
@@ -402,6 +438,7 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
     let full = backend.sample().await?;
     let steady = full.rates_since(&start);
 
+    let kinds = backend.key_kinds().await?;
     let (open, close, churned_per_s) = churn(&fleet, &all, size).await?;
 
     // A node with many tunnels dies: the others' renewals find its lease lapsed and remove its records.
@@ -441,7 +478,9 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
         }
         if Instant::now() >= deadline {
             let share = last.keys as f64 / full.keys as f64 * 100.0;
-            break Err(format!("{share:.0}% after {} s", REFILL_DEADLINE.as_secs()));
+            let short = difference(&kinds, &backend.key_kinds().await?);
+            let secs = REFILL_DEADLINE.as_secs();
+            break Err(format!("{share:.1}% after {secs} s, short of {short:?}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = backend.sample().await?;
@@ -452,6 +491,13 @@ async fn measure_on(backend: &Backend, size: &Size) -> anyhow::Result<Row> {
     fleet.leave().await;
     // Only the tenants' two keys may stay.
     let left_behind = backend.sample().await?.keys.saturating_sub(empty.keys + 2);
+    if left_behind > 0 {
+        let left = backend.key_kinds().await?;
+        eprintln!(
+            "{} nodes on {}: left behind {left:?}",
+            size.nodes, backend.name
+        );
+    }
     ensure!(
         steady.commands_per_s > 0.0 && bytes_per_tunnel > 0.0 && open.p99_ms.is_finite(),
         "nothing measured: {steady:?}, {bytes_per_tunnel} B per tunnel, {open:?}"
