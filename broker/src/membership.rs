@@ -69,6 +69,8 @@ struct State {
     /// by it, since the renewals just after the registry lost its data count only the nodes that renewed
     /// since.
     most_live: Option<(usize, Instant)>,
+    /// The last renewal failed: whether the registry found this node missing is not known.
+    answer_lost: bool,
 }
 
 /// A node as this node last read it.
@@ -221,7 +223,10 @@ impl Membership {
         let record = self.inner.me.renewed(SystemTime::now(), self.inner.lease);
         let registry = &self.inner.registry;
         let (heartbeat, runs) = tokio::join!(registry.renew(&record), registry.server_runs());
-        let heartbeat = heartbeat.inspect_err(|_| metrics().lease_renewal("failed"))?;
+        let heartbeat = heartbeat.inspect_err(|_| {
+            metrics().lease_renewal("failed");
+            self.lock().answer_lost = true;
+        })?;
         let renewal = heartbeat.renewal;
         metrics().lease_renewal(match renewal {
             Renewal::Renewed => "renewed",
@@ -261,7 +266,10 @@ impl Membership {
             let last = state.confirmed.replace(sent);
             let doubtful =
                 last.is_some_and(|last| last.elapsed() >= self.inner.lease - self.period());
-            if renewal == Renewal::Fresh || doubtful || restarted {
+            // A renewal that failed may have reached the registry and lost only its answer: had that one
+            // found the node missing, this one would not, and nothing would be recorded again.
+            let answer_lost = std::mem::take(&mut state.answer_lost);
+            if renewal == Renewal::Fresh || doubtful || restarted || answer_lost {
                 let mut all: Vec<Arc<Owned>> = state.tunnels.values().cloned().collect();
                 all.sort_by_cached_key(|owned| owned.record().http_token.is_none());
                 if !all.is_empty() {
@@ -681,8 +689,8 @@ mod tests {
     #[tokio::test]
     async fn a_refill_is_paced_over_renewals_http_tunnels_first() {
         let registry = Arc::new(MemoryRegistry::new());
-        // A renewal period of 10 ms: a share of 100 tunnels per renewal, for the one live node.
-        let lease = Duration::from_millis(30);
+        // A renewal period of 20 ms: a share of 100 tunnels per renewal, for the one live node.
+        let lease = Duration::from_millis(60);
         let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
         a.join().await.unwrap();
         for n in 0..250 {
@@ -713,8 +721,8 @@ mod tests {
     #[tokio::test]
     async fn a_refill_after_a_loss_takes_its_share_by_the_nodes_live_before_it() {
         let registry = Arc::new(MemoryRegistry::new());
-        // A renewal period of 100 ms: a share of 500 tunnels per renewal for one of two live nodes.
-        let lease = Duration::from_millis(300);
+        // A renewal period of 200 ms: a share of 500 tunnels per renewal for one of two live nodes.
+        let lease = Duration::from_millis(600);
         let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
         let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
         a.join().await.unwrap();

@@ -40,7 +40,7 @@ const PER_SESSION: usize = 10;
 const TENANTS: usize = 100;
 
 /// How long an emptied registry is watched being refilled.
-const REFILL_DEADLINE: Duration = Duration::from_secs(180);
+const REFILL_DEADLINE: Duration = Duration::from_secs(360);
 
 /// Nodes leaving at once at the end.
 const LEAVING: usize = 32;
