@@ -585,6 +585,16 @@ mod tests {
         }
     }
 
+    /// Node `id` of `registry`, not joined yet.
+    fn member(registry: &Arc<MemoryRegistry>, id: &str, lease: Duration) -> Membership {
+        Membership::new(
+            registry.clone(),
+            NodeId::new(id),
+            format!("http://{id}"),
+            lease,
+        )
+    }
+
     fn rand_bytes() -> [u8; 16] {
         *uuid::Uuid::new_v4().as_bytes()
     }
@@ -593,8 +603,8 @@ mod tests {
     async fn a_lapsed_node_is_cleaned_up_and_its_tunnels_are_gone() {
         let registry = Arc::new(MemoryRegistry::new());
         let lease = Duration::from_secs(10);
-        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
-        let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
+        let a = member(&registry, "a", lease);
+        let b = member(&registry, "b", lease);
         a.join().await.unwrap();
         b.join().await.unwrap();
         let on_b = tunnel(b.me());
@@ -639,8 +649,8 @@ mod tests {
     async fn a_wait_on_a_known_node_ends_at_the_first_read_after_its_lease_ran_out() {
         let registry = Arc::new(MemoryRegistry::new());
         let lease = Duration::from_millis(300);
-        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
-        let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
+        let a = member(&registry, "a", lease);
+        let b = member(&registry, "b", lease);
         b.join().await.unwrap();
         a.join().await.unwrap();
         let known = match a.lease_of(b.me()) {
@@ -691,7 +701,7 @@ mod tests {
         let registry = Arc::new(MemoryRegistry::new());
         // A renewal period of 20 ms: a share of 100 tunnels per renewal, for the one live node.
         let lease = Duration::from_millis(60);
-        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
+        let a = member(&registry, "a", lease);
         a.join().await.unwrap();
         for n in 0..250 {
             let mut record = tunnel(a.me());
@@ -723,8 +733,8 @@ mod tests {
         let registry = Arc::new(MemoryRegistry::new());
         // A renewal period of 200 ms: a share of 500 tunnels per renewal for one of two live nodes.
         let lease = Duration::from_millis(600);
-        let a = Membership::new(registry.clone(), NodeId::new("a"), "http://a".into(), lease);
-        let b = Membership::new(registry.clone(), NodeId::new("b"), "http://b".into(), lease);
+        let a = member(&registry, "a", lease);
+        let b = member(&registry, "b", lease);
         a.join().await.unwrap();
         b.join().await.unwrap();
         for _ in 0..1500 {

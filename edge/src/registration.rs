@@ -277,7 +277,7 @@ async fn take_previous(
     };
     match membership.registry().tunnel(&previous).await? {
         Some(older) if older.session == newest.session && older.id != newest.id => {
-            take_slot(membership, &older.slot_holder(), newest).await
+            take_slot(membership, &older.slot_holder(), Some(&older), newest).await
         }
         _ => Ok(false),
     }
@@ -301,13 +301,13 @@ async fn replace_lost(
     let others: Vec<&TunnelRecord> = session.iter().filter(|t| t.id != newest.id).collect();
     if exclusive {
         for older in others.iter().filter(|t| is_older(t, newest)) {
-            if take_slot(membership, &older.slot_holder(), newest).await? {
+            if take_slot(membership, &older.slot_holder(), Some(older), newest).await? {
                 return Ok(Predecessor::Lost);
             }
         }
     }
     for holder in dead_holders(membership, &newest.tenant).await? {
-        if take_slot(membership, &holder, newest).await? {
+        if take_slot(membership, &holder, None, newest).await? {
             return Ok(Predecessor::Lost);
         }
     }
@@ -356,11 +356,12 @@ async fn dead_holders(
     Ok(dead)
 }
 
-/// Hands the slot `holder` holds to `newest`, and ends its tunnel: false when another new tunnel was
-/// handed it first.
+/// Hands the slot `holder` holds to `newest`, and ends its tunnel (`older`, when the caller has read its
+/// record already): false when another new tunnel was handed it first.
 async fn take_slot(
     membership: &Membership,
     holder: &SlotHolder,
+    older: Option<&TunnelRecord>,
     newest: &TunnelRecord,
 ) -> Result<bool, RegistryError> {
     let registry = membership.registry();
@@ -370,8 +371,12 @@ async fn take_slot(
     if !handed {
         return Ok(false);
     }
+    let older = match older {
+        Some(older) => Some(older.clone()),
+        None => registry.tunnel(&holder.tunnel).await?,
+    };
     // A slot without a record was taken by a node that died before it wrote one.
-    if let Some(older) = registry.tunnel(&holder.tunnel).await? {
+    if let Some(older) = older {
         let event = ControlEvent::TakenOver {
             session: older.session.clone(),
             tunnel: older.id,
